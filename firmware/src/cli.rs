@@ -1,0 +1,360 @@
+//! The command line (a contract: other tools and checks rely on these flags).
+//!
+//! `run`, `ingest`, `query`, `exporters`, `check-config`, `version`. This is the
+//! edge of the program: errors become messages and exit codes here.
+
+use crate::config::Config;
+use crate::pipeline::{Backpressure, Pipeline, PipelineReport};
+use crate::query::{self, By, Filter, Format, Scope, TopKey};
+use crate::store::DataDir;
+use crate::store::reader::Reader;
+use crate::timefmt::{now_ms, parse_time, rfc3339_ms};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(name = "flowwarden", version, about = "NetFlow/IPFIX security monitoring appliance")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the live collector.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// UDP address to listen on (repeatable; replaces the configured listeners).
+        #[arg(long = "listen", value_name = "ADDR:PORT")]
+        listen: Vec<SocketAddr>,
+    },
+    /// Replay NetFlow/IPFIX export packets from pcap/pcapng files, on event time.
+    Ingest {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List, rank or chart stored flows.
+    Query {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Start (RFC 3339, 'YYYY-MM-DD HH:MM[:SS]' UTC, Unix seconds, or -2h).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (same forms as --from).
+        #[arg(long)]
+        to: Option<String>,
+        /// Filter expression, e.g. "src net 10.0.0.0/8 and dst port 443".
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Rank by this key instead of listing flows.
+        #[arg(long, value_enum)]
+        top: Option<TopKey>,
+        #[arg(long, value_enum, default_value = "bytes")]
+        by: By,
+        /// Rows for --top (default 10) or flows for a listing (default all).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Time series with this bucket instead of listing flows.
+        #[arg(long, value_enum, conflicts_with = "top")]
+        series: Option<Bucket>,
+    },
+    /// Per-exporter health.
+    Exporters {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// Validate a configuration file.
+    CheckConfig { file: PathBuf },
+    /// Print version information.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Bucket {
+    #[value(name = "1m")]
+    Minute,
+    #[value(name = "1h")]
+    Hour,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableOrJson {
+    Table,
+    Json,
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Where `run` keeps data when neither flag nor config says.
+pub fn default_data_dir() -> PathBuf {
+    if rustix::process::getuid().is_root() {
+        PathBuf::from("/var/lib/flowwarden")
+    } else {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/share/flowwarden"))
+            .unwrap_or_else(|| PathBuf::from("flowwarden-data"))
+    }
+}
+
+pub fn main_with(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config, data_dir, listen } => {
+            let cfg = load_config(config.as_deref())?;
+            let dir = data_dir.or_else(|| cfg.data_dir.clone()).unwrap_or_else(default_data_dir);
+            run(cfg, dir, listen)
+        }
+        Command::Ingest { config, data_dir, files } => {
+            let cfg = load_config(config.as_deref())?;
+            ingest(&cfg, &data_dir, &files)
+        }
+        Command::Query {
+            data_dir,
+            from,
+            to,
+            filter,
+            format,
+            top,
+            by,
+            limit,
+            series,
+        } => {
+            let now = now_ms();
+            let from = from.map(|t| parse_time(&t, now)).transpose()?.unwrap_or(0);
+            let to = to.map(|t| parse_time(&t, now)).transpose()?.unwrap_or(u64::MAX);
+            if from >= to {
+                bail!("--from ({}) must be before --to ({})", rfc3339_ms(from), rfc3339_ms(to));
+            }
+            let filter = Filter::parse(&filter).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !data_dir.is_dir() {
+                bail!("{}: no such data directory", data_dir.display());
+            }
+            let reader = Reader::new(DataDir::new(&data_dir));
+            let scope = Scope { from, to, filter };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if let Some(key) = top {
+                let (rows, totals, overflow, _) = query::top(&reader, &scope, key, by, limit.unwrap_or(10) as usize)?;
+                let label = match key {
+                    TopKey::Src => "src",
+                    TopKey::Dst => "dst",
+                    TopKey::DstPort => "dst_port",
+                    TopKey::Proto => "proto",
+                    TopKey::Conversation => "conversation",
+                };
+                query::output::rows(format, label, &rows, &totals, &mut out)?;
+                if overflow > 0 {
+                    eprintln!("note: {overflow} flows had keys beyond the aggregation limit and are not ranked");
+                }
+            } else if let Some(b) = series {
+                let ms = match b {
+                    Bucket::Minute => 60_000,
+                    Bucket::Hour => 3_600_000,
+                };
+                let (buckets, _) = query::series(&reader, &scope, ms)?;
+                let rows: Vec<query::Row> = buckets
+                    .iter()
+                    .map(|(t, c)| query::Row {
+                        key: rfc3339_ms(*t),
+                        flows: c.0,
+                        packets: c.1,
+                        bytes: c.2,
+                    })
+                    .collect();
+                let totals = query::Totals {
+                    flows: rows.iter().map(|r| r.flows).sum(),
+                    packets: rows.iter().map(|r| r.packets).sum(),
+                    bytes: rows.iter().map(|r| r.bytes).sum(),
+                };
+                query::output::rows(format, "start", &rows, &totals, &mut out)?;
+            } else {
+                query::list(&reader, &scope, format, limit, &mut out)?;
+            }
+            match out.flush() {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => Ok(r?),
+            }
+        }
+        Command::Exporters { data_dir, format } => exporters(&data_dir, format),
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            println!(
+                "{}: ok ({} listeners, storage budget {:?}, {} internal networks, {} exporter overrides)",
+                file.display(),
+                cfg.collector.listen.len(),
+                cfg.storage.budget,
+                cfg.network.internal.len(),
+                cfg.exporters.len()
+            );
+            Ok(())
+        }
+        Command::Version => {
+            println!(
+                "flowwarden {} ({} {}, store schema {})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                std::env::consts::OS,
+                crate::store::schema::SCHEMA_VERSION
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot install SIGTERM handler: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        tracing::info!("data directory {}", dir.display());
+        crate::collector::run(cfg, dir, listen, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn ingest(cfg: &Config, data_dir: &Path, files: &[PathBuf]) -> Result<()> {
+    let started = Instant::now();
+    let mut pipeline = Pipeline::open(cfg, data_dir, Backpressure::Block)?;
+    let mut capture = crate::capture::CaptureStats::default();
+    let mut failed = Vec::new();
+    for file in files {
+        let res = crate::capture::read_capture(file, |d| pipeline.datagram(d.src, d.ts_ms, d.payload));
+        match res {
+            Ok(s) => {
+                capture.frames += s.frames;
+                capture.udp += s.udp;
+                capture.not_ip += s.not_ip;
+                capture.not_udp += s.not_udp;
+                capture.fragments += s.fragments;
+                capture.truncated += s.truncated;
+                capture.unsupported_linktype += s.unsupported_linktype;
+            }
+            // What was read before the damage is kept; say what went wrong and go on.
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(file.clone());
+            }
+        }
+    }
+    let report = pipeline.finish();
+    print_ingest_summary(files.len(), &capture, &report, started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!("{} of {} files could not be read completely", failed.len(), files.len());
+    }
+    Ok(())
+}
+
+fn print_ingest_summary(files: usize, c: &crate::capture::CaptureStats, r: &PipelineReport, secs: f64) {
+    let d = &r.decode;
+    println!("files:              {files}");
+    println!("frames:             {} ({} UDP datagrams)", c.frames, c.udp);
+    println!("packets:            {} NetFlow/IPFIX datagrams", d.datagrams - d.not_netflow);
+    println!("records:            {}", d.records);
+    println!("flows stored:       {}", r.flows_committed);
+    println!("drops:");
+    println!("  not netflow:              {}", d.not_netflow);
+    println!("  malformed datagrams:      {}", d.malformed);
+    println!(
+        "  sets without template:    {} (held {}, decoded later {}, expired {})",
+        d.sets_without_template + d.pending_held,
+        d.pending_held,
+        d.pending_replayed,
+        d.pending_dropped
+    );
+    println!("  trailing garbage cut:     {}", d.trailing_garbage);
+    println!("  non-flow records:         {}", d.non_flow_records);
+    println!("  capture not ip/udp:       {}", c.not_ip + c.not_udp);
+    println!("  capture fragments:        {}", c.fragments);
+    println!("  capture truncated:        {}", c.truncated);
+    println!("  store queue:              {}", r.flows_dropped_queue);
+    println!("  store errors:             {}", r.flows_dropped_store);
+    println!("  older than age cap:       {}", r.flows_too_old);
+    println!("segments evicted:   {}", r.segments_evicted);
+    println!("templates known:    {}", r.templates);
+    println!("elapsed:            {secs:.3} s");
+    println!("records/s:          {:.0}", if secs > 0.0 { d.records as f64 / secs } else { 0.0 });
+}
+
+fn exporters(data_dir: &Path, format: TableOrJson) -> Result<()> {
+    if !data_dir.is_dir() {
+        bail!("{}: no such data directory", data_dir.display());
+    }
+    let list = Reader::new(DataDir::new(data_dir)).exporters()?;
+    match format {
+        TableOrJson::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        TableOrJson::Table => {
+            println!(
+                "{:<46} {:>8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9} {:>9} {:>6} {:<24} {:>9}",
+                "Exporter",
+                "Versions",
+                "Packets",
+                "Records",
+                "Tmpl",
+                "NoTmpl",
+                "SeqGaps",
+                "LostRecs",
+                "Malformed",
+                "Rate",
+                "Last seen",
+                "Offset ms"
+            );
+            for e in &list {
+                let versions: Vec<String> = [5u16, 7, 9, 10]
+                    .iter()
+                    .filter(|v| e.versions & (1 << **v) != 0)
+                    .map(|v| v.to_string())
+                    .collect();
+                println!(
+                    "{:<46} {:>8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>9} {:>9} {:>6} {:<24} {:>9}",
+                    e.exporter,
+                    versions.join(","),
+                    e.packets,
+                    e.records,
+                    e.templates + e.options_templates,
+                    e.sets_without_template + e.pending_held,
+                    e.sequence_gaps,
+                    e.lost_records,
+                    e.malformed,
+                    e.sampling_rate,
+                    rfc3339_ms(e.last_seen_ms),
+                    e.clock_offset_ms
+                );
+            }
+        }
+    }
+    Ok(())
+}

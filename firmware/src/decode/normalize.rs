@@ -1,0 +1,349 @@
+//! Field-level normalization: NetFlow/IPFIX information elements into a
+//! [`FlowRecord`], including time conversion and sampling scale.
+//!
+//! Times: v5 and v9 `FIRST/LAST_SWITCHED` are sysUptime-relative and converted
+//! with the header's unix time; IPFIX absolute seconds/milliseconds/NTP
+//! (150-157) are used as they are; delta microseconds (158/159) are relative to
+//! the export time; sysUptime forms (21/22) are anchored by
+//! `systemInitTimeMilliseconds` (160) from the record or the exporter's options.
+
+use crate::decode::sampling::SamplingInfo;
+use crate::flow::FlowRecord;
+use netflow_parser::variable_versions::field_value::DurationValue;
+use netflow_parser::variable_versions::ipfix::lookup::IANAIPFixField as I;
+use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
+use netflow_parser::{DataNumber, FieldValue};
+use std::net::IpAddr;
+
+/// Seconds between the NTP era and the Unix epoch.
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+/// Numeric information element id for an IPFIX field, for the ones we use.
+pub fn ipfix_ie(f: &IPFixField) -> Option<u16> {
+    let IPFixField::IANA(f) = f else { return None };
+    Some(match f {
+        I::OctetDeltaCount => 1,
+        I::PacketDeltaCount => 2,
+        I::ProtocolIdentifier => 4,
+        I::TcpControlBits => 6,
+        I::SourceTransportPort => 7,
+        I::SourceIpv4address => 8,
+        I::IngressInterface => 10,
+        I::DestinationTransportPort => 11,
+        I::DestinationIpv4address => 12,
+        I::EgressInterface => 14,
+        I::FlowEndSysUpTime => 21,
+        I::FlowStartSysUpTime => 22,
+        I::PostOctetDeltaCount => 23,
+        I::PostPacketDeltaCount => 24,
+        I::SourceIpv6address => 27,
+        I::DestinationIpv6address => 28,
+        I::IcmpTypeCodeIpv4 => 32,
+        I::SamplingInterval => 34,
+        I::SamplerId => 48,
+        I::SamplerRandomInterval => 50,
+        I::OctetTotalCount => 85,
+        I::PacketTotalCount => 86,
+        I::IcmpTypeCodeIpv6 => 139,
+        I::FlowStartSeconds => 150,
+        I::FlowEndSeconds => 151,
+        I::FlowStartMilliseconds => 152,
+        I::FlowEndMilliseconds => 153,
+        I::FlowStartMicroseconds => 154,
+        I::FlowEndMicroseconds => 155,
+        I::FlowStartNanoseconds => 156,
+        I::FlowEndNanoseconds => 157,
+        I::FlowStartDeltaMicroseconds => 158,
+        I::FlowEndDeltaMicroseconds => 159,
+        I::SystemInitTimeMilliseconds => 160,
+        I::SelectorId => 302,
+        I::SamplingPacketInterval => 305,
+        I::SamplingPacketSpace => 306,
+        I::SamplingSize => 309,
+        I::SamplingPopulation => 310,
+        I::Unknown(n) => *n,
+        _ => return None,
+    })
+}
+
+/// Unsigned value of a numeric field (None for non-numeric values).
+pub fn as_u64(v: &FieldValue) -> Option<u64> {
+    match v {
+        FieldValue::DataNumber(n) => match n {
+            DataNumber::U8(x) => Some(*x as u64),
+            DataNumber::U16(x) => Some(*x as u64),
+            DataNumber::U24(x) | DataNumber::U32(x) => Some(*x as u64),
+            DataNumber::U64(x) => Some(*x),
+            DataNumber::U128(x) => u64::try_from(*x).ok(),
+            DataNumber::I8(x) => u64::try_from(*x).ok(),
+            DataNumber::I16(x) => u64::try_from(*x).ok(),
+            DataNumber::I24(x) | DataNumber::I32(x) => u64::try_from(*x).ok(),
+            DataNumber::I64(x) => u64::try_from(*x).ok(),
+            DataNumber::I128(x) => u64::try_from(*x).ok(),
+            DataNumber::Vec(b) => be_bytes(b),
+        },
+        FieldValue::ProtocolType(p) => Some(u8::from(*p) as u64),
+        FieldValue::TcpControlBits(bits, _) => Some(u16::from(*bits) as u64),
+        FieldValue::Vec(b) => be_bytes(b),
+        FieldValue::Duration(d) => Some(duration_ms(d)),
+        _ => None,
+    }
+}
+
+fn be_bytes(b: &[u8]) -> Option<u64> {
+    (!b.is_empty() && b.len() <= 8).then(|| b.iter().fold(0u64, |a, &x| (a << 8) | x as u64))
+}
+
+/// Absolute time of a timestamp field, UTC ms.
+fn duration_ms(d: &DurationValue) -> u64 {
+    match *d {
+        DurationValue::Seconds { value, .. } => value.saturating_mul(1000),
+        DurationValue::Millis { value, .. } => value,
+        DurationValue::MicrosNtp { seconds, fraction } | DurationValue::NanosNtp { seconds, fraction } => {
+            let unix = (seconds as u64).saturating_sub(NTP_UNIX_OFFSET);
+            unix * 1000 + ((fraction as u64 * 1000) >> 32)
+        }
+    }
+}
+
+fn as_ip(v: &FieldValue) -> Option<IpAddr> {
+    match v {
+        FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
+        FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
+        // Some exporters (H3C) send a short address field; take what is there.
+        FieldValue::Vec(b) | FieldValue::DataNumber(DataNumber::Vec(b)) if b.len() == 4 => {
+            Some(IpAddr::V4([b[0], b[1], b[2], b[3]].into()))
+        }
+        FieldValue::Vec(b) if b.len() == 16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            Some(IpAddr::V6(a.into()))
+        }
+        _ => None,
+    }
+}
+
+/// Time anchors of the datagram a record came in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeContext {
+    /// Export time from the header, UTC ms.
+    pub export_ms: u64,
+    /// sysUptime at export (v9), ms.
+    pub sys_uptime_ms: Option<u32>,
+    /// Exporter boot time (IPFIX 160 from options data), UTC ms.
+    pub system_init_ms: Option<u64>,
+}
+
+/// Accumulates the fields of one data record.
+#[derive(Debug, Default)]
+pub struct RecordBuilder {
+    src4: Option<IpAddr>,
+    dst4: Option<IpAddr>,
+    src6: Option<IpAddr>,
+    dst6: Option<IpAddr>,
+    src_port: u16,
+    dst_port: u16,
+    icmp: Option<u16>,
+    proto: u8,
+    tcp_flags: u16,
+    bytes: Option<u64>,
+    packets: Option<u64>,
+    post_bytes: Option<u64>,
+    post_packets: Option<u64>,
+    in_if: u32,
+    out_if: u32,
+    start_abs: Option<u64>,
+    end_abs: Option<u64>,
+    start_up: Option<u64>,
+    end_up: Option<u64>,
+    start_delta_us: Option<u64>,
+    end_delta_us: Option<u64>,
+    system_init: Option<u64>,
+    pub sampling: SamplingInfo,
+}
+
+impl RecordBuilder {
+    /// Apply one information element.
+    pub fn apply(&mut self, ie: u16, v: &FieldValue) {
+        match ie {
+            1 => self.bytes = as_u64(v),
+            2 => self.packets = as_u64(v),
+            4 => self.proto = as_u64(v).unwrap_or(0) as u8,
+            6 => self.tcp_flags = as_u64(v).unwrap_or(0) as u16,
+            7 => self.src_port = as_u64(v).unwrap_or(0) as u16,
+            8 => self.src4 = as_ip(v),
+            10 => self.in_if = as_u64(v).unwrap_or(0) as u32,
+            11 => self.dst_port = as_u64(v).unwrap_or(0) as u16,
+            12 => self.dst4 = as_ip(v),
+            14 => self.out_if = as_u64(v).unwrap_or(0) as u32,
+            21 => self.end_up = as_u64(v),
+            22 => self.start_up = as_u64(v),
+            23 => self.post_bytes = as_u64(v),
+            24 => self.post_packets = as_u64(v),
+            27 => self.src6 = as_ip(v),
+            28 => self.dst6 = as_ip(v),
+            32 | 139 => self.icmp = as_u64(v).map(|x| x as u16),
+            34 | 50 => self.sampling.rate = as_u64(v).map(|x| x.min(u32::MAX as u64) as u32),
+            48 | 302 => self.sampling.sampler_id = as_u64(v),
+            85 if self.bytes.is_none() => self.bytes = as_u64(v),
+            86 if self.packets.is_none() => self.packets = as_u64(v),
+            150..=157 => {
+                let t = match v {
+                    FieldValue::Duration(d) => Some(duration_ms(d)),
+                    other => as_u64(other).map(|x| if ie == 150 || ie == 151 { x * 1000 } else { x }),
+                };
+                if ie.is_multiple_of(2) {
+                    self.start_abs = t;
+                } else {
+                    self.end_abs = t;
+                }
+            }
+            158 => self.start_delta_us = as_u64(v),
+            159 => self.end_delta_us = as_u64(v),
+            160 => self.system_init = as_u64(v),
+            305 => self.sampling.packet_interval = as_u64(v).map(|x| x as u32),
+            306 => self.sampling.packet_space = as_u64(v).map(|x| x as u32),
+            309 => self.sampling.size = as_u64(v).map(|x| x as u32),
+            310 => self.sampling.population = as_u64(v).map(|x| x as u32),
+            _ => {}
+        }
+    }
+
+    /// The system init time this record carries (IE 160), if any.
+    pub fn system_init(&self) -> Option<u64> {
+        self.system_init
+    }
+
+    /// Whether the record describes a flow (has addresses).
+    pub fn is_flow(&self) -> bool {
+        (self.src4.is_some() || self.src6.is_some()) && (self.dst4.is_some() || self.dst6.is_some())
+    }
+
+    /// Finish into a flow. `rate` is the sampling rate to apply.
+    pub fn finish(self, ctx: &TimeContext, rate: u32, rec: &mut FlowRecord) {
+        rec.src = self.src4.or(self.src6).unwrap_or(rec.src);
+        rec.dst = self.dst4.or(self.dst6).unwrap_or(rec.dst);
+        rec.src_port = self.src_port;
+        rec.dst_port = if self.dst_port == 0 {
+            self.icmp.unwrap_or(0)
+        } else {
+            self.dst_port
+        };
+        rec.proto = self.proto;
+        rec.tcp_flags = self.tcp_flags;
+        let rate = rate.max(1);
+        rec.bytes = self.bytes.or(self.post_bytes).unwrap_or(0).saturating_mul(rate as u64);
+        rec.packets = self.packets.or(self.post_packets).unwrap_or(0).saturating_mul(rate as u64);
+        rec.sampling_rate = rate;
+        rec.in_if = self.in_if;
+        rec.out_if = self.out_if;
+        let uptime_to_abs = |up: u64| -> Option<u64> {
+            if let Some(init) = self.system_init.or(ctx.system_init_ms) {
+                return Some(init + up);
+            }
+            let now_up = ctx.sys_uptime_ms? as u64;
+            // Wrapping 32-bit uptime difference, interpreted as signed.
+            let back = (now_up as u32).wrapping_sub(up as u32) as i32 as i64;
+            Some((ctx.export_ms as i64 - back).max(0) as u64)
+        };
+        let start = self
+            .start_abs
+            .or_else(|| self.start_delta_us.map(|d| ctx.export_ms.saturating_sub(d / 1000)))
+            .or_else(|| self.start_up.and_then(uptime_to_abs));
+        let end = self
+            .end_abs
+            .or_else(|| self.end_delta_us.map(|d| ctx.export_ms.saturating_sub(d / 1000)))
+            .or_else(|| self.end_up.and_then(uptime_to_abs));
+        let (start, end) = match (start, end) {
+            (Some(s), Some(e)) => (s, e.max(s)),
+            (Some(s), None) => (s, s),
+            (None, Some(e)) => (e, e),
+            (None, None) => (ctx.export_ms, ctx.export_ms),
+        };
+        rec.start_ms = start;
+        rec.end_ms = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v9_uptime_times_are_anchored_to_header() {
+        let mut b = RecordBuilder::default();
+        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(9_000)));
+        b.apply(21, &FieldValue::DataNumber(DataNumber::U32(9_500)));
+        let ctx = TimeContext {
+            export_ms: 1_000_000_000,
+            sys_uptime_ms: Some(10_000),
+            system_init_ms: None,
+        };
+        let mut r = FlowRecord::default();
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!((r.start_ms, r.end_ms), (999_999_000, 999_999_500));
+    }
+
+    #[test]
+    fn uptime_wraps() {
+        let mut b = RecordBuilder::default();
+        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(u32::MAX - 999)));
+        let ctx = TimeContext {
+            export_ms: 5_000_000,
+            sys_uptime_ms: Some(1000),
+            system_init_ms: None,
+        };
+        let mut r = FlowRecord::default();
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!(r.start_ms, 5_000_000 - 2000);
+    }
+
+    #[test]
+    fn ipfix_forms() {
+        let ctx = TimeContext {
+            export_ms: 2_000_000,
+            sys_uptime_ms: None,
+            system_init_ms: Some(1_000_000),
+        };
+        let mut b = RecordBuilder::default();
+        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(500)));
+        b.apply(159, &FieldValue::DataNumber(DataNumber::U32(250_000)));
+        let mut r = FlowRecord::default();
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!((r.start_ms, r.end_ms), (1_000_500, 1_999_750));
+        let mut b = RecordBuilder::default();
+        b.apply(
+            152,
+            &FieldValue::Duration(DurationValue::Millis {
+                value: 1_700_000_000_123,
+                width: 8,
+            }),
+        );
+        b.apply(
+            151,
+            &FieldValue::Duration(DurationValue::Seconds {
+                value: 1_700_000_001,
+                width: 4,
+            }),
+        );
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!((r.start_ms, r.end_ms), (1_700_000_000_123, 1_700_000_001_000));
+        // NTP: 2^31 fraction is half a second.
+        let ntp = DurationValue::MicrosNtp {
+            seconds: (NTP_UNIX_OFFSET + 10) as u32,
+            fraction: 1 << 31,
+        };
+        assert_eq!(duration_ms(&ntp), 10_500);
+    }
+
+    #[test]
+    fn sampling_multiplies_counters_and_icmp_goes_to_port() {
+        let mut b = RecordBuilder::default();
+        b.apply(1, &FieldValue::DataNumber(DataNumber::U32(1000)));
+        b.apply(2, &FieldValue::DataNumber(DataNumber::U16(3)));
+        b.apply(32, &FieldValue::DataNumber(DataNumber::U16(0x0800)));
+        let mut r = FlowRecord::default();
+        b.finish(&TimeContext::default(), 100, &mut r);
+        assert_eq!((r.bytes, r.packets, r.sampling_rate, r.dst_port), (100_000, 300, 100, 2048));
+    }
+}

@@ -1,0 +1,15 @@
+//! flowwarden: NetFlow/IPFIX collector, rolling flow store and detectors for
+//! branch-office security monitoring. The `flowwarden` binary is a thin shell
+//! over this library; see ../README.md for the data flow.
+
+pub mod capture;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod decode;
+pub mod flow;
+pub mod net;
+pub mod pipeline;
+pub mod query;
+pub mod store;
+pub mod timefmt;

@@ -1,0 +1,21 @@
+//! The `flowwarden` binary: parses the command line and runs the chosen
+//! command from the library. Logs go to stderr (RUST_LOG, default info).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = flowwarden::cli::Cli::parse();
+    match flowwarden::cli::main_with(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The shared pipeline behind `run` and `ingest`: decoder → bounded channel →
+//! store writer thread.
+//!
+//! Datagrams go into a [`Decoder`]; flows are grouped into [`FlowBatch`]es and
+//! handed to the writer over a bounded channel. Live collection never waits on
+//! the store: a full channel drops the batch and counts it. Offline ingest
+//! blocks instead, so a replay loses nothing. Template changes and exporter
+//! health are sent along so the state database stays current.
+
+use crate::config::Config;
+use crate::decode::{DecodeError, DecodeTotals, Decoder};
+use crate::flow::{FlowBatch, FlowRecord};
+use crate::store::writer::{StoreMsg, StoreWriter, WriterSettings, run_writer};
+use crate::store::{DataDir, StoreCounters, StoreError, resolve_budget};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("cannot start the store writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// When a full store queue is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait for room (offline ingest).
+    Block,
+    /// Drop the batch and count it (live collection).
+    Drop,
+}
+
+/// Counters of the pipeline itself.
+#[derive(Debug, Default)]
+pub struct PipelineCounters {
+    pub batches_dropped: AtomicU64,
+    pub flows_dropped: AtomicU64,
+}
+
+/// What a finished pipeline did.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineReport {
+    pub decode: DecodeTotals,
+    pub flows_committed: u64,
+    pub flows_dropped_queue: u64,
+    pub flows_dropped_store: u64,
+    pub flows_too_old: u64,
+    pub segments_evicted: u64,
+    pub commit_failures: u64,
+    pub block_bytes: u64,
+    pub templates: usize,
+    pub exporters_evicted: u64,
+}
+
+pub struct Pipeline {
+    pub decoder: Decoder,
+    tx: Option<SyncSender<StoreMsg>>,
+    writer: Option<JoinHandle<Arc<StoreCounters>>>,
+    store_counters: Arc<StoreCounters>,
+    batch: Vec<FlowRecord>,
+    batch_flows: usize,
+    mode: Backpressure,
+    pub counters: Arc<PipelineCounters>,
+}
+
+impl Pipeline {
+    /// Open the data directory and start the writer thread.
+    pub fn open(cfg: &Config, data_dir: &Path, mode: Backpressure) -> Result<Pipeline, PipelineError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
+            path: data_dir.to_path_buf(),
+            source: e,
+        })?;
+        let budget = resolve_budget(cfg.storage.budget, data_dir)?;
+        let settings = WriterSettings::from_config(&cfg.storage, budget);
+        let (writer, loaded) = StoreWriter::open(DataDir::new(data_dir), settings)?;
+        let store_counters = writer.counters.clone();
+        let decoder = Decoder::new(cfg, loaded.templates, loaded.exporters)?;
+        let (tx, rx) = sync_channel(cfg.collector.queue_batches);
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(writer, rx))
+            .map_err(PipelineError::Thread)?;
+        Ok(Pipeline {
+            decoder,
+            tx: Some(tx),
+            writer: Some(handle),
+            store_counters,
+            batch: Vec::with_capacity(cfg.collector.batch_flows),
+            batch_flows: cfg.collector.batch_flows,
+            mode,
+            counters: Arc::new(PipelineCounters::default()),
+        })
+    }
+
+    /// Decode one datagram.
+    pub fn datagram(&mut self, exporter: SocketAddr, arrival_ms: u64, data: &[u8]) {
+        self.decoder.decode(exporter, arrival_ms, data, &mut self.batch);
+        if self.batch.len() >= self.batch_flows {
+            self.send_batch();
+        }
+    }
+
+    fn send(&self, msg: StoreMsg) -> Result<(), StoreMsg> {
+        let Some(tx) = &self.tx else { return Err(msg) };
+        match self.mode {
+            Backpressure::Block => tx.send(msg).map_err(|e| e.0),
+            Backpressure::Drop => tx.try_send(msg).map_err(|e| match e {
+                TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
+            }),
+        }
+    }
+
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch: FlowBatch = Arc::new(std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_flows)));
+        let n = batch.len() as u64;
+        if self.send(StoreMsg::Flows(batch)).is_err() {
+            self.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters.flows_dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Hand over the partial batch, template changes and exporter health.
+    pub fn flush(&mut self) {
+        self.send_batch();
+        let changes = self.decoder.template_changes();
+        if !changes.is_empty() {
+            // State must not be lost to a momentarily full queue: wait for room.
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(StoreMsg::Templates(changes));
+            }
+        }
+        let snapshot = self.decoder.exporter_snapshot();
+        let _ = self.send(StoreMsg::Exporters(snapshot));
+    }
+
+    /// Flush and wait until the writer has committed everything sent so far.
+    pub fn sync(&mut self) {
+        self.flush();
+        let (reply_tx, reply_rx) = sync_channel(1);
+        if let Some(tx) = &self.tx
+            && tx.send(StoreMsg::Sync(reply_tx)).is_ok()
+        {
+            let _ = reply_rx.recv();
+        }
+    }
+
+    /// Store counters (live).
+    pub fn store_counters(&self) -> &Arc<StoreCounters> {
+        &self.store_counters
+    }
+
+    /// Flush, stop the writer and report.
+    pub fn finish(mut self) -> PipelineReport {
+        self.flush();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(StoreMsg::Exporters(self.decoder.exporter_snapshot()));
+        }
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        let c = &self.store_counters;
+        let g = StoreCounters::get;
+        PipelineReport {
+            decode: self.decoder.totals.clone(),
+            flows_committed: g(&c.flows_committed),
+            flows_dropped_queue: self.counters.flows_dropped.load(Ordering::Relaxed),
+            flows_dropped_store: g(&c.flows_dropped),
+            flows_too_old: g(&c.flows_too_old),
+            segments_evicted: g(&c.segments_evicted),
+            commit_failures: g(&c.commit_failures),
+            block_bytes: g(&c.block_bytes),
+            templates: self.decoder.template_count(),
+            exporters_evicted: self.decoder.exporters_evicted(),
+        }
+    }
+}

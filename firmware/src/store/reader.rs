@@ -1,0 +1,168 @@
+//! Reading the store: flows by time range, roll-ups, exporter health.
+//!
+//! Opens files read-only (redb `SingleWriter` mode), so it runs beside a live
+//! writer. Segments are chosen by name, blocks by their uncompressed headers,
+//! and only then decompressed; flows stream to a callback in storage order
+//! (chronological within a block, blocks ordered by their first start).
+
+use super::schema::{BLOCKS, EXPORTERS, HOUR_TOP, MINUTE};
+use super::{DataDir, StoreError, block, open_readonly};
+use crate::decode::exporters::ExporterStats;
+use crate::flow::FlowRecord;
+use crate::store::rollup::TopEntry;
+use redb::{ReadableDatabase, ReadableTable, TableError};
+use std::ops::ControlFlow;
+
+/// Longest span plus longest flow we look back for (segments are named by span start).
+const LOOKBACK_MS: u64 = 2 * 86_400_000;
+
+/// A per-minute roll-up row: (minute start, key, bytes, packets, flows).
+pub type MinuteRow = (u64, Vec<u8>, u64, u64, u64);
+
+/// What a scan touched.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanStats {
+    pub segments: u64,
+    pub blocks_read: u64,
+    pub blocks_skipped: u64,
+    pub flows_seen: u64,
+}
+
+/// Read access to a data directory.
+pub struct Reader {
+    dir: DataDir,
+}
+
+impl Reader {
+    pub fn new(dir: DataDir) -> Reader {
+        Reader { dir }
+    }
+
+    /// Call `f` for every stored flow overlapping `[from, to)`; stop when it breaks.
+    pub fn scan(&self, from: u64, to: u64, mut f: impl FnMut(&FlowRecord) -> ControlFlow<()>) -> Result<ScanStats, StoreError> {
+        let mut stats = ScanStats::default();
+        let segs = self.dir.list_segments().map_err(|e| StoreError::io(&self.dir.flows(), e))?;
+        let mut buf = Vec::new();
+        for (id, _) in segs {
+            if id.span_start >= to || id.span_start.saturating_add(LOOKBACK_MS) < from {
+                continue;
+            }
+            let path = self.dir.segment(id);
+            let db = match open_readonly(&path) {
+                Ok(db) => db,
+                // Evicted between listing and opening: nothing to read.
+                Err(StoreError::Db {
+                    source: redb::Error::Io(e),
+                    ..
+                }) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            stats.segments += 1;
+            let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
+            let table = match txn.open_table(BLOCKS) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(StoreError::db(&path, e)),
+            };
+            for row in table.iter().map_err(|e| StoreError::db(&path, e))? {
+                let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
+                let bytes = v.value();
+                let key = k.value();
+                let h = block::header(bytes).map_err(|source| StoreError::Block {
+                    path: path.clone(),
+                    key,
+                    source,
+                })?;
+                if h.min_start >= to || h.max_end < from {
+                    stats.blocks_skipped += 1;
+                    continue;
+                }
+                stats.blocks_read += 1;
+                buf.clear();
+                block::decode(bytes, &mut buf).map_err(|source| StoreError::Block {
+                    path: path.clone(),
+                    key,
+                    source,
+                })?;
+                for flow in &buf {
+                    stats.flows_seen += 1;
+                    if flow.end_ms < from || flow.start_ms >= to {
+                        continue;
+                    }
+                    if f(flow).is_break() {
+                        return Ok(stats);
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Exporter health as last persisted by the writer.
+    pub fn exporters(&self) -> Result<Vec<ExporterStats>, StoreError> {
+        let p = self.dir.state();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let db = open_readonly(&p)?;
+        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
+        let t = match txn.open_table(EXPORTERS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::db(&p, e)),
+        };
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
+            let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
+            if let Ok(s) = postcard::from_bytes::<ExporterStats>(v.value()) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-minute roll-up rows of one dimension kind in `[from, to)`: (minute, key, bytes, packets, flows).
+    pub fn minutes(&self, kind: u8, from: u64, to: u64) -> Result<Vec<MinuteRow>, StoreError> {
+        let p = self.dir.rollups();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let db = open_readonly(&p)?;
+        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
+        let t = match txn.open_table(MINUTE) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::db(&p, e)),
+        };
+        let mut out = Vec::new();
+        for row in t
+            .range((from, 0u8, &[][..])..(to, 0u8, &[][..]))
+            .map_err(|e| StoreError::db(&p, e))?
+        {
+            let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
+            let (m, kd, key) = k.value();
+            if kd == kind {
+                let (b, pk, n) = v.value();
+                out.push((m, key.to_vec(), b, pk, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored top list of one hour.
+    pub fn hour_top(&self, hour: u64, kind: u8, metric: u8) -> Result<Vec<TopEntry>, StoreError> {
+        let p = self.dir.rollups();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let db = open_readonly(&p)?;
+        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
+        let t = match txn.open_table(HOUR_TOP) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::db(&p, e)),
+        };
+        let v = t.get((hour, kind, metric)).map_err(|e| StoreError::db(&p, e))?;
+        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()).unwrap_or_default())
+    }
+}

@@ -1,0 +1,592 @@
+//! The store writer: the one thread that commits to redb.
+//!
+//! It receives [`StoreMsg`]s over a bounded channel, groups flows by segment
+//! span, compresses them into blocks and commits them together with roll-up
+//! deltas and state changes, at least every `commit_interval`. When a commit
+//! fails (full disk, budget reached) it drops the failed handle, evicts the
+//! oldest segments, reopens and retries; what still cannot be stored is
+//! counted. Retention (byte budget with low watermark, optional age cap)
+//! deletes whole segments, oldest first.
+
+use super::quota::Quota;
+use super::rollup::RollupAgg;
+use super::schema::{BLOCKS, EXPORTERS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META, TEMPLATES};
+use super::{DataDir, SegmentId, StoreCounters, StoreError, block, open_writable};
+use crate::decode::exporters::ExporterStats;
+use crate::decode::templates::TemplateChange;
+use crate::flow::{FlowBatch, FlowRecord};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+/// Segments kept open for writing at once (late flows may reopen older spans).
+const MAX_OPEN_SEGMENTS: usize = 3;
+/// Attempts per commit before the data is dropped and counted.
+const MAX_ATTEMPTS: usize = 4;
+/// Commit early once this many flows are pending.
+const COMMIT_MAX_FLOWS: usize = 262_144;
+
+/// Messages to the writer.
+pub enum StoreMsg {
+    Flows(FlowBatch),
+    Templates(Vec<TemplateChange>),
+    Exporters(Vec<ExporterStats>),
+    /// Commit now and answer.
+    Sync(SyncSender<()>),
+}
+
+/// Resolved writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub budget: u64,
+    pub low_watermark_percent: f64,
+    pub max_age_ms: Option<u64>,
+    pub segment_span_ms: u64,
+    pub segment_max_bytes: u64,
+    pub commit_interval: Duration,
+    pub block_flows: usize,
+    pub compression_level: i32,
+    pub minute_keep_ms: u64,
+    pub hour_keep_ms: u64,
+    pub top_n: usize,
+}
+
+impl WriterSettings {
+    /// From the config and a resolved byte budget.
+    pub fn from_config(s: &crate::config::StorageConfig, budget: u64) -> WriterSettings {
+        WriterSettings {
+            budget,
+            low_watermark_percent: s.low_watermark_percent,
+            max_age_ms: s.max_age.map(|a| a.ms()),
+            segment_span_ms: s.segment_span.ms(),
+            segment_max_bytes: (budget / 16).clamp(1 << 20, 1 << 30),
+            commit_interval: Duration::from_millis(s.commit_interval.ms().max(10)),
+            block_flows: s.block_flows,
+            compression_level: s.compression_level,
+            minute_keep_ms: s.minute_rollup_retention.ms(),
+            hour_keep_ms: s.hour_rollup_retention.ms(),
+            top_n: s.top_entries,
+        }
+    }
+}
+
+struct OpenSegment {
+    id: SegmentId,
+    db: Database,
+    next_block: u64,
+}
+
+/// State loaded at open for the decoder.
+#[derive(Debug, Default)]
+pub struct LoadedState {
+    pub templates: Vec<(String, Vec<u8>)>,
+    pub exporters: Vec<ExporterStats>,
+}
+
+/// The writer itself (driven by [`run_writer`] or directly in tests).
+pub struct StoreWriter {
+    dir: DataDir,
+    cfg: WriterSettings,
+    quota: Arc<Quota>,
+    state: Option<Database>,
+    rollups: Option<Database>,
+    open: HashMap<u64, OpenSegment>,
+    pending: BTreeMap<u64, Vec<FlowRecord>>,
+    pending_flows: usize,
+    templates: Vec<TemplateChange>,
+    exporters: Option<Vec<ExporterStats>>,
+    agg: RollupAgg,
+    latest_event: u64,
+    last_expire_hour: u64,
+    last_hours_write: Instant,
+    pub counters: Arc<StoreCounters>,
+}
+
+fn check_schema(db: &Database, path: &std::path::Path, meta: redb::TableDefinition<&str, u64>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(|e| StoreError::db(path, e))?;
+    {
+        let mut t = txn.open_table(meta).map_err(|e| StoreError::db(path, e))?;
+        let found = t.get("schema").map_err(|e| StoreError::db(path, e))?.map(|v| v.value());
+        match found {
+            Some(v) if v != SCHEMA_VERSION => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: v,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                t.insert("schema", SCHEMA_VERSION).map_err(|e| StoreError::db(path, e))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| StoreError::db(path, e))
+}
+
+impl StoreWriter {
+    /// Open the data directory for writing and load persisted state.
+    pub fn open(dir: DataDir, cfg: WriterSettings) -> Result<(StoreWriter, LoadedState), StoreError> {
+        std::fs::create_dir_all(dir.flows()).map_err(|e| StoreError::io(&dir.flows(), e))?;
+        let quota = Quota::new(cfg.budget);
+        quota.charge(dir.total_bytes().map_err(|e| StoreError::io(dir.root(), e))?);
+        let mut w = StoreWriter {
+            dir,
+            cfg,
+            quota,
+            state: None,
+            rollups: None,
+            open: HashMap::new(),
+            pending: BTreeMap::new(),
+            pending_flows: 0,
+            templates: Vec::new(),
+            exporters: None,
+            agg: RollupAgg::default(),
+            latest_event: 0,
+            last_expire_hour: 0,
+            last_hours_write: Instant::now(),
+            counters: Arc::new(StoreCounters::default()),
+        };
+        // An over-budget directory (budget lowered, files from elsewhere) is trimmed first.
+        if w.quota.used() > w.cfg.budget {
+            w.evict_to(w.low_watermark());
+        }
+        let loaded = w.load_state()?;
+        Ok((w, loaded))
+    }
+
+    fn low_watermark(&self) -> u64 {
+        (self.cfg.budget as f64 * self.cfg.low_watermark_percent / 100.0) as u64
+    }
+
+    fn high_watermark(&self) -> u64 {
+        let low = self.low_watermark();
+        low + (self.cfg.budget - low) / 2
+    }
+
+    /// Bytes the store occupies (as charged to the budget).
+    pub fn used_bytes(&self) -> u64 {
+        self.quota.used()
+    }
+
+    fn state_db(&mut self) -> Result<&Database, StoreError> {
+        if self.state.is_none() {
+            let p = self.dir.state();
+            let db = open_writable(&p, &self.quota)?;
+            check_schema(&db, &p, STATE_META)?;
+            self.state = Some(db);
+        }
+        self.state
+            .as_ref()
+            .ok_or_else(|| StoreError::io(&self.dir.state(), std::io::Error::other("state closed")))
+    }
+
+    fn rollup_db(&mut self) -> Result<&Database, StoreError> {
+        if self.rollups.is_none() {
+            let p = self.dir.rollups();
+            let db = open_writable(&p, &self.quota)?;
+            check_schema(&db, &p, ROLLUP_META)?;
+            self.rollups = Some(db);
+        }
+        self.rollups
+            .as_ref()
+            .ok_or_else(|| StoreError::io(&self.dir.rollups(), std::io::Error::other("rollups closed")))
+    }
+
+    fn load_state(&mut self) -> Result<LoadedState, StoreError> {
+        let p = self.dir.state();
+        let db = self.state_db()?;
+        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
+        let mut out = LoadedState::default();
+        if let Ok(t) = txn.open_table(TEMPLATES) {
+            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
+                let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
+                out.templates.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        if let Ok(t) = txn.open_table(EXPORTERS) {
+            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
+                let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
+                if let Ok(s) = postcard::from_bytes::<ExporterStats>(v.value()) {
+                    out.exporters.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queue flows for the next commit.
+    pub fn add(&mut self, batch: &[FlowRecord]) {
+        let cutoff = self.cfg.max_age_ms.map(|a| self.latest_event.saturating_sub(a));
+        for f in batch {
+            if cutoff.is_some_and(|c| f.end_ms < c) {
+                self.counters.flows_too_old.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.latest_event = self.latest_event.max(f.end_ms);
+            let span = f.start_ms - f.start_ms % self.cfg.segment_span_ms;
+            self.pending.entry(span).or_default().push(f.clone());
+            self.agg.add(f);
+        }
+        self.pending_flows += batch.len();
+    }
+
+    pub fn add_templates(&mut self, changes: Vec<TemplateChange>) {
+        self.templates.extend(changes);
+    }
+
+    pub fn set_exporters(&mut self, stats: Vec<ExporterStats>) {
+        self.exporters = Some(stats);
+    }
+
+    pub fn pending_flows(&self) -> usize {
+        self.pending_flows
+    }
+
+    /// Commit everything pending.
+    pub fn commit(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_flows = 0;
+        for (span, mut flows) in pending {
+            let mut blocks = Vec::new();
+            for chunk in flows.chunks_mut(self.cfg.block_flows) {
+                match block::encode(chunk, self.cfg.compression_level) {
+                    Ok(b) => blocks.push(b),
+                    Err(e) => {
+                        tracing::error!("cannot encode a block of {} flows: {e}", chunk.len());
+                        self.counters.flows_dropped.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.commit_span(span, &blocks);
+        }
+        self.commit_rollups();
+        self.commit_state();
+        self.retention();
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn commit_span(&mut self, span: u64, blocks: &[(block::BlockHeader, Vec<u8>)]) {
+        if blocks.is_empty() {
+            return;
+        }
+        let flows: u64 = blocks.iter().map(|b| b.0.count as u64).sum();
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self.try_commit_span(span, blocks) {
+                Ok(()) => {
+                    self.counters.flows_committed.fetch_add(flows, Ordering::Relaxed);
+                    self.counters.blocks_written.fetch_add(blocks.len() as u64, Ordering::Relaxed);
+                    let bytes: u64 = blocks.iter().map(|b| b.1.len() as u64).sum();
+                    self.counters.block_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("commit of {flows} flows failed (attempt {attempt}/{MAX_ATTEMPTS}): {e}");
+                    // A redb handle refuses work after a failed commit: drop it and
+                    // make room before reopening.
+                    self.open.remove(&span);
+                    self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+                    let need = blocks.iter().map(|b| b.1.len() as u64 * 2).sum::<u64>() + (1 << 20);
+                    let target = self.low_watermark().min(self.cfg.budget.saturating_sub(need));
+                    if !self.evict_to(target) && attempt > 1 {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::error!("dropping {flows} flows that could not be stored");
+        self.counters.flows_dropped.fetch_add(flows, Ordering::Relaxed);
+    }
+
+    fn segment_for(&mut self, span: u64) -> Result<&mut OpenSegment, StoreError> {
+        let rolled = match self.open.get(&span) {
+            Some(s) => std::fs::metadata(self.dir.segment(s.id)).map(|m| m.len()).unwrap_or(0) >= self.cfg.segment_max_bytes,
+            None => false,
+        };
+        if rolled {
+            self.open.remove(&span);
+        }
+        if !self.open.contains_key(&span) {
+            if self.open.len() >= MAX_OPEN_SEGMENTS
+                && let Some(&oldest) = self.open.keys().min()
+            {
+                self.open.remove(&oldest);
+            }
+            let existing = self
+                .dir
+                .list_segments()
+                .map_err(|e| StoreError::io(&self.dir.flows(), e))?
+                .into_iter()
+                .rfind(|(id, _)| id.span_start == span);
+            let id = match existing {
+                Some((id, size)) if size < self.cfg.segment_max_bytes => id,
+                Some((id, _)) => SegmentId {
+                    span_start: span,
+                    seq: id.seq + 1,
+                },
+                None => SegmentId { span_start: span, seq: 0 },
+            };
+            let path = self.dir.segment(id);
+            let db = open_writable(&path, &self.quota)?;
+            check_schema(&db, &path, SEGMENT_META)?;
+            let next_block = {
+                let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
+                match txn.open_table(SEGMENT_META) {
+                    Ok(t) => t
+                        .get("next_block")
+                        .map_err(|e| StoreError::db(&path, e))?
+                        .map(|v| v.value())
+                        .unwrap_or(0),
+                    Err(_) => 0,
+                }
+            };
+            self.open.insert(span, OpenSegment { id, db, next_block });
+        }
+        self.open
+            .get_mut(&span)
+            .ok_or_else(|| StoreError::io(&self.dir.flows(), std::io::Error::other("segment vanished")))
+    }
+
+    fn try_commit_span(&mut self, span: u64, blocks: &[(block::BlockHeader, Vec<u8>)]) -> Result<(), StoreError> {
+        let span_ms = self.cfg.segment_span_ms;
+        let seg = self.segment_for(span)?;
+        let path = PathBuf::from(format!("{}", seg.id));
+        let txn = seg.db.begin_write().map_err(|e| StoreError::db(&path, e))?;
+        let mut next = seg.next_block;
+        {
+            let mut t = txn.open_table(BLOCKS).map_err(|e| StoreError::db(&path, e))?;
+            let mut meta = txn.open_table(SEGMENT_META).map_err(|e| StoreError::db(&path, e))?;
+            let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, StoreError> {
+                Ok(meta.get(k).map_err(|e| StoreError::db(&path, e))?.map(|v| v.value()))
+            };
+            let mut count = get(&meta, "flows")?.unwrap_or(0);
+            let mut min_start = get(&meta, "min_start")?.unwrap_or(u64::MAX);
+            let mut max_start = get(&meta, "max_start")?.unwrap_or(0);
+            let mut max_end = get(&meta, "max_end")?.unwrap_or(0);
+            for (h, bytes) in blocks {
+                t.insert((h.min_start, next), bytes.as_slice())
+                    .map_err(|e| StoreError::db(&path, e))?;
+                next += 1;
+                count += h.count as u64;
+                min_start = min_start.min(h.min_start);
+                max_start = max_start.max(h.max_start);
+                max_end = max_end.max(h.max_end);
+            }
+            for (k, v) in [
+                ("flows", count),
+                ("min_start", min_start),
+                ("max_start", max_start),
+                ("max_end", max_end),
+                ("next_block", next),
+                ("span_ms", span_ms),
+            ] {
+                meta.insert(k, v).map_err(|e| StoreError::db(&path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| StoreError::db(&path, e))?;
+        seg.next_block = next;
+        Ok(())
+    }
+
+    fn commit_rollups(&mut self) {
+        let write_hours = self.agg.hours_dirty() && self.last_hours_write.elapsed() >= Duration::from_secs(30);
+        let hour = self.latest_event / 3_600_000;
+        let expire = hour != self.last_expire_hour;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let res = (|| -> Result<(), StoreError> {
+                let p = self.dir.rollups();
+                let top_n = self.cfg.top_n;
+                let close_before = self.latest_event.saturating_sub(3_600_000);
+                let (mk, hk, now) = (self.cfg.minute_keep_ms, self.cfg.hour_keep_ms, self.latest_event);
+                let db = self.rollup_db()?;
+                let txn = db.begin_write().map_err(|e| StoreError::db(&p, e))?;
+                let mut agg = std::mem::take(&mut self.agg);
+                let r = agg.write_minutes(&txn).and_then(|_| {
+                    if write_hours {
+                        agg.write_hours(&txn, top_n, close_before)
+                    } else {
+                        Ok(())
+                    }
+                });
+                let r = r.and_then(|_| if expire { super::rollup::expire(&txn, now, mk, hk) } else { Ok(()) });
+                self.agg = agg;
+                r.map_err(|e| StoreError::db(&p, e))?;
+                txn.commit().map_err(|e| StoreError::db(&p, e))
+            })();
+            match res {
+                Ok(()) => {
+                    self.agg.clear_minutes();
+                    if write_hours {
+                        self.last_hours_write = Instant::now();
+                    }
+                    if expire {
+                        self.last_expire_hour = hour;
+                    }
+                    self.counters.rollup_overflow.store(self.agg.hour_overflow, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("roll-up commit failed (attempt {attempt}): {e}");
+                    self.rollups = None;
+                    self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+                    self.evict_to(self.low_watermark());
+                }
+            }
+        }
+        self.counters.state_failures.fetch_add(1, Ordering::Relaxed);
+        self.agg.clear_minutes();
+    }
+
+    /// Force the hour top lists out now (shutdown, end of ingest).
+    pub fn flush_hours(&mut self) {
+        self.last_hours_write = Instant::now() - Duration::from_secs(3600);
+        self.commit_rollups();
+    }
+
+    fn commit_state(&mut self) {
+        if self.templates.is_empty() && self.exporters.is_none() {
+            return;
+        }
+        for attempt in 1..=MAX_ATTEMPTS {
+            let templates = &self.templates;
+            let exporters = &self.exporters;
+            let p = self.dir.state();
+            let res = (|| -> Result<(), StoreError> {
+                let db = match &self.state {
+                    Some(db) => db,
+                    None => return Err(StoreError::io(&p, std::io::Error::other("state closed"))),
+                };
+                let txn = db.begin_write().map_err(|e| StoreError::db(&p, e))?;
+                {
+                    let mut t = txn.open_table(TEMPLATES).map_err(|e| StoreError::db(&p, e))?;
+                    for (k, v) in templates {
+                        match v {
+                            Some(v) => t.insert(k.as_str(), v.as_slice()).map(|_| ()),
+                            None => t.remove(k.as_str()).map(|_| ()),
+                        }
+                        .map_err(|e| StoreError::db(&p, e))?;
+                    }
+                    if let Some(ex) = exporters {
+                        let mut t = txn.open_table(EXPORTERS).map_err(|e| StoreError::db(&p, e))?;
+                        for s in ex {
+                            let bytes = postcard::to_stdvec(s).unwrap_or_default();
+                            t.insert(s.exporter.as_str(), bytes.as_slice()).map_err(|e| StoreError::db(&p, e))?;
+                        }
+                    }
+                }
+                txn.commit().map_err(|e| StoreError::db(&p, e))
+            })();
+            match res {
+                Ok(()) => {
+                    self.templates.clear();
+                    self.exporters = None;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("state commit failed (attempt {attempt}): {e}");
+                    self.state = None;
+                    self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+                    self.evict_to(self.low_watermark());
+                    if self.state_db().is_err() {
+                        continue;
+                    }
+                }
+            }
+        }
+        self.counters.state_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn retention(&mut self) {
+        if self.quota.used() > self.high_watermark() {
+            self.evict_to(self.low_watermark());
+        }
+        if let Some(age) = self.cfg.max_age_ms {
+            let cutoff = self.latest_event.saturating_sub(age);
+            let Ok(segs) = self.dir.list_segments() else { return };
+            for (id, size) in segs {
+                // Flows in a segment start before span end; give them a span of slack to end.
+                if id.span_start + 2 * self.cfg.segment_span_ms < cutoff {
+                    self.delete_segment(id, size);
+                }
+            }
+        }
+    }
+
+    fn delete_segment(&mut self, id: SegmentId, size: u64) -> bool {
+        if self.open.get(&id.span_start).is_some_and(|s| s.id == id) {
+            self.open.remove(&id.span_start);
+        }
+        match std::fs::remove_file(self.dir.segment(id)) {
+            Ok(()) => {
+                self.quota.release(size);
+                self.counters.segments_evicted.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_evicted.fetch_add(size, Ordering::Relaxed);
+                tracing::info!("evicted segment {id} ({size} bytes)");
+                true
+            }
+            Err(e) => {
+                tracing::error!("cannot delete segment {id}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Delete oldest segments until use is at or below `target`. Returns whether any was deleted.
+    fn evict_to(&mut self, target: u64) -> bool {
+        let mut any = false;
+        while self.quota.used() > target {
+            let Ok(segs) = self.dir.list_segments() else { break };
+            let Some(&(id, size)) = segs.first() else { break };
+            // Sizes on disk may have grown since they were charged (open files); re-read.
+            if !self.delete_segment(id, size) {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// Commit and close everything.
+    pub fn finish(mut self) {
+        self.commit();
+        self.flush_hours();
+        self.open.clear();
+    }
+}
+
+use std::path::PathBuf;
+
+/// Drive a writer from a channel until every sender is gone.
+pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounters> {
+    let mut deadline = Instant::now() + w.cfg.commit_interval;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(StoreMsg::Flows(b)) => {
+                w.add(&b);
+                if w.pending_flows() >= COMMIT_MAX_FLOWS {
+                    w.commit();
+                    deadline = Instant::now() + w.cfg.commit_interval;
+                }
+            }
+            Ok(StoreMsg::Templates(t)) => w.add_templates(t),
+            Ok(StoreMsg::Exporters(e)) => w.set_exporters(e),
+            Ok(StoreMsg::Sync(reply)) => {
+                w.commit();
+                let _ = reply.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                w.commit();
+                deadline = Instant::now() + w.cfg.commit_interval;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let counters = w.counters.clone();
+    w.finish();
+    counters
+}
