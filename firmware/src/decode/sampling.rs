@@ -29,12 +29,17 @@ impl SamplingInfo {
         if let Some(r) = self.rate.filter(|&r| r > 0) {
             return Some(r);
         }
-        if let Some(i) = self.packet_interval.filter(|&i| i > 0) {
-            let space = self.packet_space.unwrap_or(0);
-            return Some(((i as u64 + space as u64) / i as u64).max(1) as u32);
+        // n-out-of-N (RFC 5477 samplingSize / samplingPopulation).
+        if let (Some(s), Some(p)) = (self.size, self.population)
+            && s > 0
+            && p >= s
+        {
+            return Some(p / s);
         }
-        match (self.size, self.population) {
-            (Some(s), Some(p)) if s > 0 && p >= s => Some(p / s),
+        // Systematic count-based: interval packets selected, space packets skipped.
+        // An interval without a space says nothing about the rate.
+        match (self.packet_interval, self.packet_space) {
+            (Some(i), Some(space)) if i > 0 => Some(((i as u64 + space as u64) / i as u64).max(1) as u32),
             _ => None,
         }
     }
