@@ -15,6 +15,9 @@ use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
 use netflow_parser::{DataNumber, FieldValue};
 use std::net::IpAddr;
 
+/// How far a flow time may lead the export's sysUptime and still count as "now".
+const UPTIME_LEAD_MS: u32 = 3_600_000;
+
 /// Seconds between the NTP era and the Unix epoch.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
@@ -241,9 +244,17 @@ impl RecordBuilder {
             if let Some(init) = self.system_init.or(ctx.system_init_ms) {
                 return Some(init + up);
             }
-            let now_up = ctx.sys_uptime_ms? as u64;
-            // Wrapping 32-bit uptime difference, interpreted as signed.
-            let back = (now_up as u32).wrapping_sub(up as u32) as i32 as i64;
+            let now_up = ctx.sys_uptime_ms?;
+            // sysUptime is a 32-bit millisecond counter that wraps every 49.7
+            // days. A flow cannot start after it was exported, so the difference
+            // is read as "this long ago" across the whole range, except for a
+            // small lead (exporter clock granularity), read as slightly ahead.
+            let back = now_up.wrapping_sub(up as u32);
+            let back = if back > u32::MAX - UPTIME_LEAD_MS {
+                -((u32::MAX - back) as i64 + 1)
+            } else {
+                back as i64
+            };
             Some((ctx.export_ms as i64 - back).max(0) as u64)
         };
         let start = self
@@ -296,6 +307,28 @@ mod tests {
         let mut r = FlowRecord::default();
         b.finish(&ctx, 1, &mut r);
         assert_eq!(r.start_ms, 5_000_000 - 2000);
+    }
+
+    #[test]
+    fn uptime_differences_beyond_2_pow_31_are_the_past() {
+        // 29 days before export (more than 2^31 ms): still the past, as nfdump reads it.
+        let day = 86_400_000u64;
+        let mut b = RecordBuilder::default();
+        let now_up = 3_000_000_000u32;
+        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(now_up - (29 * day) as u32)));
+        let ctx = TimeContext {
+            export_ms: 100 * day,
+            sys_uptime_ms: Some(now_up),
+            system_init_ms: None,
+        };
+        let mut r = FlowRecord::default();
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!(r.start_ms, 71 * day);
+        // A few ms ahead of the export uptime: read as just now, not 49 days ago.
+        let mut b = RecordBuilder::default();
+        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(now_up + 5)));
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!(r.start_ms, 100 * day + 5);
     }
 
     #[test]
