@@ -88,6 +88,9 @@ pub struct Office {
     pub attacks: Vec<Attack>,
 }
 
+/// Largest office the address plan holds.
+pub const MAX_HOSTS: usize = 250 * 254;
+
 /// The internal network flowgen uses.
 pub const OFFICE_NET: [u8; 2] = [10, 20];
 
@@ -95,8 +98,9 @@ impl Office {
     /// An office of `hosts` workstations.
     pub fn new(seed: u64, hosts: usize) -> Office {
         let mut r = Rng::derive(seed, u64::MAX);
-        let hosts: Vec<Ipv4Addr> = (0..hosts.max(1))
-            .map(|i| Ipv4Addr::new(10, 20, 1 + (i / 250) as u8, 10 + (i % 250) as u8))
+        // 10.20.1.1 .. 10.20.254.250: at most MAX_HOSTS workstations.
+        let hosts: Vec<Ipv4Addr> = (0..hosts.clamp(1, MAX_HOSTS))
+            .map(|i| Ipv4Addr::new(10, 20, 1 + (i / 250) as u8, 1 + (i % 250) as u8))
             .collect();
         let web = (0..200)
             .map(|_| {
@@ -308,7 +312,7 @@ impl Office {
                 for i in 0..targets {
                     let t = at_ms + spread_ms * i as u64 / targets.max(1) as u64;
                     if t >= from && t < to {
-                        let dst = Ipv4Addr::new(10, 20, 1 + (i / 250) as u8, (i % 250) as u8 + 1);
+                        let dst = Ipv4Addr::new(10, 20, 1 + ((i / 250) % 254) as u8, (i % 250) as u8 + 1);
                         out.push(tcp(
                             t,
                             0,
