@@ -78,10 +78,31 @@ pub(crate) fn open_writable(path: &Path, quota: &Arc<quota::Quota>) -> Result<Da
 }
 
 /// Open a database read-only; works while the writer has it open.
+///
+/// A file left unclean by a crash needs a repair that a read-only handle
+/// cannot do; when no writer holds it, it is repaired here (one writable
+/// open) and then read. With a writer holding it, the writer repaired it.
 pub fn open_readonly(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
-    let mut b = Database::builder();
-    b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
-    b.open_read_only(path).map_err(|e| StoreError::db(path, e))
+    let open = || {
+        let mut b = Database::builder();
+        b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+        b.open_read_only(path)
+    };
+    match open() {
+        Err(redb::DatabaseError::RepairAborted) => {
+            let mut b = Database::builder();
+            b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+            match b.open(path) {
+                Ok(db) => {
+                    drop(db);
+                    tracing::info!("{}: repaired after an unclean shutdown", path.display());
+                    open().map_err(|e| StoreError::db(path, e))
+                }
+                Err(e) => Err(StoreError::db(path, e)),
+            }
+        }
+        r => r.map_err(|e| StoreError::db(path, e)),
+    }
 }
 
 /// Counters of the storage stage (shared with status output).

@@ -51,3 +51,115 @@ pub fn test_config() -> Config {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flowwarden"))
 }
+
+/// A `flowwarden run` child on loopback.
+pub struct Running {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Start `run` listening on 127.0.0.1:0 and wait for the ready line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin())
+            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start flowwarden: {e}"));
+        let out = child.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // From here on, Drop kills and reaps the child on every path, panics included.
+        let mut running = Running {
+            child,
+            port: 0,
+            data_dir: data_dir.to_path_buf(),
+            stdout: rx,
+        };
+        let out = out.unwrap_or_else(|| panic!("no stdout"));
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = running
+                .stdout
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no ready line within 30 s"));
+            if let Some(rest) = line.split("flowwarden: ready, listening on udp ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                running.port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no port in {line:?}"));
+                return running;
+            }
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGTERM; returns the exit status and how long the shutdown took.
+    pub fn stop(mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let t = std::time::Instant::now();
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap_or_else(|| panic!("bad pid"));
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap_or_else(|e| panic!("kill: {e}"));
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                let _ = self.stdout.try_recv();
+                return (st, t.elapsed());
+            }
+            if t.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("flowwarden did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the binary with arguments; (exit success, stdout, stderr).
+pub fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Find a Debian-installed tool; its absence fails the test with the fix.
+pub fn tool(name: &str, package: &str) -> PathBuf {
+    for d in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(d).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run `cargo xtask deps` (apt-get install {package})");
+}
