@@ -7,6 +7,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod decode;
+pub mod fasthash;
 pub mod flow;
 pub mod net;
 pub mod pipeline;

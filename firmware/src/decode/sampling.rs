@@ -6,7 +6,7 @@
 //! or carries its own interval. Options data without a sampler id set the
 //! exporter-wide default. Tables are bounded per exporter stream.
 
-use std::collections::HashMap;
+use crate::fasthash::FxHashMap;
 use std::net::SocketAddr;
 
 const MAX_SAMPLERS_PER_STREAM: usize = 256;
@@ -48,13 +48,13 @@ impl SamplingInfo {
 #[derive(Debug, Default)]
 struct Stream {
     default_rate: Option<u32>,
-    samplers: HashMap<u64, u32>,
+    samplers: FxHashMap<u64, u32>,
 }
 
 /// Learned sampling per (exporter, observation domain / source id).
 #[derive(Debug, Default)]
 pub struct SamplingTable {
-    streams: HashMap<(SocketAddr, u32), Stream>,
+    streams: FxHashMap<(SocketAddr, u32), Stream>,
     cap: usize,
     /// Sampler entries not stored because a bound was reached.
     pub dropped: u64,
@@ -63,7 +63,7 @@ pub struct SamplingTable {
 impl SamplingTable {
     pub fn new(cap_streams: usize) -> Self {
         SamplingTable {
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             cap: cap_streams,
             dropped: 0,
         }

@@ -7,11 +7,12 @@
 //! periodically and when an hour closes on event time. Maps are bounded and
 //! count what they could not hold.
 
+use crate::fasthash::FxHashMap;
 use crate::flow::FlowRecord;
 use crate::store::schema::{HOUR_TOP, MINUTE, dim, metric, top};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// Distinct keys one hour may track per top kind.
@@ -28,16 +29,29 @@ pub struct TopEntry {
 
 type Counts = (u64, u64, u64);
 
+/// What a minute roll-up is folded by; the five dimensions are derived at write time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MinuteKey {
+    minute: u64,
+    exporter: std::net::SocketAddr,
+    in_if: u32,
+    out_if: u32,
+    proto: u8,
+}
+
 #[derive(Debug, Default)]
 struct HourTop {
-    kinds: [HashMap<Vec<u8>, Counts>; 4],
+    src: FxHashMap<IpAddr, Counts>,
+    dst: FxHashMap<IpAddr, Counts>,
+    conversation: FxHashMap<(IpAddr, IpAddr), Counts>,
+    dst_port: FxHashMap<(u8, u16), Counts>,
     dirty: bool,
 }
 
 /// In-memory aggregation between commits.
 #[derive(Debug, Default)]
 pub struct RollupAgg {
-    minutes: HashMap<(u64, u8, Vec<u8>), Counts>,
+    minutes: FxHashMap<MinuteKey, Counts>,
     hours: BTreeMap<u64, HourTop>,
     /// Contributions not counted in an hour top because its map was full.
     pub hour_overflow: u64,
@@ -83,58 +97,93 @@ pub fn render_key(kind: u8, key: &[u8]) -> String {
     }
 }
 
+#[inline]
 fn add(c: &mut Counts, f: &FlowRecord) {
     c.0 += f.bytes;
     c.1 += f.packets;
     c.2 += 1;
 }
 
+#[inline]
+fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Counts>, key: K, f: &FlowRecord, overflow: &mut u64) {
+    if let Some(c) = map.get_mut(&key) {
+        add(c, f);
+    } else if map.len() < HOUR_KEYS_CAP {
+        let mut c = Counts::default();
+        add(&mut c, f);
+        map.insert(key, c);
+    } else {
+        *overflow += 1;
+    }
+}
+
+fn conversation_key(a: &IpAddr, b: &IpAddr) -> Vec<u8> {
+    let (a, b) = (ip_key(a), ip_key(b));
+    let mut k = vec![a.len() as u8];
+    k.extend_from_slice(&a);
+    k.extend_from_slice(&b);
+    k
+}
+
 impl RollupAgg {
     /// Fold one flow in.
     pub fn add(&mut self, f: &FlowRecord) {
         let minute = f.start_ms - f.start_ms % 60_000;
-        let exporter = f.exporter.to_string().into_bytes();
-        let mut iface = |kind: u8, idx: u32| {
-            let mut k = exporter.clone();
-            k.push(b'#');
-            k.extend_from_slice(idx.to_string().as_bytes());
-            add(self.minutes.entry((minute, kind, k)).or_default(), f);
+        let key = MinuteKey {
+            minute,
+            exporter: f.exporter,
+            in_if: f.in_if,
+            out_if: f.out_if,
+            proto: f.proto,
         };
-        iface(dim::IN_INTERFACE, f.in_if);
-        iface(dim::OUT_INTERFACE, f.out_if);
-        add(self.minutes.entry((minute, dim::TOTAL, Vec::new())).or_default(), f);
-        add(self.minutes.entry((minute, dim::EXPORTER, exporter)).or_default(), f);
-        add(self.minutes.entry((minute, dim::PROTOCOL, vec![f.proto])).or_default(), f);
-
+        add(self.minutes.entry(key).or_default(), f);
         let hour = f.start_ms - f.start_ms % 3_600_000;
         let h = self.hours.entry(hour).or_default();
         h.dirty = true;
-        let src = ip_key(&f.src);
-        let dst = ip_key(&f.dst);
-        let mut conv = vec![src.len() as u8];
-        conv.extend_from_slice(&src);
-        conv.extend_from_slice(&dst);
-        let port = vec![f.proto, (f.dst_port >> 8) as u8, f.dst_port as u8];
-        for (kind, key) in [(top::SRC, src), (top::DST, dst), (top::CONVERSATION, conv), (top::DST_PORT, port)] {
-            let map = &mut h.kinds[kind as usize];
-            if let Some(c) = map.get_mut(&key) {
-                add(c, f);
-            } else if map.len() < HOUR_KEYS_CAP {
-                let mut c = Counts::default();
-                add(&mut c, f);
-                map.insert(key, c);
-            } else {
-                self.hour_overflow += 1;
+        let o = &mut self.hour_overflow;
+        bump(&mut h.src, f.src, f, o);
+        bump(&mut h.dst, f.dst, f, o);
+        bump(&mut h.conversation, (f.src, f.dst), f, o);
+        bump(&mut h.dst_port, (f.proto, f.dst_port), f, o);
+    }
+
+    /// Minute rows per dimension: (minute, kind, key) -> counts.
+    fn minute_rows(&self) -> std::collections::HashMap<(u64, u8, Vec<u8>), Counts> {
+        let mut rows: std::collections::HashMap<(u64, u8, Vec<u8>), Counts> = Default::default();
+        let mut exporters: FxHashMap<std::net::SocketAddr, Vec<u8>> = FxHashMap::default();
+        for (k, c) in &self.minutes {
+            let ex = exporters
+                .entry(k.exporter)
+                .or_insert_with(|| k.exporter.to_string().into_bytes())
+                .clone();
+            let iface = |idx: u32| {
+                let mut v = ex.clone();
+                v.push(b'#');
+                v.extend_from_slice(idx.to_string().as_bytes());
+                v
+            };
+            for key in [
+                (k.minute, dim::TOTAL, Vec::new()),
+                (k.minute, dim::EXPORTER, ex.clone()),
+                (k.minute, dim::IN_INTERFACE, iface(k.in_if)),
+                (k.minute, dim::OUT_INTERFACE, iface(k.out_if)),
+                (k.minute, dim::PROTOCOL, vec![k.proto]),
+            ] {
+                let e = rows.entry(key).or_default();
+                e.0 += c.0;
+                e.1 += c.1;
+                e.2 += c.2;
             }
         }
+        rows
     }
 
     /// Merge minute deltas into the table.
     pub fn write_minutes(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let mut t = txn.open_table(MINUTE)?;
-        for ((m, kind, key), (b, p, n)) in &self.minutes {
-            let old = t.get((*m, *kind, key.as_slice()))?.map(|v| v.value()).unwrap_or_default();
-            t.insert((*m, *kind, key.as_slice()), (old.0 + b, old.1 + p, old.2 + n))?;
+        for ((m, kind, key), (b, p, n)) in self.minute_rows() {
+            let old = t.get((m, kind, key.as_slice()))?.map(|v| v.value()).unwrap_or_default();
+            t.insert((m, kind, key.as_slice()), (old.0 + b, old.1 + p, old.2 + n))?;
         }
         Ok(())
     }
@@ -148,18 +197,20 @@ impl RollupAgg {
     pub fn write_hours(&mut self, txn: &redb::WriteTransaction, top_n: usize, close_before: u64) -> Result<(), redb::Error> {
         let mut t = txn.open_table(HOUR_TOP)?;
         for (&hour, h) in self.hours.iter_mut().filter(|(_, h)| h.dirty) {
-            for kind in 0..4u8 {
-                let map = &h.kinds[kind as usize];
-                for (m, pick) in [
-                    (metric::BYTES, (|c: &Counts| c.0) as fn(&Counts) -> u64),
-                    (metric::PACKETS, |c: &Counts| c.1),
-                    (metric::FLOWS, |c: &Counts| c.2),
-                ] {
-                    let list = top_of(map, top_n, pick);
+            let mut put = |kind: u8, lists: [Vec<TopEntry>; 3]| -> Result<(), redb::Error> {
+                for (m, list) in [metric::BYTES, metric::PACKETS, metric::FLOWS].into_iter().zip(lists) {
                     let bytes = postcard::to_stdvec(&list).unwrap_or_default();
                     t.insert((hour, kind, m), bytes.as_slice())?;
                 }
-            }
+                Ok(())
+            };
+            put(top::SRC, tops(&h.src, top_n, |k| ip_key(k)))?;
+            put(top::DST, tops(&h.dst, top_n, |k| ip_key(k)))?;
+            put(top::CONVERSATION, tops(&h.conversation, top_n, |(a, b)| conversation_key(a, b)))?;
+            put(
+                top::DST_PORT,
+                tops(&h.dst_port, top_n, |(p, port)| vec![*p, (port >> 8) as u8, *port as u8]),
+            )?;
             h.dirty = false;
         }
         self.hours.retain(|&hour, _| hour + 3_600_000 >= close_before);
@@ -172,22 +223,30 @@ impl RollupAgg {
     }
 }
 
-fn top_of(map: &HashMap<Vec<u8>, Counts>, n: usize, pick: fn(&Counts) -> u64) -> Vec<TopEntry> {
-    let mut v: Vec<(&Vec<u8>, &Counts)> = map.iter().collect();
-    let by = |a: &(&Vec<u8>, &Counts), b: &(&Vec<u8>, &Counts)| pick(b.1).cmp(&pick(a.1)).then_with(|| a.0.cmp(b.0));
-    if v.len() > n {
-        v.select_nth_unstable_by(n, by);
-        v.truncate(n);
-    }
-    v.sort_by(by);
-    v.into_iter()
-        .map(|(k, c)| TopEntry {
-            key: k.clone(),
-            bytes: c.0,
-            packets: c.1,
-            flows: c.2,
-        })
-        .collect()
+/// Top `n` by bytes, packets and flows; keys become bytes only for the winners.
+fn tops<K: Ord>(map: &FxHashMap<K, Counts>, n: usize, key: impl Fn(&K) -> Vec<u8>) -> [Vec<TopEntry>; 3] {
+    let pick = |m: u8, c: &Counts| match m {
+        metric::BYTES => c.0,
+        metric::PACKETS => c.1,
+        _ => c.2,
+    };
+    [metric::BYTES, metric::PACKETS, metric::FLOWS].map(|m| {
+        let mut v: Vec<(&K, &Counts)> = map.iter().collect();
+        let by = |a: &(&K, &Counts), b: &(&K, &Counts)| pick(m, b.1).cmp(&pick(m, a.1)).then_with(|| a.0.cmp(b.0));
+        if v.len() > n {
+            v.select_nth_unstable_by(n, by);
+            v.truncate(n);
+        }
+        v.sort_by(by);
+        v.into_iter()
+            .map(|(k, c)| TopEntry {
+                key: key(k),
+                bytes: c.0,
+                packets: c.1,
+                flows: c.2,
+            })
+            .collect()
+    })
 }
 
 /// Delete roll-ups older than their retention (`now` is event time).

@@ -221,6 +221,7 @@ impl StoreWriter {
     /// Queue flows for the next commit.
     pub fn add(&mut self, batch: &[FlowRecord]) {
         let cutoff = self.cfg.max_age_ms.map(|a| self.latest_event.saturating_sub(a));
+        let mut cur: Option<(u64, Vec<FlowRecord>)> = None;
         for f in batch {
             if cutoff.is_some_and(|c| f.end_ms < c) {
                 self.counters.flows_too_old.fetch_add(1, Ordering::Relaxed);
@@ -228,8 +229,27 @@ impl StoreWriter {
             }
             self.latest_event = self.latest_event.max(f.end_ms);
             let span = f.start_ms - f.start_ms % self.cfg.segment_span_ms;
-            self.pending.entry(span).or_default().push(f.clone());
+            // Consecutive flows nearly always share a span: one map lookup per run.
+            match &mut cur {
+                Some((s, v)) if *s == span => v.push(f.clone()),
+                _ => {
+                    if let Some((s, v)) = cur.take() {
+                        self.pending.entry(s).or_default().extend(v);
+                    }
+                    let mut v = Vec::with_capacity(batch.len());
+                    v.push(f.clone());
+                    cur = Some((span, v));
+                }
+            }
             self.agg.add(f);
+        }
+        if let Some((s, v)) = cur {
+            let slot = self.pending.entry(s).or_default();
+            if slot.is_empty() {
+                *slot = v;
+            } else {
+                slot.extend(v);
+            }
         }
         self.pending_flows += batch.len();
     }

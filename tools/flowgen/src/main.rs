@@ -111,17 +111,28 @@ fn main() -> Result<()> {
     let mut exporter = Exporter::new(a.version, start.saturating_sub(3_600_000));
     let mut stream = Vec::new();
     let mut produced = 0u64;
-    let mut day = 0u64;
+    // Ten minutes of model time at a time, so a record cap stops generation early;
+    // with a cap the model runs past --duration until it is reached.
+    const WINDOW: u64 = 600_000;
+    let mut from = start;
     loop {
-        let from = start + day * dur;
-        let mut flows = office.flows(from, from + dur);
+        let to = if a.records.is_some() {
+            from + WINDOW
+        } else {
+            (from + WINDOW).min(start + dur)
+        };
+        let mut flows = office.flows(from, to);
         if let Some(limit) = a.records {
             flows.truncate((limit - produced) as usize);
         }
         produced += flows.len() as u64;
         stream.extend(export_stream(&mut exporter, &flows, 1000));
-        day += 1;
-        if a.records.is_none_or(|l| produced >= l) || flows.is_empty() {
+        from = to;
+        let done = match a.records {
+            Some(limit) => produced >= limit || from >= start + 366 * 86_400_000,
+            None => from >= start + dur,
+        };
+        if done {
             break;
         }
     }

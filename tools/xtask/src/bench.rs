@@ -1,7 +1,493 @@
-//! Benchmarks (filled in below).
-use anyhow::Result;
-use std::path::Path;
+//! `cargo xtask bench`: ingest speed, storage density, memory and query latency
+//! of flowwarden, and live loss side by side with nfdump's nfcapd in the same
+//! run. Writes bench-out/ (captures, data, logs) and BENCHMARKS.md.
+//!
+//! `--quick` uses smaller inputs (for trying the harness; numbers are not reported).
 
-pub fn bench(_root: &Path, _args: &[String]) -> Result<()> {
-    anyhow::bail!("benchmarks are not implemented yet")
+use crate::run;
+use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Monday 2026-11-02 09:00 UTC: business hours in flowgen's office model.
+const START: &str = "1793610000";
+
+struct Bins {
+    fw: PathBuf,
+    fg: PathBuf,
+}
+
+fn cmd_out(c: &mut Command) -> Result<String> {
+    let o = c.output().with_context(|| format!("cannot run {c:?}"))?;
+    if !o.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn field(out: &str, prefix: &str) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(prefix))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Run a child to completion, sampling its resident memory; (stdout, peak RSS bytes, wall time).
+fn with_rss(mut c: Command) -> Result<(String, u64, Duration)> {
+    let t = Instant::now();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {c:?}"))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path)
+            && let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            peak = peak.max(kb * 1024);
+        }
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok((String::from_utf8_lossy(&o.stdout).into_owned(), peak, t.elapsed()))
+}
+
+fn du(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            let p = e.path();
+            total += if p.is_dir() {
+                du(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+    }
+    total
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Offline {
+    label: String,
+    records: f64,
+    stored: f64,
+    rate: f64,
+    rss: u64,
+    bytes_per_flow: f64,
+    block_bytes_per_flow: f64,
+    dir: PathBuf,
+}
+
+fn offline(b: &Bins, label: &str, files: &[PathBuf], out: &Path, reps: usize) -> Result<Offline> {
+    let mut rates = Vec::new();
+    let mut last = None;
+    for i in 0..reps {
+        let dir = out.join(format!("ingest-{label}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&b.fw).args(["ingest", "--data-dir"]).arg(&dir).args(files);
+        let (stdout, rss, _) = with_rss(c)?;
+        let rate = field(&stdout, "records/s:").context("no records/s in ingest output")?;
+        eprintln!(
+            "bench: offline {label} run {}: {rate:.0} records/s, peak RSS {} MiB",
+            i + 1,
+            rss >> 20
+        );
+        rates.push(rate);
+        let stored = field(&stdout, "flows stored:").unwrap_or(0.0);
+        let records = field(&stdout, "records:").unwrap_or(0.0);
+        let flows_bytes = du(&dir.join("flows"));
+        last = Some(Offline {
+            label: label.to_string(),
+            records,
+            stored,
+            rate,
+            rss,
+            bytes_per_flow: flows_bytes as f64 / stored.max(1.0),
+            block_bytes_per_flow: 0.0,
+            dir,
+        });
+    }
+    let mut o = last.context("no runs")?;
+    o.rate = median(rates);
+    Ok(o)
+}
+
+fn query_latency(b: &Bins, dir: &Path, args: &[&str]) -> Result<f64> {
+    let mut t = Vec::new();
+    for _ in 0..3 {
+        let s = Instant::now();
+        cmd_out(
+            Command::new(&b.fw)
+                .arg("query")
+                .arg("--data-dir")
+                .arg(dir)
+                .args(args)
+                .stdout(Stdio::null()),
+        )?;
+        t.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(t))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn stop(child: &mut Child) -> Result<()> {
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
+    let t = Instant::now();
+    while child.try_wait()?.is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("collector did not stop within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+struct Live {
+    rate: u64,
+    sent: u64,
+    ours: u64,
+    nfcapd: u64,
+    send_rate: f64,
+}
+
+fn send(b: &Bins, port: u16, rate: u64, records: u64) -> Result<(u64, f64)> {
+    let out = cmd_out(Command::new(&b.fg).args([
+        "--hosts",
+        "20000",
+        "--intensity",
+        "8",
+        "--start",
+        START,
+        "--version",
+        "ipfix",
+        "--records",
+        &records.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--udp",
+        &format!("127.0.0.1:{port}"),
+    ]))?;
+    // "sent D datagrams, R records in S s (X records/s, E send errors)"
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let sent = words.get(3).and_then(|w| w.parse().ok()).context("flowgen output")?;
+    let achieved = out
+        .split('(')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    Ok((sent, achieved))
+}
+
+fn live_ours(b: &Bins, out: &Path, rate: u64, records: u64) -> Result<(u64, u64, f64)> {
+    let dir = out.join(format!("live-fw-{rate}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port()?;
+    let mut child = Command::new(&b.fw)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("flowwarden: ready") => break,
+            Some(_) => {}
+            None => bail!("flowwarden run exited before it was ready"),
+        }
+    }
+    let (sent, achieved) = send(b, port, rate, records)?;
+    std::thread::sleep(Duration::from_secs(2));
+    stop(&mut child)?;
+    let stored: u64 = cmd_out(
+        Command::new(&b.fw)
+            .args(["query", "--top", "proto", "--format", "jsonl", "--data-dir"])
+            .arg(&dir),
+    )?
+    .lines()
+    .filter_map(|l| l.split("\"flows\":").nth(1))
+    .filter_map(|r| r.split(',').next()?.parse::<u64>().ok())
+    .sum();
+    Ok((sent, stored, achieved))
+}
+
+fn live_nfcapd(b: &Bins, out: &Path, rate: u64, records: u64) -> Result<u64> {
+    let dir = out.join(format!("live-nfcapd-{rate}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let mut child = Command::new("nfcapd")
+        .args(["-w"])
+        .arg(&dir)
+        .args(["-p", &port.to_string(), "-b", "127.0.0.1", "-B", "4194304", "-t", "3600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start nfcapd")?;
+    std::thread::sleep(Duration::from_millis(500));
+    send(b, port, rate, records)?;
+    std::thread::sleep(Duration::from_secs(2));
+    stop(&mut child)?;
+    let info = cmd_out(Command::new("nfdump").arg("-R").arg(&dir).args(["-I", "-N"]))?;
+    let flows = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Flows:"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no Flows: in nfdump -I")?;
+    Ok(flows)
+}
+
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "-p", "flowwarden", "-p", "flowgen"]))?;
+    let b = Bins {
+        fw: root.join("target/release/flowwarden"),
+        fg: root.join("target/release/flowgen"),
+    };
+    let out = root.join("bench-out");
+    std::fs::create_dir_all(&out)?;
+    // Give nfcapd's SO_RCVBUF the same 4 MiB flowwarden takes with SO_RCVBUFFORCE.
+    let rmem: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if rmem < 4_194_304 {
+        run(Command::new("sysctl").args(["-w", "net.core.rmem_max=4194304"]))?;
+    }
+
+    // Synthetic captures.
+    let (hosts, dur) = if quick { ("300", "30m") } else { ("3000", "2h") };
+    let mut syn = Vec::new();
+    for v in ["ipfix", "v9", "v5"] {
+        let p = out.join(format!("synthetic-{v}.pcap"));
+        if !p.exists() {
+            run(Command::new(&b.fg)
+                .args([
+                    "--hosts",
+                    hosts,
+                    "--intensity",
+                    "8",
+                    "--start",
+                    START,
+                    "--duration",
+                    dur,
+                    "--version",
+                    v,
+                    "--pcap",
+                ])
+                .arg(&p))?;
+        }
+        syn.push((v, p));
+    }
+    let exported: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("../shared/captures/exported"))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+            .collect();
+        v.sort();
+        v
+    };
+    let reps = if quick { 1 } else { 3 };
+    let mut offl = Vec::new();
+    for (v, p) in &syn {
+        offl.push(offline(&b, &format!("synthetic-{v}"), std::slice::from_ref(p), &out, reps)?);
+    }
+    offl.push(offline(&b, "exported", &exported, &out, reps)?);
+    for o in &mut offl {
+        let counters = cmd_out(
+            Command::new(&b.fw)
+                .args(["query", "--top", "proto", "--format", "jsonl", "--data-dir"])
+                .arg(&o.dir),
+        )?;
+        let _ = counters;
+        o.block_bytes_per_flow = du(&o.dir) as f64 / o.stored.max(1.0);
+    }
+    let big = &offl[0];
+    let q_top = query_latency(&b, &big.dir, &["--top", "src", "--by", "bytes", "--limit", "10"])?;
+    let q_conv = query_latency(&b, &big.dir, &["--top", "conversation", "--by", "flows", "--limit", "10"])?;
+    let q_filter = query_latency(&b, &big.dir, &["--filter", "dst port 22 and bytes > 1M", "--format", "jsonl"])?;
+
+    // Live, side by side.
+    let rates: &[u64] = if quick {
+        &[100_000]
+    } else {
+        &[100_000, 200_000, 500_000, 1_000_000]
+    };
+    let mut live = Vec::new();
+    for &rate in rates {
+        let records = if quick { rate } else { rate * 5 };
+        let (sent, ours, achieved) = live_ours(&b, &out, rate, records)?;
+        let nf = live_nfcapd(&b, &out, rate, records)?;
+        eprintln!("bench: live {rate}/s: sent {sent}, flowwarden {ours}, nfcapd {nf} (sender achieved {achieved:.0}/s)");
+        live.push(Live {
+            rate,
+            sent,
+            ours,
+            nfcapd: nf,
+            send_rate: achieved,
+        });
+    }
+
+    // Report.
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Reproduce with `cargo xtask bench` (writes this file; inputs, data and logs in bench-out/)."
+    )?;
+    writeln!(
+        md,
+        "Machine: {nproc} cores ({cpu}), {} UTC.{}\n",
+        chrono_like_now(),
+        if quick { " QUICK RUN: not representative." } else { "" }
+    )?;
+    writeln!(
+        md,
+        "## Offline ingest (decode → store), one core (`taskset -c 0 flowwarden ingest`)\n"
+    )?;
+    writeln!(
+        md,
+        "| input | records | flows stored | records/s (median of {reps}) | peak RSS | flow segment bytes per flow | all data-dir bytes per flow |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for o in &offl {
+        writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {} MiB | {:.1} | {:.1} |",
+            o.label,
+            o.records,
+            o.stored,
+            o.rate,
+            o.rss >> 20,
+            o.bytes_per_flow,
+            o.block_bytes_per_flow
+        )?;
+    }
+    writeln!(
+        md,
+        "\nSynthetic: `flowgen --hosts {hosts} --intensity 8 --start {START} --duration {dur} --version V --pcap` (office in business hours)."
+    )?;
+    writeln!(
+        md,
+        "Exported: every pcap in ../shared/captures/exported in one ingest (small: startup dominates).\n"
+    )?;
+    writeln!(
+        md,
+        "## Query latency over all stored data (synthetic-ipfix, {:.0} flows; median of 3, whole process)\n",
+        big.stored
+    )?;
+    writeln!(md, "| query | ms |\n|---|---:|")?;
+    writeln!(
+        md,
+        "| `--top src --by bytes` | {q_top:.0} |\n| `--top conversation --by flows` | {q_conv:.0} |\n| `--filter 'dst port 22 and bytes > 1M' --format jsonl` | {q_filter:.0} |\n"
+    )?;
+    writeln!(
+        md,
+        "## Live collection vs nfcapd (same run, same sender, same 4 MiB socket buffer)\n"
+    )?;
+    writeln!(
+        md,
+        "flowgen sends IPFIX to 127.0.0.1 at a fixed record rate for 5 s; each collector is stopped (SIGTERM) 2 s after the last datagram and its stored flows counted. nfcapd: `nfcapd -w DIR -p PORT -b 127.0.0.1 -B 4194304 -t 3600`; flowwarden: `flowwarden run --listen 127.0.0.1:PORT` (default 4 MiB buffer).\n"
+    )?;
+    writeln!(
+        md,
+        "| target rate | sender achieved | records sent | flowwarden stored | flowwarden loss | nfcapd stored | nfcapd loss | ratio stored (fw/nfcapd) |"
+    )?;
+    writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for l in &live {
+        let loss = |n: u64| 100.0 * (1.0 - n as f64 / l.sent.max(1) as f64);
+        writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {:.2} % | {} | {:.2} % | {:.3} |",
+            l.rate,
+            l.send_rate,
+            l.sent,
+            l.ours,
+            loss(l.ours),
+            l.nfcapd,
+            loss(l.nfcapd),
+            l.ours as f64 / l.nfcapd.max(1) as f64
+        )?;
+    }
+    std::fs::write(out.join("results.md"), &md)?;
+    if !quick {
+        std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+    }
+    println!("{md}");
+    Ok(())
+}
+
+/// Current UTC time as YYYY-MM-DD HH:MM (no date crate in xtask).
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let (mut y, mut d) = (1970u64, days);
+    loop {
+        let len = if y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400)) {
+            366
+        } else {
+            365
+        };
+        if d < len {
+            break;
+        }
+        d -= len;
+        y += 1;
+    }
+    let leap = y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
+    let months = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let mut m = 0;
+    while d >= months[m] {
+        d -= months[m];
+        m += 1;
+    }
+    format!(
+        "{y}-{:02}-{:02} {:02}:{:02}",
+        m + 1,
+        d + 1,
+        (secs % 86_400) / 3600,
+        (secs % 3600) / 60
+    )
 }
