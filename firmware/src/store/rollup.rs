@@ -204,8 +204,8 @@ impl RollupAgg {
                 }
                 Ok(())
             };
-            put(top::SRC, tops(&h.src, top_n, |k| ip_key(k)))?;
-            put(top::DST, tops(&h.dst, top_n, |k| ip_key(k)))?;
+            put(top::SRC, tops(&h.src, top_n, ip_key))?;
+            put(top::DST, tops(&h.dst, top_n, ip_key))?;
             put(top::CONVERSATION, tops(&h.conversation, top_n, |(a, b)| conversation_key(a, b)))?;
             put(
                 top::DST_PORT,
