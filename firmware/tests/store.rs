@@ -236,7 +236,7 @@ fn rollups_total_and_rank_what_was_stored() {
         *by_src.entry(f.src).or_default() += f.bytes;
     }
     let mut want: Vec<(IpAddr, u64)> = by_src.into_iter().collect();
-    want.sort_by(|a, b| b.1.cmp(&a.1));
+    want.sort_by_key(|w| std::cmp::Reverse(w.1));
     assert!(!listed.is_empty());
     for (e, (ip, bytes)) in listed.iter().zip(&want).take(10) {
         assert_eq!(flowwarden::store::rollup::render_key(top::SRC, &e.key), ip.to_string());
