@@ -149,7 +149,7 @@ impl Default for CollectorConfig {
             pending_per_exporter: 1024,
             pending_ttl: Span(120_000),
             batch_flows: 4096,
-            queue_batches: 256,
+            queue_batches: 64,
         }
     }
 }

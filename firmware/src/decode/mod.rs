@@ -28,6 +28,29 @@ use std::time::Duration;
 use templates::PersistentTemplates;
 use thiserror::Error;
 
+/// A [`RecordBuilder`] from a fixed-format v5 or v7 record (distinct types, same fields).
+macro_rules! fixed_record {
+    ($f:expr) => {{
+        let f = $f;
+        let mut b = RecordBuilder::default();
+        b.apply_v5(
+            f.src_addr,
+            f.dst_addr,
+            f.src_port,
+            f.dst_port,
+            f.protocol_number,
+            f.tcp_flags,
+            f.d_octets,
+            f.d_pkts,
+            f.input,
+            f.output,
+            f.first,
+            f.last,
+        );
+        b
+    }};
+}
+
 /// Templates the parser keeps per exporter session and per cache.
 const TEMPLATES_PER_SOURCE: usize = 512;
 /// Upper bound on persisted templates across all exporters.
@@ -305,21 +328,7 @@ impl Decoder {
                 self.note_header(exporter, 5, export_ms, arrival_ms);
                 let header_rate = v5_rate(h.sampling_interval);
                 for f in &v5.flowsets {
-                    let mut b = RecordBuilder::default();
-                    b.apply_v5(
-                        f.src_addr,
-                        f.dst_addr,
-                        f.src_port,
-                        f.dst_port,
-                        f.protocol_number,
-                        f.tcp_flags,
-                        f.d_octets,
-                        f.d_pkts,
-                        f.input,
-                        f.output,
-                        f.first,
-                        f.last,
-                    );
+                    let b = fixed_record!(f);
                     self.emit(
                         b,
                         &ctx,
@@ -346,21 +355,7 @@ impl Decoder {
                     .sequence(exporter, 0, 7, h.flow_sequence, v7.flowsets.len() as u32, 1);
                 self.note_header(exporter, 7, export_ms, arrival_ms);
                 for f in &v7.flowsets {
-                    let mut b = RecordBuilder::default();
-                    b.apply_v5(
-                        f.src_addr,
-                        f.dst_addr,
-                        f.src_port,
-                        f.dst_port,
-                        f.protocol_number,
-                        f.tcp_flags,
-                        f.d_octets,
-                        f.d_pkts,
-                        f.input,
-                        f.output,
-                        f.first,
-                        f.last,
-                    );
+                    let b = fixed_record!(f);
                     self.emit(
                         b,
                         &ctx,
@@ -391,40 +386,21 @@ impl Decoder {
                     match &fs.body {
                         B::Template(t) => self.exporters.entry(exporter).templates += t.templates.len() as u64,
                         B::OptionsTemplate(t) => self.exporters.entry(exporter).options_templates += t.templates.len() as u64,
-                        B::OptionsData(o) => {
-                            for r in &o.fields {
-                                let mut b = RecordBuilder::default();
-                                for (f, v) in &r.options_fields {
-                                    b.apply(u16::from(*f), v);
-                                }
-                                self.learn_options(exporter, domain, &b);
-                                self.exporters.entry(exporter).options_records += 1;
-                            }
-                        }
+                        B::OptionsData(o) => self.v9_options(exporter, domain, o),
                         B::Data(d) => {
-                            for r in &d.fields {
-                                let mut b = RecordBuilder::default();
-                                for (f, v) in r {
-                                    b.apply(u16::from(*f), v);
-                                }
-                                n += 1;
-                                self.emit(
-                                    b,
-                                    &ctx,
-                                    Stream {
-                                        exporter,
-                                        domain,
-                                        header_rate: None,
-                                        ov,
-                                    },
-                                    out,
-                                );
-                            }
+                            n += self.v9_data(
+                                d,
+                                &ctx,
+                                Stream {
+                                    exporter,
+                                    domain,
+                                    header_rate: None,
+                                    ov,
+                                },
+                                out,
+                            )
                         }
-                        B::NoTemplate(_) => {
-                            self.totals.sets_without_template += 1;
-                            self.exporters.entry(exporter).sets_without_template += 1;
-                        }
+                        B::NoTemplate(_) => self.note_no_template(exporter),
                         _ => {}
                     }
                 }
@@ -455,16 +431,7 @@ impl Decoder {
                                 self.exporters.entry(exporter).options_records += 1;
                             }
                         }
-                        B::V9OptionsData(o) => {
-                            for r in &o.fields {
-                                let mut b = RecordBuilder::default();
-                                for (f, v) in &r.options_fields {
-                                    b.apply(u16::from(*f), v);
-                                }
-                                self.learn_options(exporter, domain, &b);
-                                self.exporters.entry(exporter).options_records += 1;
-                            }
-                        }
+                        B::V9OptionsData(o) => self.v9_options(exporter, domain, o),
                         _ => {}
                     }
                 }
@@ -505,29 +472,19 @@ impl Decoder {
                             }
                         }
                         B::V9Data(d) => {
-                            for r in &d.fields {
-                                let mut b = RecordBuilder::default();
-                                for (f, v) in r {
-                                    b.apply(u16::from(*f), v);
-                                }
-                                n += 1;
-                                self.emit(
-                                    b,
-                                    &ctx,
-                                    Stream {
-                                        exporter,
-                                        domain,
-                                        header_rate: None,
-                                        ov,
-                                    },
-                                    out,
-                                );
-                            }
+                            n += self.v9_data(
+                                d,
+                                &ctx,
+                                Stream {
+                                    exporter,
+                                    domain,
+                                    header_rate: None,
+                                    ov,
+                                },
+                                out,
+                            )
                         }
-                        B::NoTemplate(_) => {
-                            self.totals.sets_without_template += 1;
-                            self.exporters.entry(exporter).sets_without_template += 1;
-                        }
+                        B::NoTemplate(_) => self.note_no_template(exporter),
                         _ => {}
                     }
                 }
@@ -537,6 +494,41 @@ impl Decoder {
             }
             _ => 0,
         }
+    }
+
+    /// Options records carried in v9 form (v9 packets and v9 sets inside IPFIX).
+    fn v9_options(&mut self, exporter: SocketAddr, domain: u32, o: &netflow_parser::variable_versions::v9::OptionsData) {
+        for r in &o.fields {
+            let mut b = RecordBuilder::default();
+            for (f, v) in &r.options_fields {
+                b.apply(u16::from(*f), v);
+            }
+            self.learn_options(exporter, domain, &b);
+            self.exporters.entry(exporter).options_records += 1;
+        }
+    }
+
+    /// Data records carried in v9 form; returns how many.
+    fn v9_data(
+        &mut self,
+        d: &netflow_parser::variable_versions::v9::Data,
+        ctx: &TimeContext,
+        src: Stream,
+        out: &mut Vec<FlowRecord>,
+    ) -> u64 {
+        for r in &d.fields {
+            let mut b = RecordBuilder::default();
+            for (f, v) in r {
+                b.apply(u16::from(*f), v);
+            }
+            self.emit(b, ctx, src, out);
+        }
+        d.fields.len() as u64
+    }
+
+    fn note_no_template(&mut self, exporter: SocketAddr) {
+        self.totals.sets_without_template += 1;
+        self.exporters.entry(exporter).sets_without_template += 1;
     }
 
     fn note_header(&mut self, exporter: SocketAddr, version: u8, export_ms: u64, arrival_ms: u64) {

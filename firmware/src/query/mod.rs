@@ -12,7 +12,7 @@ use crate::store::StoreError;
 use crate::store::reader::{Reader, ScanStats};
 pub use filter::{Filter, FilterError};
 pub use output::Format;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::ops::ControlFlow;
@@ -113,7 +113,7 @@ pub struct Row {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Ip(IpAddr),
     Port(u8, u16),
@@ -150,7 +150,7 @@ fn render(k: &Key) -> String {
 
 /// Top-N aggregation. Returns the rows, overall totals, keys that did not fit and scan stats.
 pub fn top(reader: &Reader, scope: &Scope, key: TopKey, by: By, limit: usize) -> Result<(Vec<Row>, Totals, u64, ScanStats), QueryError> {
-    let mut map: HashMap<Key, (u64, u64, u64)> = HashMap::new();
+    let mut map: crate::fasthash::FxHashMap<Key, (u64, u64, u64)> = Default::default();
     let mut totals = Totals::default();
     let mut overflow = 0u64;
     let stats = reader.scan(scope.from, scope.to, |f| {
@@ -180,8 +180,13 @@ pub fn top(reader: &Reader, scope: &Scope, key: TopKey, by: By, limit: usize) ->
         By::Bytes => c.2,
     };
     let mut rows: Vec<(Key, (u64, u64, u64))> = map.into_iter().collect();
-    rows.sort_by(|a, b| metric(&b.1).cmp(&metric(&a.1)).then_with(|| render(&a.0).cmp(&render(&b.0))));
-    rows.truncate(limit);
+    // Rank on the typed keys; only the rows shown are rendered.
+    let by = |a: &(Key, (u64, u64, u64)), b: &(Key, (u64, u64, u64))| metric(&b.1).cmp(&metric(&a.1)).then_with(|| a.0.cmp(&b.0));
+    if rows.len() > limit {
+        rows.select_nth_unstable_by(limit, by);
+        rows.truncate(limit);
+    }
+    rows.sort_by(by);
     let rows = rows
         .into_iter()
         .map(|(k, c)| Row {
