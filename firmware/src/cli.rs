@@ -303,6 +303,11 @@ fn print_ingest_summary(files: usize, c: &crate::capture::CaptureStats, r: &Pipe
     println!("  store queue:              {}", r.flows_dropped_queue);
     println!("  store errors:             {}", r.flows_dropped_store);
     println!("  older than age cap:       {}", r.flows_too_old);
+    println!(
+        "compressed blocks:  {} bytes ({:.1} per flow)",
+        r.block_bytes,
+        r.block_bytes as f64 / r.flows_committed.max(1) as f64
+    );
     println!("segments evicted:   {}", r.segments_evicted);
     println!("templates known:    {}", r.templates);
     println!("elapsed:            {secs:.3} s");
