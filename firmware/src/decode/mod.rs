@@ -7,6 +7,7 @@
 //! live collector (arrival = wall clock) and by `ingest` (arrival = capture time).
 
 pub mod exporters;
+pub mod fastpath;
 pub mod normalize;
 pub mod sampling;
 pub mod templates;
@@ -92,6 +93,9 @@ pub struct Decoder {
     parser: AutoScopedParser,
     templates: Arc<PersistentTemplates>,
     varlen: varlen::VarlenFixer,
+    fast: fastpath::FastPath,
+    /// Data records decoded by the fast path in the datagram being processed.
+    fast_records: u64,
     exporters: ExporterTable,
     sampling: SamplingTable,
     system_init: HashMap<(SocketAddr, u32), u64>,
@@ -139,6 +143,8 @@ impl Decoder {
             parser,
             templates,
             varlen: varlen::VarlenFixer::new(MAX_PERSISTED_TEMPLATES),
+            fast: fastpath::FastPath::new(MAX_PERSISTED_TEMPLATES),
+            fast_records: 0,
             exporters,
             sampling: SamplingTable::new(cfg.collector.max_exporters * 4),
             system_init: HashMap::new(),
@@ -246,12 +252,21 @@ impl Decoder {
             self.exporters.entry(exporter).trailing_garbage += 1;
             bytes = &bytes[..len];
         }
-        let result = self.parser.parse_from_source(exporter, bytes);
+        let (patched, taken) = self.fast.scan(exporter, bytes);
+        let parser_bytes = patched.as_deref().unwrap_or(bytes);
+        // Count the fast records into this datagram's sequence accounting.
+        self.fast_records = taken.iter().map(|(l, r)| (r.len() / l.record_len) as u64).sum();
+        let result = self.parser.parse_from_source(exporter, parser_bytes);
         let ov = self.override_for(exporter.ip());
         let before = out.len();
         let mut records = 0u64;
         for pkt in &result.packets {
             records += self.packet(exporter, arrival_ms, pkt, ov, out);
+        }
+        // Fast records last: options data in this datagram (sampling, system
+        // init time) have been learned by now, as they would be for the parser.
+        if !taken.is_empty() {
+            records += self.fast_records(exporter, arrival_ms, bytes, &taken, ov, out);
         }
         let flows = (out.len() - before) as u64;
         self.totals.records += records;
@@ -405,7 +420,7 @@ impl Decoder {
                     }
                 }
                 // v9 sequence numbers count export packets.
-                let per_packet = (n as u32).max(1);
+                let per_packet = ((n + self.fast_records) as u32).max(1);
                 self.exporters.sequence(exporter, domain, 9, h.sequence_number, 1, per_packet);
                 n
             }
@@ -488,8 +503,9 @@ impl Decoder {
                         _ => {}
                     }
                 }
-                // IPFIX sequence numbers count data records (options data included).
-                self.exporters.sequence(exporter, domain, 10, h.sequence_number, n as u32, 1);
+                // IPFIX sequence numbers count data records.
+                self.exporters
+                    .sequence(exporter, domain, 10, h.sequence_number, (n + self.fast_records) as u32, 1);
                 n
             }
             _ => 0,
@@ -526,6 +542,65 @@ impl Decoder {
         d.fields.len() as u64
     }
 
+    /// Decode the sets the fast path took from `data`.
+    fn fast_records(
+        &mut self,
+        exporter: SocketAddr,
+        arrival_ms: u64,
+        data: &[u8],
+        taken: &fastpath::Taken,
+        ov: Override,
+        out: &mut Vec<FlowRecord>,
+    ) -> u64 {
+        let be32 = |at: usize| {
+            data.get(at..at + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0)
+        };
+        let (ctx, domain) = if data.first() == Some(&0) && data.get(1) == Some(&9) {
+            let domain = be32(16);
+            (
+                TimeContext {
+                    export_ms: be32(8) as u64 * 1000,
+                    sys_uptime_ms: Some(be32(4)),
+                    system_init_ms: None,
+                },
+                domain,
+            )
+        } else {
+            let domain = be32(12);
+            let init = self.system_init.get(&(exporter, domain)).copied();
+            (
+                TimeContext {
+                    export_ms: be32(4) as u64 * 1000,
+                    sys_uptime_ms: None,
+                    system_init_ms: init,
+                },
+                domain,
+            )
+        };
+        let _ = arrival_ms;
+        let stream = Stream {
+            exporter,
+            domain,
+            header_rate: None,
+            ov,
+        };
+        let mut n = 0;
+        for (layout, range) in taken {
+            let Some(body) = data.get(range.clone()) else { continue };
+            for rec in body.chunks_exact(layout.record_len) {
+                let mut b = RecordBuilder::default();
+                for &(ie, off, len) in &layout.fields {
+                    b.apply_raw(ie, &rec[off as usize..off as usize + len as usize]);
+                }
+                self.emit(b, &ctx, stream, out);
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn note_no_template(&mut self, exporter: SocketAddr) {
         self.totals.sets_without_template += 1;
         self.exporters.entry(exporter).sets_without_template += 1;
@@ -540,6 +615,7 @@ impl Decoder {
     /// Forget sampling learned for an exporter (tests, admin).
     pub fn forget_exporter(&mut self, exporter: SocketAddr) {
         self.sampling.forget(exporter);
+        self.fast.forget(exporter);
         self.varlen.forget(exporter);
     }
 }

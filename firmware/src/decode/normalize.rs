@@ -126,6 +126,25 @@ fn as_ip(v: &FieldValue) -> Option<IpAddr> {
     }
 }
 
+/// Whether the fast path can read IE `ie` of `len` bytes straight from the wire
+/// (with the same meaning [`RecordBuilder::apply`] gives netflow_parser's value).
+pub fn raw_field_known(ie: u16, len: u16) -> bool {
+    match ie {
+        8 | 12 => len == 4,
+        27 | 28 => len == 16,
+        150 | 151 => len == 4,
+        152 | 153 | 154 | 155 | 156 | 157 | 160 => len == 8,
+        1 | 2 | 4 | 6 | 7 | 10 | 11 | 14 | 21 | 22 | 23 | 24 | 32 | 34 | 48 | 50 | 85 | 86 | 139 | 158 | 159 | 302 | 305 | 306 | 309
+        | 310 => (1..=8).contains(&len),
+        _ => false,
+    }
+}
+
+#[inline]
+fn be(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |a, &x| (a << 8) | x as u64)
+}
+
 /// Time anchors of the datagram a record came in.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TimeContext {
@@ -209,6 +228,71 @@ impl RecordBuilder {
             309 => self.sampling.size = as_u64(v).map(|x| x as u32),
             310 => self.sampling.population = as_u64(v).map(|x| x as u32),
             _ => {}
+        }
+    }
+
+    /// Apply one field read straight from the wire (see [`raw_field_known`]).
+    #[inline]
+    pub fn apply_raw(&mut self, ie: u16, b: &[u8]) {
+        match ie {
+            8 | 12 => {
+                let ip = Some(IpAddr::from([b[0], b[1], b[2], b[3]]));
+                if ie == 8 { self.src4 = ip } else { self.dst4 = ip }
+            }
+            27 | 28 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&b[..16]);
+                let ip = Some(IpAddr::from(a));
+                if ie == 27 { self.src6 = ip } else { self.dst6 = ip }
+            }
+            150 | 151 => {
+                let t = Some(be(b) * 1000);
+                if ie == 150 { self.start_abs = t } else { self.end_abs = t }
+            }
+            152 | 153 => {
+                let t = Some(be(b));
+                if ie == 152 { self.start_abs = t } else { self.end_abs = t }
+            }
+            154..=157 => {
+                let secs = be(&b[..4]);
+                let frac = be(&b[4..8]);
+                let t = Some(secs.saturating_sub(NTP_UNIX_OFFSET) * 1000 + ((frac * 1000) >> 32));
+                if ie.is_multiple_of(2) {
+                    self.start_abs = t
+                } else {
+                    self.end_abs = t
+                }
+            }
+            160 => self.system_init = Some(be(b)),
+            _ => {
+                let v = be(b);
+                match ie {
+                    1 => self.bytes = Some(v),
+                    2 => self.packets = Some(v),
+                    4 => self.proto = v as u8,
+                    6 => self.tcp_flags = v as u16,
+                    7 => self.src_port = v as u16,
+                    10 => self.in_if = v as u32,
+                    11 => self.dst_port = v as u16,
+                    14 => self.out_if = v as u32,
+                    21 => self.end_up = Some(v),
+                    22 => self.start_up = Some(v),
+                    23 => self.post_bytes = Some(v),
+                    24 => self.post_packets = Some(v),
+                    32 | 139 => self.icmp = Some(v as u16),
+                    34 | 50 => self.sampling.rate = Some(v.min(u32::MAX as u64) as u32),
+                    48 | 302 => self.sampling.sampler_id = Some(v),
+                    85 if self.bytes.is_none() => self.bytes = Some(v),
+                    86 if self.packets.is_none() => self.packets = Some(v),
+                    158 => self.start_delta_us = Some(v),
+                    159 => self.end_delta_us = Some(v),
+                    305 => self.sampling.packet_interval = Some(v as u32),
+                    306 => self.sampling.packet_space = Some(v as u32),
+                    309 => self.sampling.size = Some(v as u32),
+                    310 => self.sampling.population = Some(v as u32),
+                    _ => {}
+                }
+            }
         }
     }
 
