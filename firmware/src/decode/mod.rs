@@ -266,7 +266,7 @@ impl Decoder {
         // Fast records last: options data in this datagram (sampling, system
         // init time) have been learned by now, as they would be for the parser.
         if !taken.is_empty() {
-            records += self.fast_records(exporter, arrival_ms, bytes, &taken, ov, out);
+            records += self.fast_records(exporter, bytes, &taken, ov, out);
         }
         let flows = (out.len() - before) as u64;
         self.totals.records += records;
@@ -543,15 +543,7 @@ impl Decoder {
     }
 
     /// Decode the sets the fast path took from `data`.
-    fn fast_records(
-        &mut self,
-        exporter: SocketAddr,
-        arrival_ms: u64,
-        data: &[u8],
-        taken: &fastpath::Taken,
-        ov: Override,
-        out: &mut Vec<FlowRecord>,
-    ) -> u64 {
+    fn fast_records(&mut self, exporter: SocketAddr, data: &[u8], taken: &fastpath::Taken, ov: Override, out: &mut Vec<FlowRecord>) -> u64 {
         let be32 = |at: usize| {
             data.get(at..at + 4)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -579,7 +571,6 @@ impl Decoder {
                 domain,
             )
         };
-        let _ = arrival_ms;
         let stream = Stream {
             exporter,
             domain,

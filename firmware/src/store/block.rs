@@ -52,61 +52,90 @@ struct Columns {
 
 /// Encode flows (sorted by `start_ms` here) into block bytes.
 pub fn encode(flows: &mut [FlowRecord], level: i32) -> Result<(BlockHeader, Vec<u8>), BlockError> {
+    flows.sort_by_key(|f| f.start_ms);
+    let mut refs: Vec<&FlowRecord> = flows.iter().collect();
+    encode_refs(&mut refs, level)
+}
+
+/// LEB128 varint, as postcard writes every integer wider than a byte.
+#[inline]
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn ip(out: &mut Vec<u8>, a: &IpAddr) {
+    match a {
+        IpAddr::V4(a) => {
+            out.push(0);
+            out.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            out.push(1);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+}
+
+/// Encode flows given by reference (sorted here). The column bytes are written
+/// by hand in exactly postcard's encoding of [`Columns`] (a test holds them
+/// equal), so [`decode`] reads them with postcard.
+pub fn encode_refs(flows: &mut [&FlowRecord], level: i32) -> Result<(BlockHeader, Vec<u8>), BlockError> {
     flows.sort_unstable_by_key(|f| f.start_ms);
     let n = flows.len();
-    let mut c = Columns {
-        start_delta: Vec::with_capacity(n),
-        duration: Vec::with_capacity(n),
-        src: Vec::with_capacity(n),
-        dst: Vec::with_capacity(n),
-        src_port: Vec::with_capacity(n),
-        dst_port: Vec::with_capacity(n),
-        proto: Vec::with_capacity(n),
-        tcp_flags: Vec::with_capacity(n),
-        bytes: Vec::with_capacity(n),
-        packets: Vec::with_capacity(n),
-        in_if: Vec::with_capacity(n),
-        out_if: Vec::with_capacity(n),
-        exporter: Vec::with_capacity(n),
-        sampling_rate: Vec::with_capacity(n),
-        direction: Vec::with_capacity(n),
-        ..Columns::default()
-    };
-    let mut prev = flows.first().map(|f| f.start_ms).unwrap_or(0);
+    let mut exporters: Vec<SocketAddr> = Vec::new();
+    let mut exporter_idx: Vec<u16> = Vec::with_capacity(n);
     let mut max_end = 0;
     for f in flows.iter() {
-        c.start_delta.push(f.start_ms - prev);
-        prev = f.start_ms;
-        c.duration.push(f.duration_ms());
         max_end = max_end.max(f.end_ms);
-        c.src.push(f.src);
-        c.dst.push(f.dst);
-        c.src_port.push(f.src_port);
-        c.dst_port.push(f.dst_port);
-        c.proto.push(f.proto);
-        c.tcp_flags.push(f.tcp_flags);
-        c.bytes.push(f.bytes);
-        c.packets.push(f.packets);
-        c.in_if.push(f.in_if);
-        c.out_if.push(f.out_if);
-        let idx = match c.exporters.iter().position(|e| *e == f.exporter) {
+        let idx = match exporters.iter().position(|e| *e == f.exporter) {
             Some(i) => i,
             None => {
-                c.exporters.push(f.exporter);
-                c.exporters.len() - 1
+                exporters.push(f.exporter);
+                exporters.len() - 1
             }
         };
-        c.exporter.push(idx.min(u16::MAX as usize) as u16);
-        c.sampling_rate.push(f.sampling_rate);
-        c.direction.push(f.direction as u8);
+        exporter_idx.push(idx.min(u16::MAX as usize) as u16);
     }
+    let first = flows.first().map(|f| f.start_ms).unwrap_or(0);
     let header = BlockHeader {
         count: n as u32,
-        min_start: flows.first().map(|f| f.start_ms).unwrap_or(0),
-        max_start: prev,
+        min_start: first,
+        max_start: flows.last().map(|f| f.start_ms).unwrap_or(0),
         max_end,
     };
-    let body = postcard::to_stdvec(&c).map_err(|e| BlockError::Body(e.to_string()))?;
+    let mut body = postcard::to_stdvec(&exporters).map_err(|e| BlockError::Body(e.to_string()))?;
+    body.reserve(n * 48);
+    let col = |body: &mut Vec<u8>, each: &dyn Fn(&mut Vec<u8>, usize, &FlowRecord)| {
+        varint(body, n as u64);
+        for (i, f) in flows.iter().enumerate() {
+            each(body, i, f);
+        }
+    };
+    let mut prev = first;
+    varint(&mut body, n as u64);
+    for f in flows.iter() {
+        varint(&mut body, f.start_ms - prev);
+        prev = f.start_ms;
+    }
+    col(&mut body, &|b, _, f| varint(b, f.duration_ms()));
+    col(&mut body, &|b, _, f| ip(b, &f.src));
+    col(&mut body, &|b, _, f| ip(b, &f.dst));
+    col(&mut body, &|b, _, f| varint(b, f.src_port as u64));
+    col(&mut body, &|b, _, f| varint(b, f.dst_port as u64));
+    col(&mut body, &|b, _, f| b.push(f.proto));
+    col(&mut body, &|b, _, f| varint(b, f.tcp_flags as u64));
+    col(&mut body, &|b, _, f| varint(b, f.bytes));
+    col(&mut body, &|b, _, f| varint(b, f.packets));
+    col(&mut body, &|b, _, f| varint(b, f.in_if as u64));
+    col(&mut body, &|b, _, f| varint(b, f.out_if as u64));
+    col(&mut body, &|b, i, _| varint(b, exporter_idx[i] as u64));
+    col(&mut body, &|b, _, f| varint(b, f.sampling_rate as u64));
+    col(&mut body, &|b, _, f| b.push(f.direction as u8));
     let compressed = zstd::bulk::compress(&body, level).map_err(BlockError::Compress)?;
     let head = postcard::to_stdvec(&header).map_err(|e| BlockError::Body(e.to_string()))?;
     let mut out = Vec::with_capacity(2 + head.len() + compressed.len());
@@ -217,7 +246,48 @@ mod tests {
             })
     }
 
+    /// The columns as postcard itself would write them (the reference for the hand encoder).
+    fn postcard_columns(flows: &[FlowRecord]) -> Vec<u8> {
+        let mut c = Columns::default();
+        let mut prev = flows.first().map(|f| f.start_ms).unwrap_or(0);
+        for f in flows {
+            c.start_delta.push(f.start_ms - prev);
+            prev = f.start_ms;
+            c.duration.push(f.duration_ms());
+            c.src.push(f.src);
+            c.dst.push(f.dst);
+            c.src_port.push(f.src_port);
+            c.dst_port.push(f.dst_port);
+            c.proto.push(f.proto);
+            c.tcp_flags.push(f.tcp_flags);
+            c.bytes.push(f.bytes);
+            c.packets.push(f.packets);
+            c.in_if.push(f.in_if);
+            c.out_if.push(f.out_if);
+            let idx = match c.exporters.iter().position(|e| *e == f.exporter) {
+                Some(i) => i,
+                None => {
+                    c.exporters.push(f.exporter);
+                    c.exporters.len() - 1
+                }
+            };
+            c.exporter.push(idx as u16);
+            c.sampling_rate.push(f.sampling_rate);
+            c.direction.push(f.direction as u8);
+        }
+        postcard::to_stdvec(&c).unwrap_or_default()
+    }
+
     proptest! {
+        #[test]
+        fn hand_encoding_is_postcard(mut flows in proptest::collection::vec(arb_flow(), 0..100)) {
+            flows.sort_by_key(|f| f.start_ms);
+            let (_, bytes) = encode(&mut flows.clone(), 1).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let hl = u16::from_le_bytes([bytes[0], bytes[1]]) as usize;
+            let body = zstd::bulk::decompress(&bytes[2 + hl..], 1 << 24).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(body, postcard_columns(&flows));
+        }
+
         #[test]
         fn round_trips(mut flows in proptest::collection::vec(arb_flow(), 0..200)) {
             let (h, bytes) = encode(&mut flows, 3).map_err(|e| TestCaseError::fail(e.to_string()))?;

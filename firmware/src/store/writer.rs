@@ -94,7 +94,8 @@ pub struct StoreWriter {
     state: Option<Database>,
     rollups: Option<Database>,
     open: HashMap<u64, OpenSegment>,
-    pending: BTreeMap<u64, Vec<FlowRecord>>,
+    /// Batches received since the last commit (shared with other stages, never copied).
+    pending: Vec<FlowBatch>,
     pending_flows: usize,
     templates: Vec<TemplateChange>,
     exporters: Option<Vec<ExporterStats>>,
@@ -140,7 +141,7 @@ impl StoreWriter {
             state: None,
             rollups: None,
             open: HashMap::new(),
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
             pending_flows: 0,
             templates: Vec::new(),
             exporters: None,
@@ -218,40 +219,19 @@ impl StoreWriter {
         Ok(out)
     }
 
-    /// Queue flows for the next commit.
-    pub fn add(&mut self, batch: &[FlowRecord]) {
-        let cutoff = self.cfg.max_age_ms.map(|a| self.latest_event.saturating_sub(a));
-        let mut cur: Option<(u64, Vec<FlowRecord>)> = None;
-        for f in batch {
-            if cutoff.is_some_and(|c| f.end_ms < c) {
-                self.counters.flows_too_old.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
+    /// Queue flows for the next commit (copies them; the pipeline uses [`Self::add_batch`]).
+    pub fn add(&mut self, flows: &[FlowRecord]) {
+        self.add_batch(std::sync::Arc::new(flows.to_vec()));
+    }
+
+    /// Queue a batch for the next commit.
+    pub fn add_batch(&mut self, batch: FlowBatch) {
+        for f in batch.iter() {
             self.latest_event = self.latest_event.max(f.end_ms);
-            let span = f.start_ms - f.start_ms % self.cfg.segment_span_ms;
-            // Consecutive flows nearly always share a span: one map lookup per run.
-            match &mut cur {
-                Some((s, v)) if *s == span => v.push(f.clone()),
-                _ => {
-                    if let Some((s, v)) = cur.take() {
-                        self.pending.entry(s).or_default().extend(v);
-                    }
-                    let mut v = Vec::with_capacity(batch.len());
-                    v.push(f.clone());
-                    cur = Some((span, v));
-                }
-            }
-            self.agg.add(f);
         }
-        if let Some((s, v)) = cur {
-            let slot = self.pending.entry(s).or_default();
-            if slot.is_empty() {
-                *slot = v;
-            } else {
-                slot.extend(v);
-            }
-        }
+        // Flows older than the age cap (relative to the newest flow seen) are refused at commit.
         self.pending_flows += batch.len();
+        self.pending.push(batch);
     }
 
     pub fn add_templates(&mut self, changes: Vec<TemplateChange>) {
@@ -270,10 +250,37 @@ impl StoreWriter {
     pub fn commit(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         self.pending_flows = 0;
-        for (span, mut flows) in pending {
+        let cutoff = self.cfg.max_age_ms.map(|a| self.latest_event.saturating_sub(a));
+        let span_ms = self.cfg.segment_span_ms;
+        // Group by segment span, by reference; consecutive flows nearly always share one.
+        let mut spans: BTreeMap<u64, Vec<&FlowRecord>> = BTreeMap::new();
+        let mut run: Option<(u64, Vec<&FlowRecord>)> = None;
+        let mut too_old = 0u64;
+        for f in pending.iter().flat_map(|b| b.iter()) {
+            if cutoff.is_some_and(|c| f.end_ms < c) {
+                too_old += 1;
+                continue;
+            }
+            self.agg.add(f);
+            let span = f.start_ms - f.start_ms % span_ms;
+            match &mut run {
+                Some((s, v)) if *s == span => v.push(f),
+                _ => {
+                    if let Some((s, v)) = run.take() {
+                        spans.entry(s).or_default().extend(v);
+                    }
+                    run = Some((span, vec![f]));
+                }
+            }
+        }
+        if let Some((s, v)) = run {
+            spans.entry(s).or_default().extend(v);
+        }
+        self.counters.flows_too_old.fetch_add(too_old, Ordering::Relaxed);
+        for (span, mut flows) in spans {
             let mut blocks = Vec::new();
             for chunk in flows.chunks_mut(self.cfg.block_flows) {
-                match block::encode(chunk, self.cfg.compression_level) {
+                match block::encode_refs(chunk, self.cfg.compression_level) {
                     Ok(b) => blocks.push(b),
                     Err(e) => {
                         tracing::error!("cannot encode a block of {} flows: {e}", chunk.len());
@@ -587,7 +594,7 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(StoreMsg::Flows(b)) => {
-                w.add(&b);
+                w.add_batch(b);
                 if w.pending_flows() >= COMMIT_MAX_FLOWS {
                     w.commit();
                     deadline = Instant::now() + w.cfg.commit_interval;
