@@ -192,10 +192,11 @@ pub async fn run(
         .and_then(|r| r.ok())
         .unwrap_or_default();
     tracing::info!(
-        "stopped: {} datagrams, {} flows stored, {} dropped in queue, {} dropped by the kernel",
+        "stopped: {} datagrams, {} flows stored, {} datagrams dropped in the decoder queue, {} flows dropped in the store queue, {} datagrams dropped by the kernel",
         counters.datagrams.load(Ordering::Relaxed),
         report.flows_committed,
         counters.queue_drops.load(Ordering::Relaxed),
+        report.flows_dropped_queue,
         counters.kernel_drops.load(Ordering::Relaxed)
     );
     Ok(report)

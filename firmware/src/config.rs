@@ -315,8 +315,12 @@ impl Config {
         if s.block_flows == 0 || s.block_flows > 1 << 20 {
             return Err(bad("storage", "block_flows", "must be between 1 and 1048576".into()));
         }
-        if !(1..=19).contains(&s.compression_level) {
-            return Err(bad("storage", "compression_level", "must be between 1 and 19".into()));
+        if !(-7..=19).contains(&s.compression_level) || s.compression_level == 0 {
+            return Err(bad(
+                "storage",
+                "compression_level",
+                "must be between -7 (fastest) and 19, not 0".into(),
+            ));
         }
         if s.top_entries == 0 || s.top_entries > 10_000 {
             return Err(bad("storage", "top_entries", "must be between 1 and 10000".into()));
