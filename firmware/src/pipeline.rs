@@ -80,7 +80,10 @@ impl Pipeline {
             source: e,
         })?;
         let budget = resolve_budget(cfg.storage.budget, data_dir)?;
-        let settings = WriterSettings::from_config(&cfg.storage, budget);
+        let mut settings = WriterSettings::from_config(&cfg.storage, budget);
+        if mode == Backpressure::Block {
+            settings.commit_max_flows = 262_144;
+        }
         let (writer, loaded) = StoreWriter::open(DataDir::new(data_dir), settings)?;
         let store_counters = writer.counters.clone();
         let decoder = Decoder::new(cfg, loaded.templates, loaded.exporters)?;

@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 const MAX_OPEN_SEGMENTS: usize = 3;
 /// Attempts per commit before the data is dropped and counted.
 const MAX_ATTEMPTS: usize = 4;
-/// Commit early once this many flows are pending.
-const COMMIT_MAX_FLOWS: usize = 262_144;
 
 /// Messages to the writer.
 pub enum StoreMsg {
@@ -52,6 +50,10 @@ pub struct WriterSettings {
     pub minute_keep_ms: u64,
     pub hour_keep_ms: u64,
     pub top_n: usize,
+    /// Commit early once this many flows are pending: small for live collection
+    /// (short stalls, so a burst never outruns the store queue), large for
+    /// offline ingest (fewer syncs).
+    pub commit_max_flows: usize,
 }
 
 impl WriterSettings {
@@ -69,6 +71,7 @@ impl WriterSettings {
             minute_keep_ms: s.minute_rollup_retention.ms(),
             hour_keep_ms: s.hour_rollup_retention.ms(),
             top_n: s.top_entries,
+            commit_max_flows: 65_536,
         }
     }
 }
@@ -595,7 +598,7 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
         match rx.recv_timeout(wait) {
             Ok(StoreMsg::Flows(b)) => {
                 w.add_batch(b);
-                if w.pending_flows() >= COMMIT_MAX_FLOWS {
+                if w.pending_flows() >= w.cfg.commit_max_flows {
                     w.commit();
                     deadline = Instant::now() + w.cfg.commit_interval;
                 }
