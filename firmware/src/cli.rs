@@ -318,7 +318,9 @@ fn exporters(data_dir: &Path, format: TableOrJson) -> Result<()> {
     if !data_dir.is_dir() {
         bail!("{}: no such data directory", data_dir.display());
     }
-    let list = Reader::new(DataDir::new(data_dir)).exporters()?;
+    let reader = Reader::new(DataDir::new(data_dir));
+    let list = reader.exporters()?;
+    let counters = reader.counters()?;
     match format {
         TableOrJson::Json => println!("{}", serde_json::to_string_pretty(&list)?),
         TableOrJson::Table => {
@@ -358,6 +360,15 @@ fn exporters(data_dir: &Path, format: TableOrJson) -> Result<()> {
                     rfc3339_ms(e.last_seen_ms),
                     e.clock_offset_ms
                 );
+            }
+            if !counters.is_empty() {
+                println!();
+                for (k, v) in &counters {
+                    match k.as_str() {
+                        "collector.updated_ms" => println!("{k:<48} {}", rfc3339_ms(*v)),
+                        _ => println!("{k:<48} {v}"),
+                    }
+                }
             }
         }
     }

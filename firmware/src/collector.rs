@@ -103,6 +103,19 @@ pub fn kernel_drops(inodes: &[u64]) -> u64 {
 
 type Datagram = (SocketAddr, u64, Vec<u8>);
 
+/// The socket side's counters under their state-file names.
+fn socket_counters(c: &SocketCounters) -> Vec<(String, u64)> {
+    vec![
+        ("collector.datagrams".into(), c.datagrams.load(Ordering::Relaxed)),
+        (
+            "collector.datagrams_dropped_decoder_queue".into(),
+            c.queue_drops.load(Ordering::Relaxed),
+        ),
+        ("collector.datagrams_dropped_kernel".into(), c.kernel_drops.load(Ordering::Relaxed)),
+        ("collector.updated_ms".into(), now_ms()),
+    ]
+}
+
 /// Run the collector until `shutdown` resolves; returns what was stored.
 pub async fn run(
     cfg: Config,
@@ -145,6 +158,7 @@ pub async fn run(
                 }
                 if last_flush.elapsed() >= FLUSH_EVERY {
                     pipeline.flush();
+                    pipeline.send_counters(socket_counters(&dec_counters));
                     last_flush = Instant::now();
                 }
                 if last_kernel.elapsed() >= KERNEL_STATS_EVERY {
@@ -161,6 +175,7 @@ pub async fn run(
                 }
             }
             dec_counters.kernel_drops.store(kernel_drops(&inodes), Ordering::Relaxed);
+            pipeline.send_counters(socket_counters(&dec_counters));
             pipeline.finish()
         })
         .map_err(CollectorError::Thread)?;

@@ -148,6 +148,19 @@ impl Pipeline {
         let _ = self.send(StoreMsg::Exporters(snapshot));
     }
 
+    /// Hand named stage counters to the state file (dropped, not waited for, if the queue is full).
+    pub fn send_counters(&mut self, mut counters: Vec<(String, u64)>) {
+        counters.push((
+            "pipeline.flows_dropped_store_queue".into(),
+            self.counters.flows_dropped.load(Ordering::Relaxed),
+        ));
+        counters.push((
+            "pipeline.batches_dropped_store_queue".into(),
+            self.counters.batches_dropped.load(Ordering::Relaxed),
+        ));
+        let _ = self.send(StoreMsg::Counters(counters));
+    }
+
     /// Flush and wait until the writer has committed everything sent so far.
     pub fn sync(&mut self) {
         self.flush();

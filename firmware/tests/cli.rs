@@ -232,6 +232,25 @@ fn run_collects_and_flushes_on_sigterm() {
     assert_eq!(e["records"].as_u64(), Some(sent));
     assert_eq!(e["versions"].as_u64(), Some((1 << 5) | (1 << 9) | (1 << 10)));
     assert_eq!(e["malformed"].as_u64(), Some(0));
+    // Stage counters, kernel drops included, are kept in the state file.
+    let (ok, table, _) = common::cli(&[os("exporters"), os("--data-dir"), d.path().as_os_str()]);
+    assert!(ok);
+    for name in [
+        "collector.datagrams",
+        "collector.datagrams_dropped_kernel",
+        "collector.datagrams_dropped_decoder_queue",
+        "pipeline.flows_dropped_store_queue",
+        "store.flows_committed",
+        "store.budget",
+    ] {
+        assert!(table.contains(name), "{name} missing from:\n{table}");
+    }
+    let committed: u64 = table
+        .lines()
+        .find_map(|l| l.strip_prefix("store.flows_committed"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(committed, sent);
 }
 
 #[test]

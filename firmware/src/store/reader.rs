@@ -5,7 +5,7 @@
 //! and only then decompressed; flows stream to a callback in storage order
 //! (chronological within a block, blocks ordered by their first start).
 
-use super::schema::{BLOCKS, EXPORTERS, HOUR_TOP, MINUTE};
+use super::schema::{BLOCKS, EXPORTERS, HOUR_TOP, MINUTE, STATE_META};
 use super::{DataDir, StoreError, block, open_readonly};
 use crate::decode::exporters::ExporterStats;
 use crate::flow::FlowRecord;
@@ -116,6 +116,29 @@ impl Reader {
             let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
             if let Ok(s) = postcard::from_bytes::<ExporterStats>(v.value()) {
                 out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Named stage counters kept in the state file (collector, pipeline, store).
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let p = self.dir.state();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let db = open_readonly(&p)?;
+        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
+        let t = match txn.open_table(STATE_META) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::db(&p, e)),
+        };
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
+            let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
+            if k.value() != "schema" {
+                out.push((k.value().to_string(), v.value()));
             }
         }
         Ok(out)

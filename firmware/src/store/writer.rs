@@ -32,6 +32,8 @@ pub enum StoreMsg {
     Flows(FlowBatch),
     Templates(Vec<TemplateChange>),
     Exporters(Vec<ExporterStats>),
+    /// Named stage counters (collector drops, ...) to keep in the state file.
+    Counters(Vec<(String, u64)>),
     /// Commit now and answer.
     Sync(SyncSender<()>),
 }
@@ -102,6 +104,7 @@ pub struct StoreWriter {
     pending_flows: usize,
     templates: Vec<TemplateChange>,
     exporters: Option<Vec<ExporterStats>>,
+    named_counters: Vec<(String, u64)>,
     agg: RollupAgg,
     latest_event: u64,
     last_expire_hour: u64,
@@ -148,6 +151,7 @@ impl StoreWriter {
             pending_flows: 0,
             templates: Vec::new(),
             exporters: None,
+            named_counters: Vec::new(),
             agg: RollupAgg::default(),
             latest_event: 0,
             last_expire_hour: 0,
@@ -243,6 +247,32 @@ impl StoreWriter {
 
     pub fn set_exporters(&mut self, stats: Vec<ExporterStats>) {
         self.exporters = Some(stats);
+    }
+
+    /// Named counters for the state file (latest value wins).
+    pub fn set_counters(&mut self, counters: Vec<(String, u64)>) {
+        self.named_counters = counters;
+    }
+
+    /// This writer's own counters under their state-file names.
+    fn own_counters(&self) -> Vec<(String, u64)> {
+        let c = &self.counters;
+        let g = StoreCounters::get;
+        [
+            ("store.flows_committed", g(&c.flows_committed)),
+            ("store.commit_failures", g(&c.commit_failures)),
+            ("store.reopens", g(&c.reopens)),
+            ("store.segments_evicted", g(&c.segments_evicted)),
+            ("store.bytes_evicted", g(&c.bytes_evicted)),
+            ("store.flows_dropped", g(&c.flows_dropped)),
+            ("store.flows_too_old", g(&c.flows_too_old)),
+            ("store.rollup_overflow", g(&c.rollup_overflow)),
+            ("store.bytes_used", self.quota.used()),
+            ("store.budget", self.cfg.budget),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     pub fn pending_flows(&self) -> usize {
@@ -478,12 +508,15 @@ impl StoreWriter {
     }
 
     fn commit_state(&mut self) {
-        if self.templates.is_empty() && self.exporters.is_none() {
+        if self.templates.is_empty() && self.exporters.is_none() && self.named_counters.is_empty() {
             return;
         }
+        let mut named = std::mem::take(&mut self.named_counters);
+        named.extend(self.own_counters());
         for attempt in 1..=MAX_ATTEMPTS {
             let templates = &self.templates;
             let exporters = &self.exporters;
+            let named = &named;
             let p = self.dir.state();
             let res = (|| -> Result<(), StoreError> {
                 let db = match &self.state {
@@ -499,6 +532,10 @@ impl StoreWriter {
                             None => t.remove(k.as_str()).map(|_| ()),
                         }
                         .map_err(|e| StoreError::db(&p, e))?;
+                    }
+                    let mut meta = txn.open_table(STATE_META).map_err(|e| StoreError::db(&p, e))?;
+                    for (k, v) in named {
+                        meta.insert(k.as_str(), *v).map_err(|e| StoreError::db(&p, e))?;
                     }
                     if let Some(ex) = exporters {
                         let mut t = txn.open_table(EXPORTERS).map_err(|e| StoreError::db(&p, e))?;
@@ -605,6 +642,7 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
             }
             Ok(StoreMsg::Templates(t)) => w.add_templates(t),
             Ok(StoreMsg::Exporters(e)) => w.set_exporters(e),
+            Ok(StoreMsg::Counters(c)) => w.set_counters(c),
             Ok(StoreMsg::Sync(reply)) => {
                 w.commit();
                 let _ = reply.send(());
