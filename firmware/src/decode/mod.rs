@@ -396,25 +396,19 @@ impl Decoder {
                     system_init_ms: None,
                 };
                 self.note_header(exporter, 9, export_ms, arrival_ms);
+                let stream = Stream {
+                    exporter,
+                    domain,
+                    header_rate: None,
+                    ov,
+                };
                 let mut n = 0u64;
                 for fs in &v9.flowsets {
                     match &fs.body {
                         B::Template(t) => self.exporters.entry(exporter).templates += t.templates.len() as u64,
                         B::OptionsTemplate(t) => self.exporters.entry(exporter).options_templates += t.templates.len() as u64,
                         B::OptionsData(o) => self.v9_options(exporter, domain, o),
-                        B::Data(d) => {
-                            n += self.v9_data(
-                                d,
-                                &ctx,
-                                Stream {
-                                    exporter,
-                                    domain,
-                                    header_rate: None,
-                                    ov,
-                                },
-                                out,
-                            )
-                        }
+                        B::Data(d) => n += self.v9_data(d, &ctx, stream, out),
                         B::NoTemplate(_) => self.note_no_template(exporter),
                         _ => {}
                     }
@@ -455,6 +449,12 @@ impl Decoder {
                     sys_uptime_ms: None,
                     system_init_ms: self.system_init.get(&(exporter, domain)).copied(),
                 };
+                let stream = Stream {
+                    exporter,
+                    domain,
+                    header_rate: None,
+                    ov,
+                };
                 let mut n = 0u64;
                 for fs in &ipfix.flowsets {
                     match &fs.body {
@@ -473,32 +473,10 @@ impl Decoder {
                                     }
                                 }
                                 n += 1;
-                                self.emit(
-                                    b,
-                                    &ctx,
-                                    Stream {
-                                        exporter,
-                                        domain,
-                                        header_rate: None,
-                                        ov,
-                                    },
-                                    out,
-                                );
+                                self.emit(b, &ctx, stream, out);
                             }
                         }
-                        B::V9Data(d) => {
-                            n += self.v9_data(
-                                d,
-                                &ctx,
-                                Stream {
-                                    exporter,
-                                    domain,
-                                    header_rate: None,
-                                    ov,
-                                },
-                                out,
-                            )
-                        }
+                        B::V9Data(d) => n += self.v9_data(d, &ctx, stream, out),
                         B::NoTemplate(_) => self.note_no_template(exporter),
                         _ => {}
                     }
