@@ -136,6 +136,30 @@ fn top_and_series_agree_with_the_flows() {
         assert_eq!(row["dst"].as_str(), Some(k.as_str()));
         assert_eq!(row["bytes"].as_u64(), Some(*b));
     }
+    // The contract spells the key dst_port.
+    let (ok, out, err) = common::cli(&[
+        os("query"),
+        os("--data-dir"),
+        dir,
+        os("--top"),
+        os("dst_port"),
+        os("--by"),
+        os("flows"),
+        os("--format"),
+        os("jsonl"),
+    ]);
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("{}")).unwrap_or_default();
+    let top_port = first["dst_port"].as_str().unwrap_or_default().to_string();
+    let mut by_port: std::collections::HashMap<String, u64> = Default::default();
+    for f in &flows {
+        *by_port
+            .entry(format!("{}/{}", f.dst_port, flowwarden::flow::proto_name(f.proto).unwrap_or("?")))
+            .or_default() += 1;
+    }
+    let most = by_port.values().max().copied().unwrap_or(0);
+    assert_eq!(by_port.get(&top_port).copied(), Some(most), "{top_port}");
+    assert_eq!(first["flows"].as_u64(), Some(most));
     let (ok, out, _) = common::cli(&[
         os("query"),
         os("--data-dir"),

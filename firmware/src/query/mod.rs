@@ -34,6 +34,8 @@ pub enum QueryError {
 pub enum TopKey {
     Src,
     Dst,
+    /// Spelled `dst_port` as in the command-line contract (`dst-port` also accepted).
+    #[value(name = "dst_port", alias = "dst-port")]
     DstPort,
     Proto,
     Conversation,
