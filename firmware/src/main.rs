@@ -14,7 +14,17 @@ fn main() -> std::process::ExitCode {
     match flowwarden::cli::main_with(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Typed errors already name their cause in their message; print each
+            // cause of the chain once.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {msg}");
             std::process::ExitCode::FAILURE
         }
     }
