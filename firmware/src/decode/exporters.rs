@@ -133,6 +133,11 @@ impl ExporterTable {
     pub fn get(&self, addr: &SocketAddr) -> Option<&ExporterStats> {
         self.stats.get(addr)
     }
+
+    /// An existing entry (never creates or evicts).
+    pub fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut ExporterStats> {
+        self.stats.get_mut(addr)
+    }
 }
 
 #[cfg(test)]

@@ -162,36 +162,15 @@ impl FastPath {
             self.layouts.insert(key, Arc::new(layout));
         }
     }
-
-    /// Forget an exporter (its parser state was dropped).
-    pub fn forget(&mut self, src: SocketAddr) {
-        self.layouts.retain(|k, _| k.0 != src);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::testwire::{msg, set};
 
     fn src() -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], 4739))
-    }
-
-    fn msg(sets: &[Vec<u8>]) -> Vec<u8> {
-        let mut m = vec![0, 10, 0, 0, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 42];
-        for s in sets {
-            m.extend_from_slice(s);
-        }
-        let len = m.len() as u16;
-        m[2..4].copy_from_slice(&len.to_be_bytes());
-        m
-    }
-
-    fn set(id: u16, body: &[u8]) -> Vec<u8> {
-        let mut s = id.to_be_bytes().to_vec();
-        s.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
-        s.extend_from_slice(body);
-        s
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod fastpath;
 pub mod normalize;
 pub mod sampling;
 pub mod templates;
+#[cfg(test)]
+mod testwire;
 pub mod varlen;
 
 use crate::config::{Config, SamplingMode};
@@ -21,7 +23,7 @@ use netflow_parser::scoped_parser::AutoScopedParser;
 use netflow_parser::variable_versions::PendingFlowsConfig;
 use netflow_parser::{NetflowPacket, NetflowParser};
 use normalize::{RecordBuilder, TimeContext, ipfix_ie};
-use sampling::{SamplingInfo, SamplingTable, v5_rate};
+use sampling::{SamplingTable, v5_rate};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -188,7 +190,7 @@ impl Decoder {
             held += h;
             replayed += r;
             dropped += d;
-            if let Some(s) = self.exporters_mut_existing(addr) {
+            if let Some(s) = self.exporters.get_mut(&addr) {
                 s.pending_held = h;
                 s.pending_replayed = r;
                 s.pending_dropped = d;
@@ -198,11 +200,6 @@ impl Decoder {
         self.totals.pending_replayed = replayed;
         self.totals.pending_dropped = dropped;
         self.exporters.snapshot()
-    }
-
-    fn exporters_mut_existing(&mut self, addr: SocketAddr) -> Option<&mut ExporterStats> {
-        self.exporters.get(&addr)?;
-        Some(self.exporters.entry(addr))
     }
 
     /// Exporters evicted from the health table because it was full.
@@ -580,13 +577,6 @@ impl Decoder {
         e.versions |= 1 << version;
         e.clock_offset_ms = export_ms as i64 - arrival_ms as i64;
     }
-
-    /// Forget sampling learned for an exporter (tests, admin).
-    pub fn forget_exporter(&mut self, exporter: SocketAddr) {
-        self.sampling.forget(exporter);
-        self.fast.forget(exporter);
-        self.varlen.forget(exporter);
-    }
 }
 
 impl RecordBuilder {
@@ -622,6 +612,3 @@ impl RecordBuilder {
         self.apply(21, &V::DataNumber(N::U32(last)));
     }
 }
-
-/// Info about sampling from a data record (re-exported for tests).
-pub type RecordSampling = SamplingInfo;

@@ -107,10 +107,6 @@ impl SamplingTable {
         }
         s.default_rate
     }
-
-    pub fn forget(&mut self, exporter: SocketAddr) {
-        self.streams.retain(|k, _| k.0 != exporter);
-    }
 }
 
 /// v5 header `sampling_interval`: top two bits mode, low 14 bits interval.

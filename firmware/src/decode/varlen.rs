@@ -45,11 +45,6 @@ impl VarlenFixer {
         }
     }
 
-    /// Forget everything learned from one exporter.
-    pub fn forget(&mut self, src: SocketAddr) {
-        self.templates.retain(|k, _| k.0 != src);
-    }
-
     /// Inspect one datagram; returns a rewritten copy when it needs one.
     pub fn fix(&mut self, src: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
         if data.len() < 16 || be16(data, 0) != Some(10) {
@@ -241,23 +236,7 @@ pub fn v9_well_formed_len(data: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(sets: &[Vec<u8>]) -> Vec<u8> {
-        let mut m = vec![0, 10, 0, 0, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 42];
-        for s in sets {
-            m.extend_from_slice(s);
-        }
-        let len = m.len() as u16;
-        m[2..4].copy_from_slice(&len.to_be_bytes());
-        m
-    }
-
-    fn set(id: u16, body: &[u8]) -> Vec<u8> {
-        let mut s = id.to_be_bytes().to_vec();
-        s.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
-        s.extend_from_slice(body);
-        s
-    }
+    use crate::decode::testwire::{msg, set};
 
     fn template() -> Vec<u8> {
         // tid 300: sourceIPv4Address(4), interfaceName(varlen), octetDeltaCount(4)

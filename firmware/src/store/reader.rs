@@ -100,92 +100,73 @@ impl Reader {
 
     /// Exporter health as last persisted by the writer.
     pub fn exporters(&self) -> Result<Vec<ExporterStats>, StoreError> {
-        let p = self.dir.state();
-        if !p.exists() {
-            return Ok(Vec::new());
-        }
-        let db = open_readonly(&p)?;
-        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
-        let t = match txn.open_table(EXPORTERS) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::db(&p, e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
-            let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
-            if let Ok(s) = postcard::from_bytes::<ExporterStats>(v.value()) {
-                out.push(s);
+        with_table(&self.dir.state(), EXPORTERS, |t| {
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                if let Ok(s) = postcard::from_bytes::<ExporterStats>(row?.1.value()) {
+                    out.push(s);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Named stage counters kept in the state file (collector, pipeline, store).
     pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let p = self.dir.state();
-        if !p.exists() {
-            return Ok(Vec::new());
-        }
-        let db = open_readonly(&p)?;
-        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
-        let t = match txn.open_table(STATE_META) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::db(&p, e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
-            let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
-            if k.value() != "schema" {
-                out.push((k.value().to_string(), v.value()));
+        with_table(&self.dir.state(), STATE_META, |t| {
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if k.value() != "schema" {
+                    out.push((k.value().to_string(), v.value()));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Per-minute roll-up rows of one dimension kind in `[from, to)`: (minute, key, bytes, packets, flows).
     pub fn minutes(&self, kind: u8, from: u64, to: u64) -> Result<Vec<MinuteRow>, StoreError> {
-        let p = self.dir.rollups();
-        if !p.exists() {
-            return Ok(Vec::new());
-        }
-        let db = open_readonly(&p)?;
-        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
-        let t = match txn.open_table(MINUTE) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::db(&p, e)),
-        };
-        let mut out = Vec::new();
-        for row in t
-            .range((from, 0u8, &[][..])..(to, 0u8, &[][..]))
-            .map_err(|e| StoreError::db(&p, e))?
-        {
-            let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
-            let (m, kd, key) = k.value();
-            if kd == kind {
-                let (b, pk, n) = v.value();
-                out.push((m, key.to_vec(), b, pk, n));
+        with_table(&self.dir.rollups(), MINUTE, |t| {
+            let mut out = Vec::new();
+            for row in t.range((from, 0u8, &[][..])..(to, 0u8, &[][..]))? {
+                let (k, v) = row?;
+                let (m, kd, key) = k.value();
+                if kd == kind {
+                    let (b, pk, n) = v.value();
+                    out.push((m, key.to_vec(), b, pk, n));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The stored top list of one hour.
     pub fn hour_top(&self, hour: u64, kind: u8, metric: u8) -> Result<Vec<TopEntry>, StoreError> {
-        let p = self.dir.rollups();
-        if !p.exists() {
-            return Ok(Vec::new());
-        }
-        let db = open_readonly(&p)?;
-        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
-        let t = match txn.open_table(HOUR_TOP) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::db(&p, e)),
-        };
-        let v = t.get((hour, kind, metric)).map_err(|e| StoreError::db(&p, e))?;
-        Ok(v.and_then(|v| postcard::from_bytes(v.value()).ok()).unwrap_or_default())
+        with_table(&self.dir.rollups(), HOUR_TOP, |t| {
+            Ok(t.get((hour, kind, metric))?
+                .and_then(|v| postcard::from_bytes(v.value()).ok())
+                .unwrap_or_default())
+        })
     }
+}
+
+/// Run `f` on one table of a state or roll-up file; a file or table that does
+/// not exist yet reads as empty.
+fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, T: Default>(
+    path: &std::path::Path,
+    table: redb::TableDefinition<K, V>,
+    f: impl FnOnce(&redb::ReadOnlyTable<K, V>) -> Result<T, redb::StorageError>,
+) -> Result<T, StoreError> {
+    if !path.exists() {
+        return Ok(T::default());
+    }
+    let db = open_readonly(path)?;
+    let txn = db.begin_read().map_err(|e| StoreError::db(path, e))?;
+    let t = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(T::default()),
+        Err(e) => return Err(StoreError::db(path, e)),
+    };
+    f(&t).map_err(|e| StoreError::db(path, e))
 }

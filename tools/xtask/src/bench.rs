@@ -94,7 +94,7 @@ struct Offline {
     rate: f64,
     rss: u64,
     bytes_per_flow: f64,
-    block_bytes_per_flow: f64,
+    dir_bytes_per_flow: f64,
     dir: PathBuf,
 }
 
@@ -124,7 +124,7 @@ fn offline(b: &Bins, label: &str, files: &[PathBuf], out: &Path, reps: usize) ->
             rate,
             rss,
             bytes_per_flow: flows_bytes as f64 / stored.max(1.0),
-            block_bytes_per_flow: 0.0,
+            dir_bytes_per_flow: du(&dir) as f64 / stored.max(1.0),
             dir,
         });
     }
@@ -323,15 +323,6 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         offl.push(offline(&b, &format!("synthetic-{v}"), std::slice::from_ref(p), &out, reps)?);
     }
     offl.push(offline(&b, "exported", &exported, &out, reps)?);
-    for o in &mut offl {
-        let counters = cmd_out(
-            Command::new(&b.fw)
-                .args(["query", "--top", "proto", "--format", "jsonl", "--data-dir"])
-                .arg(&o.dir),
-        )?;
-        let _ = counters;
-        o.block_bytes_per_flow = du(&o.dir) as f64 / o.stored.max(1.0);
-    }
     let big = &offl[0];
     let q_top = query_latency(&b, &big.dir, &["--top", "src", "--by", "bytes", "--limit", "10"])?;
     let q_conv = query_latency(&b, &big.dir, &["--top", "conversation", "--by", "flows", "--limit", "10"])?;
@@ -399,7 +390,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             o.rate,
             o.rss >> 20,
             o.bytes_per_flow,
-            o.block_bytes_per_flow
+            o.dir_bytes_per_flow
         )?;
     }
     writeln!(
