@@ -9,6 +9,7 @@ pub mod config;
 pub mod decode;
 pub mod fasthash;
 pub mod flow;
+pub mod init;
 pub mod net;
 pub mod pipeline;
 pub mod query;

@@ -1,5 +1,6 @@
 //! The `flowwarden` binary: parses the command line and runs the chosen
 //! command from the library. Logs go to stderr (RUST_LOG, default info).
+//! Run as PID 1 (the firmware image's /init) it becomes the init system instead.
 
 use clap::Parser;
 
@@ -10,6 +11,10 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if flowwarden::init::is_pid1() {
+        // Started by the kernel as /init: bring the box up and supervise (never returns).
+        flowwarden::init::main();
+    }
     let cli = flowwarden::cli::Cli::parse();
     match flowwarden::cli::main_with(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,130 @@
+//! The serial-console maintenance commands PID 1 accepts from a field
+//! technician (and from the QEMU system tests): `query ...`, `exporters ...`,
+//! `status`, `reboot`, `poweroff`, `help`. Query commands run the appliance
+//! binary as a child with `--data-dir` filled in; each command ends with a
+//! `flowwarden-console: done (exit N)` line so a script knows where output ends.
+
+/// A parsed console line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleCmd {
+    /// Run the binary with these arguments (already including the subcommand and --data-dir).
+    Exec(Vec<String>),
+    Status,
+    Reboot,
+    PowerOff,
+    Help,
+    Empty,
+}
+
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | reboot | poweroff | help";
+
+/// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
+pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => match chars.next() {
+                Some(n) => cur.push(n),
+                None => return Err("line ends with a backslash".into()),
+            },
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+        if quote.is_some() {
+            in_word = true;
+        }
+    }
+    if let Some(q) = quote {
+        return Err(format!("unterminated {q} quote"));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// Parses one console line; `data_dir` is added to commands that read the store.
+pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, String> {
+    let words = split_words(line)?;
+    let Some(first) = words.first() else {
+        return Ok(ConsoleCmd::Empty);
+    };
+    // Accept "flowwarden query ..." as well as "query ...".
+    let (cmd, rest) = if first == "flowwarden" && words.len() > 1 {
+        (words[1].as_str(), &words[2..])
+    } else {
+        (first.as_str(), &words[1..])
+    };
+    match cmd {
+        "query" | "exporters" => {
+            if rest.iter().any(|w| w == "--data-dir" || w.starts_with("--data-dir=")) {
+                return Err("--data-dir is fixed on the appliance".into());
+            }
+            let mut args = vec![cmd.to_string(), "--data-dir".into(), data_dir.to_string()];
+            args.extend(rest.iter().cloned());
+            Ok(ConsoleCmd::Exec(args))
+        }
+        "version" => Ok(ConsoleCmd::Exec(vec!["version".into()])),
+        "status" => Ok(ConsoleCmd::Status),
+        "reboot" => Ok(ConsoleCmd::Reboot),
+        "poweroff" | "shutdown" => Ok(ConsoleCmd::PowerOff),
+        "help" | "?" => Ok(ConsoleCmd::Help),
+        other => Err(format!("unknown command {other:?}; {HELP}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_quotes() {
+        assert_eq!(
+            split_words(r#"query --filter "dst port 443 and proto tcp" --format jsonl"#).unwrap(),
+            vec!["query", "--filter", "dst port 443 and proto tcp", "--format", "jsonl"]
+        );
+        assert_eq!(split_words(r#"a 'b c' d\ e """#).unwrap(), vec!["a", "b c", "d e", ""]);
+        assert!(split_words("query 'oops").is_err());
+        assert_eq!(split_words("   ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            parse("query --format jsonl", "/data").unwrap(),
+            ConsoleCmd::Exec(vec![
+                "query".into(),
+                "--data-dir".into(),
+                "/data".into(),
+                "--format".into(),
+                "jsonl".into()
+            ])
+        );
+        assert_eq!(
+            parse("flowwarden exporters", "/data").unwrap(),
+            ConsoleCmd::Exec(vec!["exporters".into(), "--data-dir".into(), "/data".into()])
+        );
+        assert_eq!(parse("reboot", "/d").unwrap(), ConsoleCmd::Reboot);
+        assert_eq!(parse("", "/d").unwrap(), ConsoleCmd::Empty);
+        assert!(parse("rm -rf /", "/d").unwrap_err().contains("unknown command"));
+        assert!(parse("query --data-dir /etc", "/d").is_err());
+    }
+}

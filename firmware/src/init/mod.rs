@@ -1,0 +1,567 @@
+//! PID 1 of the firmware image. When the `flowwarden` binary finds itself
+//! running as process 1 (the kernel started it as /init from the initramfs) it
+//! brings the box up and then supervises the appliance:
+//!
+//! 1. mounts /proc, /sys, /dev, /run, /tmp ([`mounts::early`]);
+//! 2. reads /etc/flowwarden/system.toml ([`sysconf`]), loads the board's kernel
+//!    modules in dependency order ([`kmod`]), sets the host name;
+//! 3. finds the GPT partition named `data`, runs e2fsck -p, mounts it on /data;
+//! 4. brings up lo and the management interface: DHCPv4 ([`dhcp`]) or a static
+//!    address, default route and /etc/resolv.conf, via route netlink ([`netlink`]);
+//! 5. sets the clock by SNTP when a server answers ([`sntp`]) and records in
+//!    /run/flowwarden/time.json whether it did;
+//! 6. runs `flowwarden run --data-dir /data` as a child, restarts it with backoff
+//!    if it dies, reaps every other child, serves the serial console ([`console`]);
+//! 7. on SIGTERM, the power button ([`power`]) or `poweroff`/`reboot` on the
+//!    console: stops the appliance, syncs, unmounts /data, powers off or reboots.
+//!
+//! It never returns: a fatal error is printed, the disks synced and the box
+//! rebooted after the kernel's `panic=N` seconds (N = 0: it stays halted).
+
+pub mod console;
+pub mod dhcp;
+pub mod kmod;
+pub mod mounts;
+pub mod netlink;
+pub mod power;
+pub mod sntp;
+pub mod sysconf;
+
+use anyhow::{Context, Result, anyhow};
+use console::ConsoleCmd;
+use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::system::RebootCommand;
+use std::collections::{HashMap, VecDeque};
+use std::io::BufRead;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use sysconf::{NetMode, SystemConfig};
+
+/// True when this process is PID 1.
+pub fn is_pid1() -> bool {
+    rustix::process::getpid().is_init()
+}
+
+/// What `status` on the console shows; updated as the boot goes on.
+#[derive(Debug, Default, Clone)]
+struct Status {
+    network: String,
+    time: String,
+    data: String,
+    appliance: String,
+    restarts: u32,
+}
+
+type Shared = Arc<Mutex<Status>>;
+
+fn set(status: &Shared, f: impl FnOnce(&mut Status)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+macro_rules! say {
+    ($($t:tt)*) => { eprintln!("flowwarden-init: {}", format!($($t)*)) };
+}
+
+/// Entry point when running as PID 1. Never returns.
+pub fn main() -> ! {
+    let boot = Instant::now();
+    say!("flowwarden {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    let outcome = std::panic::catch_unwind(|| boot_and_supervise(boot));
+    let why = match outcome {
+        Ok(Ok(())) => "supervisor stopped".to_string(),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(_) => "panic in PID 1".to_string(),
+    };
+    fatal(&why)
+}
+
+/// Prints the error, syncs and reboots after `panic=N` seconds from the kernel command line.
+fn fatal(why: &str) -> ! {
+    say!("FATAL: {why}");
+    rustix::fs::sync();
+    let secs = panic_secs(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if secs > 0 {
+        say!("rebooting in {secs} s (kernel command line panic={secs})");
+        std::thread::sleep(Duration::from_secs(secs));
+        rustix::fs::sync();
+        let _ = rustix::system::reboot(RebootCommand::Restart);
+    } else {
+        say!("panic=0 on the kernel command line: staying halted");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// `panic=N` from a kernel command line (default 10 s when absent; negative means at once).
+pub fn panic_secs(cmdline: &str) -> u64 {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("panic="))
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|n| if n < 0 { 1 } else { n as u64 })
+        .unwrap_or(10)
+}
+
+fn boot_and_supervise(boot: Instant) -> Result<()> {
+    mounts::early().context("early mounts")?;
+    let cfg = match SystemConfig::load(Path::new(sysconf::SYSTEM_TOML)) {
+        Ok(c) => c,
+        Err(sysconf::SysConfError::Read { .. }) if !Path::new(sysconf::SYSTEM_TOML).exists() => {
+            say!("{} missing: using built-in defaults", sysconf::SYSTEM_TOML);
+            SystemConfig::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Ctrl-Alt-Del becomes SIGINT to us (a clean reboot) instead of an instant reset.
+    let _ = rustix::system::reboot(RebootCommand::CadOff);
+    let failed = kmod::load_all(&cfg.modules);
+    say!(
+        "loaded {} of {} kernel modules",
+        cfg.modules.len() - failed.len(),
+        cfg.modules.len()
+    );
+    if let Err(e) = rustix::system::sethostname(cfg.hostname.as_bytes()) {
+        say!("sethostname {}: {e}", cfg.hostname);
+    }
+    let _ = std::fs::create_dir_all("/run/flowwarden");
+    let status: Shared = Arc::new(Mutex::new(Status::default()));
+
+    let dev = mounts::data_partition(
+        &cfg.data.partition,
+        &cfg.data.mountpoint,
+        &cfg.data.fsck,
+        Duration::from_secs(cfg.data.wait_secs),
+    )
+    .context("data partition")?;
+    say!("data partition {} mounted on {}", dev.display(), cfg.data.mountpoint.display());
+    set(&status, |s| {
+        s.data = format!("{} on {}", dev.display(), cfg.data.mountpoint.display())
+    });
+
+    let ntp_from_dhcp = network(&cfg, &status);
+    sync_time(&cfg, &ntp_from_dhcp, &status);
+    say!("system up in {} ms", boot.elapsed().as_millis());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("async runtime for the supervisor")?;
+    rt.block_on(supervise(cfg, status))
+}
+
+/// Brings up lo and the management interface; returns NTP servers the DHCP server offered.
+fn network(cfg: &SystemConfig, status: &Shared) -> Vec<Ipv4Addr> {
+    let mut nl = match netlink::Netlink::open() {
+        Ok(n) => n,
+        Err(e) => {
+            say!("network: {e}");
+            set(status, |s| s.network = format!("down: {e}"));
+            return Vec::new();
+        }
+    };
+    let seq = nl.next_seq();
+    if let Err(e) = nl.request("lo up", seq, &netlink::link_up(seq, 1)) {
+        say!("{e}");
+    }
+    if cfg.network.mode == NetMode::None {
+        set(status, |s| s.network = "management interface disabled (mode none)".into());
+        return Vec::new();
+    }
+    let Some((iface, ifindex, mac)) = find_iface(&cfg.network.interface, Duration::from_secs(10)) else {
+        say!("network: interface {:?} not found", cfg.network.interface);
+        set(status, |s| s.network = format!("interface {:?} not found", cfg.network.interface));
+        return Vec::new();
+    };
+    let seq = nl.next_seq();
+    if let Err(e) = nl.request(&format!("{iface} up"), seq, &netlink::link_up(seq, ifindex)) {
+        say!("{e}");
+    }
+    match cfg.network.mode {
+        NetMode::Static => {
+            let Some(Ok((addr, len))) = cfg.network.address.as_deref().map(sysconf::parse_cidr4) else {
+                return Vec::new();
+            };
+            let applied = apply(&mut nl, &iface, ifindex, addr, len, cfg.network.gateway, &cfg.network.dns);
+            set(status, |s| s.network = format!("{iface} static {addr}/{len}: {applied}"));
+            Vec::new()
+        }
+        NetMode::Dhcp => {
+            let first = dhcp::obtain(&iface, mac, &cfg.hostname, Duration::from_secs(cfg.network.dhcp_timeout_secs));
+            let ntp = first.as_ref().map(|l| l.ntp.clone()).unwrap_or_default();
+            let (iface2, status2, hostname, dns_cfg) = (iface.clone(), status.clone(), cfg.hostname.clone(), cfg.network.dns.clone());
+            let mut current = first;
+            // Apply now, then keep the lease: renew at half its time, retry every 30 s without one.
+            loop_lease(&mut nl, &iface2, ifindex, &current, &dns_cfg, &status2);
+            let _ = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
+                loop {
+                    let wait = match &current {
+                        Ok(l) => Duration::from_secs(u64::from(l.lease_secs / 2).max(30)),
+                        Err(_) => Duration::from_secs(30),
+                    };
+                    std::thread::sleep(wait);
+                    current = dhcp::obtain(&iface2, mac, &hostname, Duration::from_secs(30));
+                    loop_lease(&mut nl, &iface2, ifindex, &current, &dns_cfg, &status2);
+                }
+            });
+            ntp
+        }
+        NetMode::None => Vec::new(),
+    }
+}
+
+fn loop_lease(
+    nl: &mut netlink::Netlink,
+    iface: &str,
+    ifindex: u32,
+    lease: &Result<dhcp::Lease, dhcp::DhcpError>,
+    dns_cfg: &[Ipv4Addr],
+    status: &Shared,
+) {
+    match lease {
+        Ok(l) => {
+            let dns: Vec<Ipv4Addr> = if dns_cfg.is_empty() { l.dns.clone() } else { dns_cfg.to_vec() };
+            let applied = apply(nl, iface, ifindex, l.address, l.prefix_len, l.router, &dns);
+            let line = format!(
+                "{iface} dhcp {}/{} via {} from {} (lease {} s, dns {:?}): {applied}",
+                l.address,
+                l.prefix_len,
+                l.router.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                l.server,
+                l.lease_secs,
+                dns
+            );
+            say!("network: {line}");
+            let _ = std::fs::write(
+                "/run/flowwarden/network.json",
+                serde_json::json!({"interface": iface, "mode": "dhcp", "address": format!("{}/{}", l.address, l.prefix_len),
+                    "gateway": l.router.map(|r| r.to_string()), "dns": dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                    "dhcp_server": l.server.to_string(), "lease_secs": l.lease_secs})
+                .to_string(),
+            );
+            set(status, |s| s.network = line);
+        }
+        Err(e) => {
+            say!("network: {e}; retrying in the background");
+            set(status, |s| s.network = format!("no address: {e}"));
+        }
+    }
+}
+
+/// Address, default route and resolv.conf; returns "ok" or what failed.
+fn apply(nl: &mut netlink::Netlink, iface: &str, ifindex: u32, addr: Ipv4Addr, len: u8, gw: Option<Ipv4Addr>, dns: &[Ipv4Addr]) -> String {
+    let mut problems = Vec::new();
+    let seq = nl.next_seq();
+    if let Err(e) = nl.request(
+        &format!("address {addr}/{len} on {iface}"),
+        seq,
+        &netlink::add_addr(seq, ifindex, addr, len),
+    ) {
+        problems.push(e.to_string());
+    }
+    if let Some(gw) = gw {
+        let seq = nl.next_seq();
+        if let Err(e) = nl.request(&format!("default route via {gw}"), seq, &netlink::default_route(seq, ifindex, gw)) {
+            problems.push(e.to_string());
+        }
+    }
+    let resolv: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+    if let Err(e) = std::fs::write("/etc/resolv.conf", resolv) {
+        problems.push(format!("/etc/resolv.conf: {e}"));
+    }
+    if problems.is_empty() { "ok".into() } else { problems.join("; ") }
+}
+
+/// Name, ifindex and MAC of the management interface (`auto`: first Ethernet one).
+fn find_iface(want: &str, wait: Duration) -> Option<(String, u32, [u8; 6])> {
+    let start = Instant::now();
+    loop {
+        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            let base = Path::new("/sys/class/net").join(&name);
+            let read = |f: &str| std::fs::read_to_string(base.join(f)).unwrap_or_default().trim().to_string();
+            let is_ether = read("type") == "1" && name != "lo";
+            if (want == "auto" && is_ether) || name == want {
+                let ifindex: u32 = read("ifindex").parse().ok()?;
+                let mac = parse_mac(&read("address")).unwrap_or([0x02, 0, 0, 0, 0, 1]);
+                return Some((name, ifindex, mac));
+            }
+        }
+        if start.elapsed() >= wait {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Tries DHCP-offered then configured SNTP servers; steps the clock on the first answer.
+fn sync_time(cfg: &SystemConfig, from_dhcp: &[Ipv4Addr], status: &Shared) {
+    let mut servers: Vec<std::net::SocketAddr> = from_dhcp.iter().map(|ip| std::net::SocketAddr::new((*ip).into(), 123)).collect();
+    servers.extend(cfg.time.ntp_servers.iter().filter_map(|s| sysconf::ntp_addr(s).ok()));
+    let timeout = Duration::from_millis(cfg.time.timeout_ms);
+    let mut errors = Vec::new();
+    for server in servers.iter().take(4) {
+        match sntp::query(*server, timeout) {
+            Ok(sample) => {
+                let stepped = sntp::step_clock(sample.offset_ns);
+                let line = format!(
+                    "synced from {} (stratum {}, offset {:.3} s, delay {:.1} ms){}",
+                    server,
+                    sample.stratum,
+                    sample.offset_ns as f64 / 1e9,
+                    sample.delay_ns as f64 / 1e6,
+                    stepped
+                        .as_ref()
+                        .err()
+                        .map(|e| format!(", but setting the clock failed: {e}"))
+                        .unwrap_or_default()
+                );
+                say!("time: {line}");
+                let _ = std::fs::write(
+                    "/run/flowwarden/time.json",
+                    serde_json::json!({"synced": stepped.is_ok(), "server": server.to_string(), "offset_ns": sample.offset_ns as i64,
+                        "stratum": sample.stratum, "at": crate::timefmt::rfc3339_ms(crate::timefmt::now_ms())})
+                    .to_string(),
+                );
+                set(status, |s| s.time = line);
+                return;
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let why = if servers.is_empty() {
+        "no SNTP server configured or offered by DHCP".to_string()
+    } else {
+        errors.join("; ")
+    };
+    say!("time: NOT synced ({why}); using the hardware clock");
+    let _ = std::fs::write(
+        "/run/flowwarden/time.json",
+        serde_json::json!({"synced": false, "reason": why, "clock": crate::timefmt::rfc3339_ms(crate::timefmt::now_ms())}).to_string(),
+    );
+    set(status, |s| s.time = format!("NOT synced: {why}"));
+}
+
+enum Event {
+    Console(ConsoleCmd, std::sync::mpsc::SyncSender<i32>),
+    PowerButton,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    PowerOff,
+    Reboot,
+}
+
+async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(16);
+
+    let ptx = tx.clone();
+    let watched = power::watch(move || {
+        let _ = ptx.try_send(Event::PowerButton);
+    });
+    say!("watching {} input devices for the power button", watched.len());
+    spawn_console(tx.clone(), status.clone(), cfg.data.mountpoint.display().to_string());
+
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    let mut appliance: Option<Pid> = None;
+    let mut exits: VecDeque<Instant> = VecDeque::new();
+    let mut restart_at = Some(tokio::time::Instant::now());
+    let mut console_children: HashMap<Pid, std::sync::mpsc::SyncSender<i32>> = HashMap::new();
+
+    loop {
+        let sleep_until = restart_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let stop = tokio::select! {
+            _ = sigchld.recv() => {
+                for (pid, code) in reap() {
+                    if Some(pid) == appliance {
+                        appliance = None;
+                        let now = Instant::now();
+                        exits.push_back(now);
+                        while exits.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(300)) {
+                            exits.pop_front();
+                        }
+                        set(&status, |s| { s.restarts += 1; s.appliance = format!("exited with {code}"); });
+                        if exits.len() >= 5 {
+                            return Err(anyhow!("the appliance exited 5 times within 5 minutes (last status {code})"));
+                        }
+                        let backoff = Duration::from_secs(1 << exits.len().min(5));
+                        say!("appliance exited with status {code}; restarting in {} s", backoff.as_secs());
+                        restart_at = Some(tokio::time::Instant::now() + backoff);
+                    } else if let Some(reply) = console_children.remove(&pid) {
+                        let _ = reply.send(code);
+                    }
+                }
+                None
+            }
+            _ = sigterm.recv() => Some(Stop::PowerOff),
+            _ = sigint.recv() => Some(Stop::Reboot),
+            _ = tokio::time::sleep_until(sleep_until), if restart_at.is_some() => {
+                restart_at = None;
+                match spawn_appliance(&exe, &cfg.data.mountpoint) {
+                    Ok(pid) => {
+                        say!("appliance started (pid {})", pid.as_raw_nonzero());
+                        set(&status, |s| s.appliance = format!("running, pid {}", pid.as_raw_nonzero()));
+                        appliance = Some(pid);
+                    }
+                    Err(e) => return Err(e),
+                }
+                None
+            }
+            ev = rx.recv() => match ev {
+                Some(Event::PowerButton) => { say!("power button pressed"); Some(Stop::PowerOff) }
+                Some(Event::Console(ConsoleCmd::Reboot, r)) => { let _ = r.send(0); Some(Stop::Reboot) }
+                Some(Event::Console(ConsoleCmd::PowerOff, r)) => { let _ = r.send(0); Some(Stop::PowerOff) }
+                Some(Event::Console(ConsoleCmd::Exec(args), r)) => {
+                    match std::process::Command::new(&exe).args(&args).env("NO_COLOR", "1").stdin(std::process::Stdio::null()).spawn() {
+                        Ok(child) => { if let Some(pid) = Pid::from_raw(child.id() as i32) { console_children.insert(pid, r); } }
+                        Err(e) => { say!("cannot run {args:?}: {e}"); let _ = r.send(127); }
+                    }
+                    None
+                }
+                Some(Event::Console(_, r)) => { let _ = r.send(0); None }
+                None => None,
+            },
+        };
+        if let Some(stop) = stop {
+            shutdown(stop, appliance, &cfg.data.mountpoint, &mut sigchld).await;
+        }
+    }
+}
+
+fn spawn_appliance(exe: &Path, data: &Path) -> Result<Pid> {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run").arg("--data-dir").arg(data);
+    let user_cfg = data.join("flowwarden.toml");
+    if user_cfg.exists() {
+        cmd.arg("--config").arg(&user_cfg);
+    }
+    // Plain log lines on the serial console (no ANSI colours).
+    let child = cmd
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start the appliance")?;
+    Pid::from_raw(child.id() as i32).ok_or_else(|| anyhow!("appliance has no pid"))
+}
+
+/// Reaps every exited child: (pid, exit code or 128+signal).
+fn reap() -> Vec<(Pid, i32)> {
+    let mut out = Vec::new();
+    while let Ok(Some((pid, st))) = rustix::process::wait(WaitOptions::NOHANG) {
+        let code = st.exit_status().or_else(|| st.terminating_signal().map(|s| 128 + s)).unwrap_or(-1);
+        out.push((pid, code));
+    }
+    out
+}
+
+async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, sigchld: &mut tokio::signal::unix::Signal) -> ! {
+    say!("shutting down ({})", if stop == Stop::Reboot { "reboot" } else { "power off" });
+    if let Some(pid) = appliance {
+        let _ = rustix::process::kill_process(pid, Signal::TERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut gone = false;
+        while !gone {
+            tokio::select! {
+                _ = sigchld.recv() => { gone = reap().iter().any(|(p, _)| *p == pid); }
+                _ = tokio::time::sleep_until(deadline) => {
+                    say!("appliance did not stop within 20 s; killing it");
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = reap();
+                    gone = true;
+                }
+            }
+        }
+        say!("appliance stopped");
+    }
+    match mounts::unmount_data(data) {
+        Ok(()) => say!("data partition unmounted cleanly"),
+        Err(e) => say!("data partition: {e} (left read-only)"),
+    }
+    rustix::fs::sync();
+    let cmd = if stop == Stop::Reboot {
+        RebootCommand::Restart
+    } else {
+        RebootCommand::PowerOff
+    };
+    say!("{}", if stop == Stop::Reboot { "rebooting" } else { "powering off" });
+    let r = rustix::system::reboot(cmd);
+    fatal(&format!("reboot(2) failed: {r:?}"))
+}
+
+fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir: String) {
+    let _ = std::thread::Builder::new().name("console".into()).spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            let code = match console::parse(&line, &data_dir) {
+                Ok(ConsoleCmd::Empty) => continue,
+                Ok(ConsoleCmd::Help) => {
+                    println!("{}", console::HELP);
+                    0
+                }
+                Ok(ConsoleCmd::Status) => {
+                    let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+                    println!(
+                        "network: {}\ntime: {}\ndata: {}\nappliance: {} (restarts {})",
+                        s.network, s.time, s.data, s.appliance, s.restarts
+                    );
+                    0
+                }
+                Ok(cmd) => {
+                    let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+                    if tx.blocking_send(Event::Console(cmd, rtx)).is_err() {
+                        break;
+                    }
+                    rrx.recv().unwrap_or(-1)
+                }
+                Err(e) => {
+                    println!("flowwarden-console: {e}");
+                    2
+                }
+            };
+            println!("flowwarden-console: done (exit {code})");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_delay_from_cmdline() {
+        assert_eq!(panic_secs("console=ttyS0 panic=5 quiet"), 5);
+        assert_eq!(panic_secs("console=ttyS0"), 10);
+        assert_eq!(panic_secs("panic=0"), 0);
+        assert_eq!(panic_secs("panic=-1"), 1);
+    }
+
+    #[test]
+    fn mac_addresses() {
+        assert_eq!(parse_mac("52:54:00:12:34:56"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
+    }
+}
