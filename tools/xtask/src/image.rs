@@ -1,0 +1,488 @@
+//! `cargo xtask image --board NAME`: a raw GPT disk image from a clean checkout,
+//! with no loop mounts and no root-only steps beyond apt-get:
+//!
+//! | # | GPT name   | contents                                                   |
+//! |---|------------|------------------------------------------------------------|
+//! | 1 | `esp`      | FAT32: EFI/BOOT/BOOT{X64,AA64}.EFI (GRUB), grub.cfg, grubenv |
+//! | 2 | `system_a` | ext4 `flowwarden_a`: vmlinuz, initrd.img, release          |
+//! | 3 | `system_b` | ext4 `flowwarden_b`: the same (the update target later)    |
+//! | 4 | `data`     | ext4 `data`: the appliance's data directory (empty)        |
+//!
+//! The initramfs holds the static binary as /init (PID 1), the board's kernel
+//! modules in dependency order, a static e2fsck and /etc/flowwarden/system.toml.
+//! The Debian kernel package is pinned by version and sha256 in board.toml.
+//! image/README.md describes the layout and boot flow.
+
+use crate::board::Board;
+use crate::cpio::Cpio;
+use crate::{apt_ensure, run};
+use anyhow::{Context, Result, bail};
+use std::collections::{HashMap, HashSet};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const MIB: u64 = 1024 * 1024;
+
+pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
+    let board = Board::load(root, board_name)?;
+    eprintln!("xtask: image for {}", board.describe());
+    apt_ensure(
+        &[
+            ("mtools", "mcopy"),
+            ("dosfstools", "mkfs.fat"),
+            ("grub-common", "grub-mkimage"),
+            ("e2fsprogs", "mke2fs"),
+            ("fdisk", "sfdisk"),
+        ],
+        board.arch == "aarch64",
+    )?;
+    let bin = crate::build::build(root, &board.arch)?;
+    let out_dir = root.join("target/images");
+    let cache = out_dir.join("cache");
+    let work = out_dir.join(format!("{board_name}.work"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&cache)?;
+
+    // Kernel, pinned.
+    let deb = fetch_pinned(&cache, &board)?;
+    let kdir = extract(&deb, &cache.join(format!("{}_{}", board.kernel.package, board.kernel.version)))?;
+    let kver = board.kernel.package.trim_start_matches("linux-image-").to_string();
+    let vmlinuz = kdir.join("boot").join(format!("vmlinuz-{kver}"));
+    if !vmlinuz.exists() {
+        bail!("{} has no boot/vmlinuz-{kver}", deb.display());
+    }
+    let moddir = kdir.join("lib/modules").join(&kver);
+    let modules = resolve_modules(&moddir, &board.kernel.modules)?;
+    eprintln!(
+        "xtask: modules in load order: {}",
+        modules.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" ")
+    );
+
+    // GRUB and a static e2fsck for the board's architecture.
+    let (grub_pkg, grub_fmt, efi_name) = if board.arch == "aarch64" {
+        ("grub-efi-arm64-bin", "arm64-efi", "BOOTAA64.EFI")
+    } else {
+        ("grub-efi-amd64-bin", "x86_64-efi", "BOOTX64.EFI")
+    };
+    let grub_root = extract(
+        &fetch_latest(&cache, grub_pkg, board.deb_arch())?,
+        &cache.join(format!("{grub_pkg}-{}", board.deb_arch())),
+    )?;
+    let fsck_root = extract(
+        &fetch_latest(&cache, "e2fsck-static", board.deb_arch())?,
+        &cache.join(format!("e2fsck-static-{}", board.deb_arch())),
+    )?;
+    let e2fsck = fsck_root.join("sbin/e2fsck.static");
+
+    // Initramfs.
+    let mut sys = board.system.clone();
+    sys.insert(
+        "modules".into(),
+        toml::Value::Array(
+            modules
+                .iter()
+                .map(|(n, _)| toml::Value::String(format!("/lib/modules/{n}.ko")))
+                .collect(),
+        ),
+    );
+    let system_toml = format!(
+        "# Written by cargo xtask image from board/{board_name}/board.toml [system]; read by PID 1.\n{}",
+        toml::to_string(&sys)?
+    );
+    let mut cpio = Cpio::new();
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "data",
+        "etc",
+        "etc/flowwarden",
+        "lib",
+        "lib/modules",
+        "sbin",
+        "var",
+        "var/lib",
+    ] {
+        cpio.dir(d);
+    }
+    cpio.char_dev("dev/console", 0o600, 5, 1);
+    cpio.char_dev("dev/null", 0o666, 1, 3);
+    cpio.file("init", 0o755, &std::fs::read(&bin)?);
+    cpio.file(
+        "sbin/e2fsck",
+        0o755,
+        &std::fs::read(&e2fsck).with_context(|| format!("{}", e2fsck.display()))?,
+    );
+    cpio.file("etc/flowwarden/system.toml", 0o644, system_toml.as_bytes());
+    let release = format!(
+        "flowwarden {}\nboard {board_name}\ncommit {}\nkernel {} {}\n",
+        env!("CARGO_PKG_VERSION"),
+        git_commit(root),
+        board.kernel.package,
+        board.kernel.version
+    );
+    cpio.file("etc/flowwarden/release", 0o644, release.as_bytes());
+    cpio.file("etc/resolv.conf", 0o644, b"");
+    cpio.file("etc/hostname", 0o644, b"flowwarden\n");
+    for (name, path) in &modules {
+        cpio.file(&format!("lib/modules/{name}.ko"), 0o644, &std::fs::read(path)?);
+    }
+    let initrd = work.join("initrd.img");
+    gzip(&cpio.finish(), &initrd)?;
+
+    // Slots A and B (identical at build time).
+    let slot_dir = work.join("slot");
+    std::fs::create_dir_all(&slot_dir)?;
+    std::fs::copy(&vmlinuz, slot_dir.join("vmlinuz"))?;
+    std::fs::copy(&initrd, slot_dir.join("initrd.img"))?;
+    std::fs::write(slot_dir.join("release"), &release)?;
+    let mut parts: Vec<(&str, &str, PathBuf, u64)> = Vec::new();
+    for s in ["a", "b"] {
+        let img = work.join(format!("system_{s}.fs"));
+        // GRUB 2.06 reads ext4 but not these two newer features of e2fsprogs 1.47.
+        mke2fs(
+            &img,
+            &format!("flowwarden_{s}"),
+            &slot_dir,
+            board.disk.slot_mib,
+            &["-O", "^metadata_csum_seed,^orphan_file"],
+        )?;
+        parts.push((if s == "a" { "system_a" } else { "system_b" }, LINUX_FS, img, board.disk.slot_mib));
+    }
+    let empty = work.join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let data = work.join("data.fs");
+    mke2fs(&data, "data", &empty, board.disk.data_mib, &[])?;
+
+    // ESP with GRUB.
+    let grub_cfg = grub_cfg(&board.kernel.cmdline);
+    std::fs::write(work.join("grub.cfg"), grub_cfg)?;
+    let env = work.join("grubenv");
+    run(Command::new("grub-editenv").arg(&env).arg("create"))?;
+    run(Command::new("grub-editenv").arg(&env).args(["set", "slot=a"]))?;
+    let efi = work.join(efi_name);
+    run(Command::new("grub-mkimage")
+        .arg("-d")
+        .arg(grub_root.join("usr/lib/grub").join(grub_fmt))
+        .args(["-O", grub_fmt, "-p", "/EFI/BOOT", "-o"])
+        .arg(&efi)
+        .args(GRUB_MODULES))?;
+    let esp = work.join("esp.fs");
+    let _ = std::fs::remove_file(&esp);
+    run(Command::new("mkfs.fat")
+        .args(["-F", "32", "-n", "FW-ESP", "-C"])
+        .arg(&esp)
+        .arg((board.disk.esp_mib * 1024).to_string())
+        .stdout(Stdio::null()))?;
+    run(Command::new("mmd")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&esp)
+        .args(["::/EFI", "::/EFI/BOOT"]))?;
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&esp)
+        .arg(&efi)
+        .arg(work.join("grub.cfg"))
+        .arg(&env)
+        .arg("::/EFI/BOOT/"))?;
+    parts.insert(0, ("esp", ESP, esp, board.disk.esp_mib));
+    parts.push(("data", LINUX_FS, data, board.disk.data_mib));
+
+    let img = out_dir.join(format!("{board_name}.img"));
+    assemble(&img, &parts)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(img)
+}
+
+const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+const GRUB_MODULES: &[&str] = &[
+    "part_gpt",
+    "fat",
+    "ext2",
+    "normal",
+    "boot",
+    "linux",
+    "search",
+    "search_label",
+    "search_fs_file",
+    "configfile",
+    "echo",
+    "test",
+    "loadenv",
+    "gzio",
+    "true",
+    "all_video",
+];
+
+fn grub_cfg(cmdline: &str) -> String {
+    format!(
+        r#"# flowwarden boot: slot from grubenv (slot=a|b), the other slot as fallback.
+set timeout=0
+set default=0
+set fallback=1
+if [ -s "$prefix/grubenv" ]; then load_env -f "$prefix/grubenv"; fi
+if [ "$slot" = "b" ]; then set other=a; else set slot=a; set other=b; fi
+menuentry "flowwarden slot $slot" {{
+  search --no-floppy --label --set=root flowwarden_$slot
+  linux /vmlinuz {cmdline} flowwarden.slot=$slot
+  initrd /initrd.img
+}}
+menuentry "flowwarden slot $other (fallback)" {{
+  search --no-floppy --label --set=root flowwarden_$other
+  linux /vmlinuz {cmdline} flowwarden.slot=$other
+  initrd /initrd.img
+}}
+"#
+    )
+}
+
+fn mke2fs(out: &Path, label: &str, content: &Path, mib: u64, extra: &[&str]) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-E", "root_owner=0:0"])
+        .args(extra)
+        .arg("-d")
+        .arg(content)
+        .arg(out)
+        .arg(format!("{mib}M")))
+}
+
+/// Lays out the GPT with sfdisk on the image file and copies each file system in.
+fn assemble(img: &Path, parts: &[(&str, &str, PathBuf, u64)]) -> Result<()> {
+    let total = MIB + parts.iter().map(|p| p.3 * MIB).sum::<u64>() + MIB;
+    let _ = std::fs::remove_file(img);
+    let f = std::fs::File::create(img)?;
+    f.set_len(total)?;
+    drop(f);
+    let mut script = String::from("label: gpt\nunit: sectors\nfirst-lba: 2048\n");
+    let mut offsets = Vec::new();
+    let mut start = MIB;
+    for (name, ty, _, mib) in parts {
+        script.push_str(&format!(
+            "start={}, size={}, type={ty}, name=\"{name}\"\n",
+            start / 512,
+            mib * MIB / 512
+        ));
+        offsets.push(start);
+        start += mib * MIB;
+    }
+    let mut child = Command::new("sfdisk")
+        .args(["--no-reread", "--no-tell-kernel", "-q"])
+        .arg(img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("sfdisk")?;
+    child.stdin.take().context("sfdisk stdin")?.write_all(script.as_bytes())?;
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("sfdisk failed ({st}) on {}", img.display());
+    }
+    let mut out = std::fs::OpenOptions::new().write(true).open(img)?;
+    for ((name, _, fs, mib), off) in parts.iter().zip(offsets) {
+        let data = std::fs::read(fs)?;
+        if data.len() as u64 > mib * MIB {
+            bail!("partition {name}: file system is {} bytes, partition {mib} MiB", data.len());
+        }
+        out.seek(SeekFrom::Start(off))?;
+        write_sparse(&mut out, &data)?;
+    }
+    out.sync_all()?;
+    Ok(())
+}
+
+/// Writes `data`, skipping all-zero 64 KiB blocks so the image stays sparse.
+fn write_sparse(out: &mut std::fs::File, data: &[u8]) -> Result<()> {
+    for chunk in data.chunks(64 * 1024) {
+        if chunk.iter().all(|b| *b == 0) {
+            out.seek(SeekFrom::Current(chunk.len() as i64))?;
+        } else {
+            out.write_all(chunk)?;
+        }
+    }
+    Ok(())
+}
+
+fn gzip(data: &[u8], out: &Path) -> Result<()> {
+    let mut child = Command::new("gzip")
+        .args(["-9", "-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(out)?)
+        .spawn()
+        .context("gzip")?;
+    child.stdin.take().context("gzip stdin")?.write_all(data)?;
+    if !child.wait()?.success() {
+        bail!("gzip failed");
+    }
+    Ok(())
+}
+
+fn git_commit(root: &Path) -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let o = Command::new("sha256sum").arg(path).output().context("sha256sum")?;
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+/// The board's kernel .deb, downloaded once into the cache and checked against its sha256.
+fn fetch_pinned(cache: &Path, board: &Board) -> Result<PathBuf> {
+    let k = &board.kernel;
+    let deb = cache.join(format!("{}_{}_{}.deb", k.package, k.version, board.deb_arch()));
+    if !deb.exists() {
+        eprintln!(
+            "xtask: downloading {} {} ({}) with apt-get download",
+            k.package,
+            k.version,
+            board.deb_arch()
+        );
+        let spec = format!("{}:{}={}", k.package, board.deb_arch(), k.version);
+        run(Command::new("apt-get").args(["download", "-q", &spec]).current_dir(cache)).with_context(|| {
+            format!(
+                "{spec} is not on the configured Debian mirrors any more (security updates replace old kernels): \
+                 pick the current one with `apt-cache show {}` and put its Version and SHA256 in board/{}/board.toml",
+                k.package, board.name
+            )
+        })?;
+    }
+    let got = sha256(&deb)?;
+    if !got.eq_ignore_ascii_case(&k.sha256) {
+        bail!(
+            "{}: sha256 {got}, board.toml pins {}; delete the file to download again",
+            deb.display(),
+            k.sha256
+        );
+    }
+    Ok(deb)
+}
+
+/// The current version of a helper package (GRUB modules, static e2fsck), cached.
+fn fetch_latest(cache: &Path, pkg: &str, arch: &str) -> Result<PathBuf> {
+    let prefix = format!("{pkg}_");
+    let suffix = format!("_{arch}.deb");
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(cache).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+        })
+    };
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    eprintln!("xtask: downloading {pkg}:{arch} with apt-get download");
+    run(Command::new("apt-get")
+        .args(["download", "-q", &format!("{pkg}:{arch}")])
+        .current_dir(cache))?;
+    find().with_context(|| format!("apt-get download {pkg}:{arch} left no {prefix}*{suffix} in {}", cache.display()))
+}
+
+fn extract(deb: &Path, dir: &Path) -> Result<PathBuf> {
+    let stamp = dir.join(".extracted");
+    if !stamp.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir))?;
+        std::fs::write(&stamp, deb.display().to_string())?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn norm(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// `depends=` of a module, read from its .modinfo strings.
+fn depends(ko: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    ko.windows(key.len())
+        .position(|w| w == key)
+        .map(|i| {
+            let rest = &ko[i + key.len()..];
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end])
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(norm)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The requested modules plus everything they depend on, dependencies first.
+fn resolve_modules(moddir: &Path, wanted: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let mut index: HashMap<String, PathBuf> = HashMap::new();
+    let mut stack = vec![moddir.join("kernel")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("{}", d.display()))?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .and_then(|n| n.strip_suffix(".ko").map(norm))
+            {
+                index.insert(n, p);
+            }
+        }
+    }
+    let builtin: HashSet<String> = std::fs::read_to_string(moddir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.rsplit('/').next().and_then(|n| n.strip_suffix(".ko")).map(norm))
+        .collect();
+    let mut order = Vec::new();
+    let mut done = HashSet::new();
+    fn visit(
+        name: &str,
+        index: &HashMap<String, PathBuf>,
+        builtin: &HashSet<String>,
+        done: &mut HashSet<String>,
+        order: &mut Vec<(String, PathBuf)>,
+        depth: usize,
+    ) -> Result<()> {
+        if done.contains(name) || builtin.contains(name) {
+            return Ok(());
+        }
+        if depth > 32 {
+            bail!("module dependency loop at {name}");
+        }
+        let path = index
+            .get(name)
+            .with_context(|| format!("kernel module {name:?} is neither in the package nor built in"))?;
+        for dep in depends(&std::fs::read(path)?) {
+            visit(&dep, index, builtin, done, order, depth + 1)?;
+        }
+        done.insert(name.to_string());
+        order.push((name.to_string(), path.clone()));
+        Ok(())
+    }
+    for w in wanted {
+        let n = norm(w);
+        if builtin.contains(&n) {
+            eprintln!("xtask: module {w} is built into this kernel; nothing to load");
+        }
+        visit(&n, &index, &builtin, &mut done, &mut order, 0)?;
+    }
+    Ok(order)
+}
