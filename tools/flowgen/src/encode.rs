@@ -98,7 +98,8 @@ pub struct Exporter {
     pub domain: u32,
     /// Exporter boot time, UTC ms (for sysUptime).
     pub boot_ms: u64,
-    /// Send templates every this many datagrams (and in the first).
+    /// Send templates every this many datagrams (and in the first); 0 = never
+    /// (data sets only: the collector must already know the templates).
     pub template_every: u32,
     /// Sampling interval announced (v5 header; v9/IPFIX via IE 34 in an options record is not emitted).
     pub v5_sampling: u16,
@@ -262,7 +263,7 @@ impl Exporter {
         let mut out = Vec::new();
         let mut i = 0;
         while i < flows.len() {
-            let with_template = self.datagrams.is_multiple_of(self.template_every.max(1));
+            let with_template = self.template_every != 0 && self.datagrams.is_multiple_of(self.template_every);
             let mut body = Vec::with_capacity(MAX_DATAGRAM);
             let mut count: u16 = 0;
             if with_template {

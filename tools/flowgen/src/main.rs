@@ -41,6 +41,12 @@ struct Args {
     /// Records per second when sending (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// v9/IPFIX: templates every N datagrams and in the first; 0 = never (data only).
+    #[arg(long, default_value_t = 20)]
+    template_every: u32,
+    /// UDP source port (default: any), so a later run is the same exporter.
+    #[arg(long, default_value_t = 0)]
+    source_port: u16,
 }
 
 fn span_ms(s: &str) -> Result<u64> {
@@ -109,6 +115,7 @@ fn main() -> Result<()> {
         });
     }
     let mut exporter = Exporter::new(a.version, start.saturating_sub(3_600_000));
+    exporter.template_every = a.template_every;
     let mut stream = Vec::new();
     let mut produced = 0u64;
     // Ten minutes of model time at a time, so a record cap stops generation early;
@@ -149,9 +156,9 @@ fn main() -> Result<()> {
         println!("{} datagrams, {records} records written to {}", stream.len(), path.display());
     } else if let Some(target) = a.udp {
         let bind: SocketAddr = if target.is_ipv4() {
-            "0.0.0.0:0".parse()?
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), a.source_port)
         } else {
-            "[::]:0".parse()?
+            SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), a.source_port)
         };
         let socket = UdpSocket::bind(bind)?;
         let dgrams: Vec<(u32, Vec<u8>)> = stream.into_iter().map(|(_, n, d)| (n, d)).collect();
