@@ -384,6 +384,25 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
     spawn_console(tx.clone(), status.clone(), cfg.data.mountpoint.display().to_string());
 
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    // The watchdog resets the box unless we pet it; we pet it only while the appliance runs.
+    let mut watchdog = cfg
+        .watchdog
+        .as_ref()
+        .and_then(|w| match std::fs::OpenOptions::new().write(true).open(&w.device) {
+            Ok(f) => {
+                say!(
+                    "watchdog {} armed, petted every {} s while the appliance runs",
+                    w.device.display(),
+                    w.pet_secs
+                );
+                Some(f)
+            }
+            Err(e) => {
+                say!("watchdog {}: {e}; running without one", w.device.display());
+                None
+            }
+        });
+    let mut pet = tokio::time::interval(Duration::from_secs(cfg.watchdog.as_ref().map(|w| w.pet_secs).unwrap_or(3600)));
     let mut appliance: Option<Pid> = None;
     let mut exits: VecDeque<Instant> = VecDeque::new();
     let mut restart_at = Some(tokio::time::Instant::now());
@@ -410,6 +429,17 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
                         restart_at = Some(tokio::time::Instant::now() + backoff);
                     } else if let Some(reply) = console_children.remove(&pid) {
                         let _ = reply.send(code);
+                    }
+                }
+                None
+            }
+            _ = pet.tick(), if watchdog.is_some() => {
+                if appliance.is_some()
+                    && let Some(w) = watchdog.as_mut()
+                {
+                    use std::io::Write;
+                    if let Err(e) = w.write_all(b"\0") {
+                        say!("watchdog: {e}");
                     }
                 }
                 None
@@ -444,6 +474,11 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
             },
         };
         if let Some(stop) = stop {
+            if let Some(mut w) = watchdog.take() {
+                // Magic close: a deliberate shutdown must not be taken for a hang.
+                use std::io::Write;
+                let _ = w.write_all(b"V");
+            }
             shutdown(stop, appliance, &cfg.data.mountpoint, &mut sigchld).await;
         }
     }

@@ -39,6 +39,25 @@ pub struct SystemConfig {
     pub network: Network,
     #[serde(default)]
     pub time: Time,
+    /// Hardware watchdog, petted only while the appliance runs; absent = none.
+    pub watchdog: Option<Watchdog>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    #[serde(default = "default_wdt")]
+    pub device: PathBuf,
+    /// Seconds between pets; must be well under the driver's timeout (iTCO: 30 s).
+    #[serde(default = "default_pet")]
+    pub pet_secs: u64,
+}
+
+fn default_wdt() -> PathBuf {
+    PathBuf::from("/dev/watchdog")
+}
+fn default_pet() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -164,6 +183,7 @@ impl Default for SystemConfig {
             data: DataPartition::default(),
             network: Network::default(),
             time: Time::default(),
+            watchdog: None,
         }
     }
 }
@@ -194,6 +214,11 @@ impl SystemConfig {
                 return Err(invalid("network.mode = \"static\" needs network.address = \"a.b.c.d/len\"".into()));
             };
             parse_cidr4(addr).map_err(|m| invalid(format!("network.address: {m}")))?;
+        }
+        if let Some(w) = &cfg.watchdog
+            && !(1..=60).contains(&w.pet_secs)
+        {
+            return Err(invalid(format!("watchdog.pet_secs = {}: expected 1-60", w.pet_secs)));
         }
         for s in &cfg.time.ntp_servers {
             ntp_addr(s).map_err(|m| invalid(format!("time.ntp_servers: {m}")))?;
@@ -256,6 +281,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hostnme"), "{e}");
+        let e = SystemConfig::parse("[watchdog]\npet_secs = 0\n", Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("watchdog.pet_secs"), "{e}");
+        let w = SystemConfig::parse("[watchdog]\n", Path::new("s.toml")).unwrap().watchdog.unwrap();
+        assert_eq!((w.device.as_path(), w.pet_secs), (Path::new("/dev/watchdog"), 10));
         assert!(parse_cidr4("10.0.0.1/33").is_err());
         assert_eq!(parse_cidr4("10.0.2.15/24").unwrap(), (Ipv4Addr::new(10, 0, 2, 15), 24));
     }

@@ -441,11 +441,18 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     }
     std::fs::write(out.join("results.md"), &md)?;
     if !quick {
-        std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+        // The firmware-image section comes from `cargo xtask qemu-test`, not from this
+        // run: keep it as it is.
+        let old = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+        let kept = old.find(FIRMWARE_SECTION).map(|i| &old[i..]).unwrap_or("");
+        std::fs::write(root.join("BENCHMARKS.md"), format!("{md}\n{kept}"))?;
     }
     println!("{md}");
     Ok(())
 }
+
+/// Heading of the BENCHMARKS.md section written by hand from qemu-test reports.
+const FIRMWARE_SECTION: &str = "## Firmware images under QEMU";
 
 /// Current UTC time as YYYY-MM-DD HH:MM (no date crate in xtask).
 fn chrono_like_now() -> String {

@@ -11,7 +11,9 @@
 //!    had reported committed before the cut;
 //! 5. the power button (`system_powerdown`): clean shutdown, data unmounted;
 //! 6. the data partition copied out of the image (debugfs, no mount) is read by
-//!    the host's `flowwarden query --data-dir`: same flows.
+//!    the host's `flowwarden query --data-dir`: same flows;
+//! 7. with the data partition's superblock wiped, PID 1 reports the fatal error
+//!    and reboots after `panic=10` (the next boot starts PID 1 again).
 //!
 //! Boot-to-ready times, image and binary sizes go to target/qemu-test/NAME/report.md.
 
@@ -162,6 +164,39 @@ impl Vm {
     }
 }
 
+/// chronyd serving NTP on 127.0.0.1:1123 (QEMU's user network maps the guest's
+/// 10.0.2.2 to the host's loopback); it never touches the host clock (-x).
+struct Chrony(Child);
+
+impl Chrony {
+    fn start(dir: &Path) -> Result<Chrony> {
+        let conf = dir.join("chrony.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 1123\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\npidfile {0}/chronyd.pid\ndriftfile {0}/chrony.drift\n",
+                dir.display()
+            ),
+        )?;
+        let child = Command::new("chronyd")
+            .args(["-x", "-d", "-u", "root", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("chronyd.log"))?)
+            .spawn()
+            .context("chronyd")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Chrony(child))
+    }
+}
+
+impl Drop for Chrony {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sums the `flows` column of `query --series ... --format csv` output lines.
 pub fn sum_series(lines: &[String]) -> u64 {
     lines
@@ -248,6 +283,7 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         })
         .collect();
     crate::apt_ensure(&pkgs, false)?;
+    crate::apt_ensure(&[("chrony", "chronyd")], false)?;
     let img = crate::image::image(root, board_name)?;
     let host_bin = crate::build::build(root, "x86_64")?;
     run(crate::cargo().args(["build", "--release", "--package", "flowgen"]))?;
@@ -291,7 +327,14 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     let status = vm.console("status", Duration::from_secs(30))?;
     eprintln!("xtask: status:\n{}", status.join("\n"));
 
-    // 3. Reboot from the console: flows and templates survive.
+    // 3. Reboot from the console: flows and templates survive. An NTP server (chronyd)
+    //    now answers on the host: the next boot must sync from it through 10.0.2.2.
+    vm.wait_for(
+        "flowwarden-init: time: NOT synced (10.0.2.2:1123: no reply",
+        0,
+        Duration::from_secs(1),
+    )?;
+    let _chrony = Chrony::start(&dir)?;
     let from = vm.len();
     writeln!(vm.stdin, "reboot")?;
     vm.stdin.flush()?;
@@ -299,6 +342,11 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     let t_reboot = Instant::now();
     vm.wait_for("flowwarden: ready", from, ready_timeout)?;
     let reboot_secs = t_reboot.elapsed().as_secs_f64();
+    vm.wait_for(
+        "flowwarden-init: time: synced from 10.0.2.2:1123 (stratum ",
+        from,
+        Duration::from_secs(1),
+    )?;
     let after_reboot = vm.flows()?;
     ensure!(after_reboot == sent1, "after reboot {after_reboot} flows, expected {sent1}");
     // Templates survived: the same exporter's data-only stream decodes in full.
@@ -381,6 +429,22 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         on_host == after_cut,
         "host copy has {on_host} flows, the guest reported {after_cut}"
     );
+
+    // 7. A fatal boot error (the data partition's superblock wiped): PID 1 says what is
+    //    wrong, syncs and reboots after the kernel's panic=N; it never just exits.
+    {
+        use std::io::Seek;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk)?;
+        f.seek(std::io::SeekFrom::Start(start + 1024))?;
+        f.write_all(&[0u8; 1024])?;
+        f.sync_all()?;
+    }
+    let mut vm = Vm::start(&board, &disk, free_udp_port()?, &dir, 4)?;
+    let fatal = vm.wait_for("flowwarden-init: FATAL: data partition", 0, ready_timeout)?;
+    vm.wait_for("no ext4 file system", fatal, Duration::from_secs(1))?;
+    vm.wait_for("rebooting in 10 s (kernel command line panic=10)", fatal, Duration::from_secs(10))?;
+    vm.wait_for("starting as PID 1", fatal, ready_timeout)?;
+    vm.kill();
 
     let img_meta = std::fs::metadata(&img)?;
     let allocated = {
