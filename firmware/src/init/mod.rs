@@ -5,7 +5,8 @@
 //! 1. mounts /proc, /sys, /dev, /run, /tmp ([`mounts::early`]);
 //! 2. reads /etc/flowwarden/system.toml ([`sysconf`]), loads the board's kernel
 //!    modules in dependency order ([`kmod`]), sets the host name;
-//! 3. finds the GPT partition named `data`, runs e2fsck -p, mounts it on /data;
+//! 3. finds the GPT partition named `data`, runs e2fsck -p (a damaged superblock is
+//!    repaired from a backup, a blank partition is formatted: first boot), mounts it on /data;
 //! 4. brings up lo and the management interface: DHCPv4 ([`dhcp`]) or a static
 //!    address, default route and /etc/resolv.conf, via route netlink ([`netlink`]);
 //! 5. sets the clock by SNTP when a server answers ([`sntp`]) and records in
@@ -131,13 +132,7 @@ fn boot_and_supervise(boot: Instant) -> Result<()> {
     let _ = std::fs::create_dir_all("/run/flowwarden");
     let status: Shared = Arc::new(Mutex::new(Status::default()));
 
-    let dev = mounts::data_partition(
-        &cfg.data.partition,
-        &cfg.data.mountpoint,
-        &cfg.data.fsck,
-        Duration::from_secs(cfg.data.wait_secs),
-    )
-    .context("data partition")?;
+    let dev = mounts::data_partition(&cfg.data, Duration::from_secs(cfg.data.wait_secs)).context("data partition")?;
     say!("data partition {} mounted on {}", dev.display(), cfg.data.mountpoint.display());
     set(&status, |s| {
         s.data = format!("{} on {}", dev.display(), cfg.data.mountpoint.display())

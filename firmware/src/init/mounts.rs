@@ -2,6 +2,7 @@
 //! the data partition (found by its GPT name, checked with e2fsck, mounted as
 //! the appliance's data directory), and the clean unmount at shutdown.
 
+use super::sysconf::DataPartition;
 use rustix::mount::{MountFlags, UnmountFlags};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,9 +21,11 @@ pub enum MountError {
     #[error("no partition named {name:?} appeared within {secs} s (block devices seen: {seen})")]
     NoPartition { name: String, secs: u64, seen: String },
     #[error(
-        "{dev}: no ext4 file system (the image ships the data partition formatted; write the image again or create one with mke2fs -t ext4 -L data)"
+        "{dev}: no ext4 file system, no usable backup superblock and not blank: not formatting it (it may hold data); write the image again or run mke2fs -t ext4 -L data on it"
     )]
     NotFormatted { dev: PathBuf },
+    #[error("{dev}: formatting the blank data partition failed: {why}")]
+    Format { dev: PathBuf, why: String },
     #[error("{dev}: e2fsck exit status {code}: file system errors left uncorrected")]
     Fsck { dev: PathBuf, code: i32 },
 }
@@ -77,7 +80,8 @@ pub fn find_partition(sys_block: &Path, partname: &str) -> (Option<PathBuf>, Vec
 }
 
 /// Waits for the partition, checks it and mounts it on `mountpoint`.
-pub fn data_partition(partname: &str, mountpoint: &Path, fsck: &Path, wait: Duration) -> Result<PathBuf, MountError> {
+pub fn data_partition(cfg: &DataPartition, wait: Duration) -> Result<PathBuf, MountError> {
+    let (partname, mountpoint, fsck) = (cfg.partition.as_str(), cfg.mountpoint.as_path(), cfg.fsck.as_path());
     let start = Instant::now();
     let dev = loop {
         let (dev, seen) = find_partition(Path::new("/sys/class/block"), partname);
@@ -94,7 +98,7 @@ pub fn data_partition(partname: &str, mountpoint: &Path, fsck: &Path, wait: Dura
         std::thread::sleep(Duration::from_millis(100));
     };
     if !has_ext4_magic(&dev) {
-        return Err(MountError::NotFormatted { dev });
+        prepare_unformatted(cfg, &dev)?;
     }
     if fsck.exists() {
         // -p: fix what is safe without asking (the journal is replayed here too); if
@@ -120,6 +124,68 @@ pub fn data_partition(partname: &str, mountpoint: &Path, fsck: &Path, wait: Dura
         source: e.into(),
     })?;
     Ok(dev)
+}
+
+/// A data partition without an ext4 superblock: a damaged primary superblock is
+/// repaired from a backup copy; a blank partition (first MiB all zero) is the first
+/// boot and gets formatted; anything else is left alone (formatting it could destroy
+/// data someone can still recover) and is an error.
+fn prepare_unformatted(cfg: &DataPartition, dev: &Path) -> Result<(), MountError> {
+    if is_blank(dev) {
+        return format_blank(cfg, dev);
+    }
+    if cfg.fsck.exists() {
+        // Backup superblocks of 4 KiB- and 1 KiB-block file systems.
+        for (block, size) in [("32768", "4096"), ("8193", "1024")] {
+            let code = Command::new(&cfg.fsck)
+                .args(["-y", "-b", block, "-B", size])
+                .arg(dev)
+                .stdin(std::process::Stdio::null())
+                .status()
+                .map(|s| s.code().unwrap_or(8))
+                .unwrap_or(8);
+            if code < 4 && has_ext4_magic(dev) {
+                eprintln!(
+                    "flowwarden-init: {}: primary superblock was damaged; repaired from the backup at block {block} (e2fsck exit {code})",
+                    dev.display()
+                );
+                return Ok(());
+            }
+        }
+    }
+    Err(MountError::NotFormatted { dev: dev.to_path_buf() })
+}
+
+/// mke2fs on the blank data partition.
+fn format_blank(cfg: &DataPartition, dev: &Path) -> Result<(), MountError> {
+    eprintln!("flowwarden-init: {} is blank: formatting it as ext4 (first boot)", dev.display());
+    let st = Command::new(&cfg.mkfs)
+        .env("LD_LIBRARY_PATH", &cfg.mkfs_libs)
+        .args(["-q", "-F", "-t", "ext4", "-L", &cfg.partition])
+        .arg(dev)
+        .stdin(std::process::Stdio::null())
+        .status();
+    match st {
+        Ok(s) if s.success() && has_ext4_magic(dev) => Ok(()),
+        Ok(s) => Err(MountError::Format {
+            dev: dev.to_path_buf(),
+            why: format!("{} exited with {s}", cfg.mkfs.display()),
+        }),
+        Err(e) => Err(MountError::Format {
+            dev: dev.to_path_buf(),
+            why: format!("cannot run {}: {e}", cfg.mkfs.display()),
+        }),
+    }
+}
+
+/// True when the first MiB of `dev` is all zero bytes (never written).
+pub fn is_blank(dev: &Path) -> bool {
+    use std::io::Read;
+    let mut b = vec![0u8; 1 << 20];
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map(|()| b.iter().all(|x| *x == 0))
+        .unwrap_or(false)
 }
 
 /// Runs e2fsck with `mode` on `dev`; its exit status (8 if it could not run).
@@ -196,5 +262,13 @@ mod tests {
         std::fs::write(&f, &img).unwrap();
         assert!(has_ext4_magic(&f));
         assert!(!has_ext4_magic(&d.path().join("missing")));
+        let blank = d.path().join("blank");
+        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+        assert!(is_blank(&blank));
+        assert!(!is_blank(&f), "short or non-zero");
+        let mut nz = vec![0u8; 1 << 20];
+        nz[(1 << 20) - 1] = 1;
+        std::fs::write(&blank, nz).unwrap();
+        assert!(!is_blank(&blank));
     }
 }

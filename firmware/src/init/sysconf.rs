@@ -72,6 +72,12 @@ pub struct DataPartition {
     /// A static e2fsck run with `-p` before mounting when present.
     #[serde(default = "default_fsck")]
     pub fsck: PathBuf,
+    /// mke2fs for the first boot on a blank partition (Debian's, with its libraries
+    /// in `mkfs_libs`; the image's loader runs it).
+    #[serde(default = "default_mkfs")]
+    pub mkfs: PathBuf,
+    #[serde(default = "default_mkfs_libs")]
+    pub mkfs_libs: PathBuf,
     /// How long to wait for the disk to appear.
     #[serde(default = "default_wait")]
     pub wait_secs: u64,
@@ -129,6 +135,12 @@ fn default_mountpoint() -> PathBuf {
 fn default_fsck() -> PathBuf {
     PathBuf::from("/sbin/e2fsck")
 }
+fn default_mkfs() -> PathBuf {
+    PathBuf::from("/sbin/mke2fs")
+}
+fn default_mkfs_libs() -> PathBuf {
+    PathBuf::from("/lib/mke2fs")
+}
 fn default_wait() -> u64 {
     30
 }
@@ -148,6 +160,8 @@ impl Default for DataPartition {
             partition: default_partname(),
             mountpoint: default_mountpoint(),
             fsck: default_fsck(),
+            mkfs: default_mkfs(),
+            mkfs_libs: default_mkfs_libs(),
             wait_secs: default_wait(),
         }
     }
@@ -281,7 +295,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hostnme"), "{e}");
-        let e = SystemConfig::parse("[watchdog]\npet_secs = 0\n", Path::new("s.toml")).unwrap_err().to_string();
+        let e = SystemConfig::parse("[watchdog]\npet_secs = 0\n", Path::new("s.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("watchdog.pet_secs"), "{e}");
         let w = SystemConfig::parse("[watchdog]\n", Path::new("s.toml")).unwrap().watchdog.unwrap();
         assert_eq!((w.device.as_path(), w.pet_secs), (Path::new("/dev/watchdog"), 10));

@@ -9,7 +9,8 @@
 //! | 4 | `data`     | ext4 `data`: the appliance's data directory (empty)        |
 //!
 //! The initramfs holds the static binary as /init (PID 1), the board's kernel
-//! modules in dependency order, a static e2fsck and /etc/flowwarden/system.toml.
+//! modules in dependency order, a static e2fsck, Debian's mke2fs with its libraries
+//! (first-boot format of a blank data partition) and /etc/flowwarden/system.toml.
 //! The Debian kernel package is pinned by version and sha256 in board.toml.
 //! image/README.md describes the layout and boot flow.
 
@@ -75,6 +76,7 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
         &cache.join(format!("e2fsck-static-{}", board.deb_arch())),
     )?;
     let e2fsck = fsck_root.join("sbin/e2fsck.static");
+    let mkfs = mke2fs_files(&cache, board.deb_arch())?;
 
     // Initramfs.
     let mut sys = board.system.clone();
@@ -103,11 +105,16 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
         "etc/flowwarden",
         "lib",
         "lib/modules",
+        "lib/mke2fs",
+        "lib64",
         "sbin",
         "var",
         "var/lib",
     ] {
         cpio.dir(d);
+    }
+    for (dest, data) in &mkfs {
+        cpio.file(dest, 0o755, data);
     }
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.char_dev("dev/null", 0o666, 1, 3);
@@ -405,6 +412,73 @@ fn extract(deb: &Path, dir: &Path) -> Result<PathBuf> {
         std::fs::write(&stamp, deb.display().to_string())?;
     }
     Ok(dir.to_path_buf())
+}
+
+/// Debian's (dynamic) mke2fs with its libraries, loader and mke2fs.conf, for PID 1 to
+/// format a blank data partition on first boot: (path in the initramfs, bytes).
+fn mke2fs_files(cache: &Path, arch: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut roots = Vec::new();
+    for pkg in ["e2fsprogs", "libext2fs2", "libcom-err2", "libblkid1", "libuuid1", "libc6"] {
+        roots.push(extract(&fetch_latest(cache, pkg, arch)?, &cache.join(format!("{pkg}-{arch}")))?);
+    }
+    let (triple, loader_name, loader_at) = if arch == "arm64" {
+        ("aarch64-linux-gnu", "ld-linux-aarch64.so.1", "lib/ld-linux-aarch64.so.1")
+    } else {
+        ("x86_64-linux-gnu", "ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2")
+    };
+    let find = |rel: &[&str]| -> Result<Vec<u8>> {
+        for root in &roots {
+            for r in rel {
+                let p = root.join(r);
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    let real = resolve_in(root, &p)?;
+                    return std::fs::read(&real).with_context(|| format!("{}", real.display()));
+                }
+            }
+        }
+        bail!("none of {rel:?} in the extracted {arch} packages")
+    };
+    let mut out = vec![
+        ("sbin/mke2fs".to_string(), find(&["sbin/mke2fs", "usr/sbin/mke2fs"])?),
+        ("etc/mke2fs.conf".to_string(), find(&["etc/mke2fs.conf"])?),
+        (
+            loader_at.to_string(),
+            find(&[&format!("lib/{triple}/{loader_name}"), &format!("usr/lib/{triple}/{loader_name}")])?,
+        ),
+    ];
+    for lib in [
+        "libext2fs.so.2",
+        "libcom_err.so.2",
+        "libblkid.so.1",
+        "libuuid.so.1",
+        "libe2p.so.2",
+        "libc.so.6",
+    ] {
+        out.push((
+            format!("lib/mke2fs/{lib}"),
+            find(&[&format!("lib/{triple}/{lib}"), &format!("usr/lib/{triple}/{lib}")])?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Follows symlinks of an extracted package tree inside that tree (absolute targets
+/// are taken relative to `root`, not to the build host's /).
+fn resolve_in(root: &Path, path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..16 {
+        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("{}", p.display()))?;
+        if !meta.file_type().is_symlink() {
+            return Ok(p);
+        }
+        let t = std::fs::read_link(&p)?;
+        p = if t.is_absolute() {
+            root.join(t.strip_prefix("/")?)
+        } else {
+            p.parent().context("symlink without parent")?.join(t)
+        };
+    }
+    bail!("{}: symlink loop", path.display())
 }
 
 fn norm(name: &str) -> String {

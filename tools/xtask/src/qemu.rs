@@ -12,8 +12,10 @@
 //! 5. the power button (`system_powerdown`): clean shutdown, data unmounted;
 //! 6. the data partition copied out of the image (debugfs, no mount) is read by
 //!    the host's `flowwarden query --data-dir`: same flows;
-//! 7. with the data partition's superblock wiped, PID 1 reports the fatal error
-//!    and reboots after `panic=10` (the next boot starts PID 1 again).
+//! 7. data partition damage: a wiped primary superblock is repaired from a backup
+//!    (flows intact); a blank partition is formatted on first boot; a partition with
+//!    neither is not formatted: PID 1 reports the fatal error and reboots after
+//!    `panic=10` (the next boot starts PID 1 again).
 //!
 //! Boot-to-ready times, image and binary sizes go to target/qemu-test/NAME/report.md.
 
@@ -146,6 +148,15 @@ impl Vm {
         Ok(())
     }
 
+    /// `poweroff` on the console; waits for the clean unmount and QEMU's exit.
+    fn poweroff(mut self) -> Result<()> {
+        let from = self.len();
+        writeln!(self.stdin, "poweroff")?;
+        self.stdin.flush()?;
+        self.wait_for("flowwarden-init: data partition unmounted cleanly", from, Duration::from_secs(60))?;
+        self.wait_exit(Duration::from_secs(60))
+    }
+
     fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {
@@ -204,6 +215,16 @@ pub fn sum_series(lines: &[String]) -> u64 {
         .filter(|l| l.len() > 20 && l.as_bytes()[0].is_ascii_digit())
         .filter_map(|l| l.split(',').nth(1)?.trim().parse::<u64>().ok())
         .sum()
+}
+
+/// Overwrites `bytes` at `offset` of the disk image (the guest is not running).
+fn wipe(disk: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    use std::io::Seek;
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -430,18 +451,36 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         "host copy has {on_host} flows, the guest reported {after_cut}"
     );
 
-    // 7. A fatal boot error (the data partition's superblock wiped): PID 1 says what is
-    //    wrong, syncs and reboots after the kernel's panic=N; it never just exits.
-    {
-        use std::io::Seek;
-        let mut f = std::fs::OpenOptions::new().write(true).open(&disk)?;
-        f.seek(std::io::SeekFrom::Start(start + 1024))?;
-        f.write_all(&[0u8; 1024])?;
-        f.sync_all()?;
-    }
+    // 7. Damaged, blank and foreign data partitions.
+    //  a. primary superblock wiped: e2fsck repairs it from a backup, every flow is there;
+    wipe(&disk, start + 1024, &[0u8; 1024])?;
     let mut vm = Vm::start(&board, &disk, free_udp_port()?, &dir, 4)?;
+    vm.wait_for("repaired from the backup at block 32768", 0, ready_timeout)?;
+    vm.wait_for("flowwarden: ready", 0, ready_timeout)?;
+    let repaired = vm.flows()?;
+    ensure!(
+        repaired == after_cut,
+        "after the superblock repair {repaired} flows, expected {after_cut}"
+    );
+    vm.poweroff()?;
+    //  b. blank (never written, as on a new disk): the first boot formats it;
+    run(Command::new("fallocate")
+        .args(["--punch-hole", "--offset", &start.to_string(), "--length", &len.to_string()])
+        .arg(&disk))?;
+    let mut vm = Vm::start(&board, &disk, free_udp_port()?, &dir, 5)?;
+    vm.wait_for("is blank: formatting it as ext4 (first boot)", 0, ready_timeout)?;
+    vm.wait_for("flowwarden: ready", 0, ready_timeout)?;
+    ensure!(vm.flows()? == 0, "a freshly formatted data partition holds flows");
+    vm.poweroff()?;
+    //  c. something else (no superblock anywhere, not blank): PID 1 refuses to format it,
+    //     says why, syncs and reboots after the kernel's panic=N (it never just exits).
+    run(Command::new("fallocate")
+        .args(["--punch-hole", "--offset", &start.to_string(), "--length", &len.to_string()])
+        .arg(&disk))?;
+    wipe(&disk, start, &vec![0xa5u8; 1 << 20])?;
+    let mut vm = Vm::start(&board, &disk, free_udp_port()?, &dir, 6)?;
     let fatal = vm.wait_for("flowwarden-init: FATAL: data partition", 0, ready_timeout)?;
-    vm.wait_for("no ext4 file system", fatal, Duration::from_secs(1))?;
+    vm.wait_for("not formatting it", fatal, Duration::from_secs(1))?;
     vm.wait_for("rebooting in 10 s (kernel command line panic=10)", fatal, Duration::from_secs(10))?;
     vm.wait_for("starting as PID 1", fatal, ready_timeout)?;
     vm.kill();
