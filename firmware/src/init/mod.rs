@@ -5,8 +5,10 @@
 //! 1. mounts /proc, /sys, /dev, /run, /tmp ([`mounts::early`]);
 //! 2. reads /etc/flowwarden/system.toml ([`sysconf`]), loads the board's kernel
 //!    modules in dependency order ([`kmod`]), sets the host name;
-//! 3. finds the GPT partition named `data`, runs e2fsck -p (a damaged superblock is
-//!    repaired from a backup, a blank partition is formatted: first boot), mounts it on /data;
+//! 3. finds the GPT partition named `data`; grows it to the end of a larger disk
+//!    ([`gpt`], then reboots once) and its file system after it (resize2fs); runs e2fsck -p
+//!    (a damaged superblock is repaired from a backup, a blank partition is formatted:
+//!    first boot), mounts it on /data;
 //! 4. brings up lo and the management interface: DHCPv4 ([`dhcp`]) or a static
 //!    address, default route and /etc/resolv.conf, via route netlink ([`netlink`]);
 //! 5. sets the clock by SNTP when a server answers ([`sntp`]) and records in
@@ -21,6 +23,7 @@
 
 pub mod console;
 pub mod dhcp;
+pub mod gpt;
 pub mod kmod;
 pub mod mounts;
 pub mod netlink;
@@ -132,10 +135,29 @@ fn boot_and_supervise(boot: Instant) -> Result<()> {
     let _ = std::fs::create_dir_all("/run/flowwarden");
     let status: Shared = Arc::new(Mutex::new(Status::default()));
 
-    let dev = mounts::data_partition(&cfg.data, Duration::from_secs(cfg.data.wait_secs)).context("data partition")?;
+    let dev = mounts::wait_partition(&cfg.data.partition, Duration::from_secs(cfg.data.wait_secs)).context("data partition")?;
+    match mounts::grow_to_disk(&dev, &cfg.data.partition) {
+        Ok(Some(g)) => {
+            say!(
+                "grew the data partition {} from {} MiB to {} MiB to fill the disk; rebooting to use it",
+                dev.display(),
+                (g.old_last + 1 - g.first) / 2048,
+                (g.new_last + 1 - g.first) / 2048
+            );
+            rustix::fs::sync();
+            let _ = rustix::system::reboot(RebootCommand::Restart);
+        }
+        Ok(None) => {}
+        Err(e) => say!("not growing the data partition: {e}"),
+    }
+    mounts::mount_data(&cfg.data, &dev).context("data partition")?;
     say!("data partition {} mounted on {}", dev.display(), cfg.data.mountpoint.display());
+    if let Some(line) = mounts::resize_to_partition(&cfg.data, &dev) {
+        say!("{line}");
+    }
+    let size = mounts::ext4_bytes(&dev).map(|b| format!(", {} MiB", b >> 20)).unwrap_or_default();
     set(&status, |s| {
-        s.data = format!("{} on {}", dev.display(), cfg.data.mountpoint.display())
+        s.data = format!("{} on {}{size}", dev.display(), cfg.data.mountpoint.display())
     });
 
     let ntp_from_dhcp = network(&cfg, &status);

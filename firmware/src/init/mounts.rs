@@ -79,14 +79,13 @@ pub fn find_partition(sys_block: &Path, partname: &str) -> (Option<PathBuf>, Vec
     (None, seen)
 }
 
-/// Waits for the partition, checks it and mounts it on `mountpoint`.
-pub fn data_partition(cfg: &DataPartition, wait: Duration) -> Result<PathBuf, MountError> {
-    let (partname, mountpoint, fsck) = (cfg.partition.as_str(), cfg.mountpoint.as_path(), cfg.fsck.as_path());
+/// Waits up to `wait` for the partition whose GPT name is `partname`.
+pub fn wait_partition(partname: &str, wait: Duration) -> Result<PathBuf, MountError> {
     let start = Instant::now();
-    let dev = loop {
+    loop {
         let (dev, seen) = find_partition(Path::new("/sys/class/block"), partname);
         if let Some(d) = dev {
-            break d;
+            return Ok(d);
         }
         if start.elapsed() >= wait {
             return Err(MountError::NoPartition {
@@ -96,7 +95,97 @@ pub fn data_partition(cfg: &DataPartition, wait: Duration) -> Result<PathBuf, Mo
             });
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+/// Grows the partition `dev` (named `partname`) to the end of its disk when the disk
+/// is larger than the image was; the caller reboots so the kernel reads the new table.
+pub fn grow_to_disk(dev: &Path, partname: &str) -> Result<Option<super::gpt::Grown>, String> {
+    let name = dev.file_name().map(|n| n.to_string_lossy().to_string()).ok_or("no device name")?;
+    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).map_err(|e| format!("/sys/class/block/{name}: {e}"))?;
+    let disk = sys
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .ok_or("no parent disk")?;
+    let sectors: u64 = std::fs::read_to_string(Path::new("/sys/class/block").join(&disk).join("size"))
+        .map_err(|e| format!("size of {disk}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|_| format!("size of {disk}: not a number"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new("/dev").join(&disk))
+        .map_err(|e| format!("/dev/{disk}: {e}"))?;
+    let grown = super::gpt::grow(&mut f, sectors, partname).map_err(|e| format!("/dev/{disk}: {e}"))?;
+    if grown.is_some() {
+        f.sync_all().map_err(|e| format!("/dev/{disk}: {e}"))?;
+    }
+    Ok(grown)
+}
+
+/// Bytes of the ext4 file system on `dev`, from its superblock.
+pub fn ext4_bytes(dev: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut sb = [0u8; 1024];
+    let mut f = std::fs::File::open(dev).ok()?;
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    if sb[56..58] != [0x53, 0xef] {
+        return None;
+    }
+    let le32 = |o: usize| u64::from(u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]));
+    let incompat_64bit = le32(0x60) & 0x80 != 0;
+    let blocks = le32(4) | if incompat_64bit { le32(0x150) << 32 } else { 0 };
+    let log = le32(24);
+    (log <= 6).then(|| blocks * (1024u64 << log))
+}
+
+/// Grows the mounted file system online to fill its partition when the partition is
+/// at least 16 MiB larger (after [`grow_to_disk`] and a reboot); returns a summary.
+pub fn resize_to_partition(cfg: &DataPartition, dev: &Path) -> Option<String> {
+    let name = dev.file_name()?.to_string_lossy().to_string();
+    let part: u64 = std::fs::read_to_string(Path::new("/sys/class/block").join(&name).join("size"))
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        * 512;
+    let fs = ext4_bytes(dev)?;
+    if part < fs + (16 << 20) {
+        return None;
+    }
+    let st = Command::new(&cfg.resize)
+        .env("LD_LIBRARY_PATH", &cfg.mkfs_libs)
+        .arg(dev)
+        .stdin(std::process::Stdio::null())
+        .status();
+    let after = ext4_bytes(dev).unwrap_or(fs);
+    Some(match st {
+        Ok(s) if s.success() => format!(
+            "resized the data file system on {} from {} MiB to {} MiB",
+            dev.display(),
+            fs >> 20,
+            after >> 20
+        ),
+        Ok(s) => format!(
+            "resize2fs {} exited with {s}; the file system stays at {} MiB",
+            dev.display(),
+            fs >> 20
+        ),
+        Err(e) => format!(
+            "cannot run {}: {e}; the file system stays at {} MiB",
+            cfg.resize.display(),
+            fs >> 20
+        ),
+    })
+}
+
+/// Checks the data partition `dev` and mounts it on the configured mount point.
+pub fn mount_data(cfg: &DataPartition, dev: &Path) -> Result<(), MountError> {
+    let (mountpoint, fsck) = (cfg.mountpoint.as_path(), cfg.fsck.as_path());
+    let dev = dev.to_path_buf();
     if !has_ext4_magic(&dev) {
         prepare_unformatted(cfg, &dev)?;
     }
@@ -123,7 +212,7 @@ pub fn data_partition(cfg: &DataPartition, wait: Duration) -> Result<PathBuf, Mo
         target: mountpoint.to_path_buf(),
         source: e.into(),
     })?;
-    Ok(dev)
+    Ok(())
 }
 
 /// A data partition without an ext4 superblock: a damaged primary superblock is
@@ -144,7 +233,10 @@ fn prepare_unformatted(cfg: &DataPartition, dev: &Path) -> Result<(), MountError
                 .status()
                 .map(|s| s.code().unwrap_or(8))
                 .unwrap_or(8);
-            if code < 4 && has_ext4_magic(dev) {
+            // e2fsck may stop with an error after writing the primary superblock back
+            // (a backup copied while mounted carries needs_recovery): what counts is
+            // whether a superblock is there now; the -p/-y check that follows fixes the rest.
+            if has_ext4_magic(dev) {
                 eprintln!(
                     "flowwarden-init: {}: primary superblock was damaged; repaired from the backup at block {block} (e2fsck exit {code})",
                     dev.display()

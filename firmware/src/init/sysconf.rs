@@ -78,6 +78,9 @@ pub struct DataPartition {
     pub mkfs: PathBuf,
     #[serde(default = "default_mkfs_libs")]
     pub mkfs_libs: PathBuf,
+    /// resize2fs (same libraries) to grow the file system after the partition grew.
+    #[serde(default = "default_resize")]
+    pub resize: PathBuf,
     /// How long to wait for the disk to appear.
     #[serde(default = "default_wait")]
     pub wait_secs: u64,
@@ -138,6 +141,9 @@ fn default_fsck() -> PathBuf {
 fn default_mkfs() -> PathBuf {
     PathBuf::from("/sbin/mke2fs")
 }
+fn default_resize() -> PathBuf {
+    PathBuf::from("/sbin/resize2fs")
+}
 fn default_mkfs_libs() -> PathBuf {
     PathBuf::from("/lib/mke2fs")
 }
@@ -162,6 +168,7 @@ impl Default for DataPartition {
             fsck: default_fsck(),
             mkfs: default_mkfs(),
             mkfs_libs: default_mkfs_libs(),
+            resize: default_resize(),
             wait_secs: default_wait(),
         }
     }

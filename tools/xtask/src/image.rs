@@ -440,6 +440,7 @@ fn mke2fs_files(cache: &Path, arch: &str) -> Result<Vec<(String, Vec<u8>)>> {
     };
     let mut out = vec![
         ("sbin/mke2fs".to_string(), find(&["sbin/mke2fs", "usr/sbin/mke2fs"])?),
+        ("sbin/resize2fs".to_string(), find(&["sbin/resize2fs", "usr/sbin/resize2fs"])?),
         ("etc/mke2fs.conf".to_string(), find(&["etc/mke2fs.conf"])?),
         (
             loader_at.to_string(),

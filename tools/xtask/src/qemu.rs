@@ -12,7 +12,10 @@
 //! 5. the power button (`system_powerdown`): clean shutdown, data unmounted;
 //! 6. the data partition copied out of the image (debugfs, no mount) is read by
 //!    the host's `flowwarden query --data-dir`: same flows;
-//! 7. data partition damage: a wiped primary superblock is repaired from a backup
+//! 7. the disk image grown by 256 MiB (as when written to a larger disk): the data
+//!    partition is grown to the end (GPT edited, one reboot) and resize2fs grows the
+//!    file system; flows intact;
+//! 8. data partition damage: a wiped primary superblock is repaired from a backup
 //!    (flows intact); a blank partition is formatted on first boot; a partition with
 //!    neither is not formatted: PID 1 reports the fatal error and reboots after
 //!    `panic=10` (the next boot starts PID 1 again).
@@ -451,7 +454,31 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         "host copy has {on_host} flows, the guest reported {after_cut}"
     );
 
-    // 7. Damaged, blank and foreign data partitions.
+    // 7. The image written to a larger disk: the data partition grows to the end of
+    //    it (one extra reboot), then its file system, and every flow is still there.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)?
+        .set_len(std::fs::metadata(&disk)?.len() + (256 << 20))?;
+    let mut vm = Vm::start(&board, &disk, free_udp_port()?, &dir, 7)?;
+    vm.wait_for("grew the data partition /dev/vda4 from 512 MiB to 768 MiB", 0, ready_timeout)?;
+    let first = vm.wait_for("starting as PID 1", 0, ready_timeout)?;
+    let again = vm.wait_for("starting as PID 1", first + 1, ready_timeout)?;
+    vm.wait_for(
+        "resized the data file system on /dev/vda4 from 512 MiB to 768 MiB",
+        again,
+        ready_timeout,
+    )?;
+    vm.wait_for("flowwarden: ready", again, ready_timeout)?;
+    let grown = vm.flows()?;
+    ensure!(
+        grown == after_cut,
+        "after growing the data partition {grown} flows, expected {after_cut}"
+    );
+    vm.poweroff()?;
+    let (start, len) = partition(&disk, "data")?;
+
+    // 8. Damaged, blank and foreign data partitions.
     //  a. primary superblock wiped: e2fsck repairs it from a backup, every flow is there;
     wipe(&disk, start + 1024, &[0u8; 1024])?;
     let mut vm = Vm::start(&board, &disk, free_udp_port()?, &dir, 4)?;
