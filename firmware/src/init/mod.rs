@@ -210,10 +210,11 @@ fn network(cfg: &SystemConfig, status: &Shared) -> Vec<Ipv4Addr> {
         NetMode::Dhcp => {
             let first = dhcp::obtain(&iface, mac, &cfg.hostname, Duration::from_secs(cfg.network.dhcp_timeout_secs));
             let ntp = first.as_ref().map(|l| l.ntp.clone()).unwrap_or_default();
-            let (iface2, status2, hostname, dns_cfg) = (iface.clone(), status.clone(), cfg.hostname.clone(), cfg.network.dns.clone());
+            // Apply now, then keep the lease in a thread: renew at half its time, retry
+            // every 30 s without one.
+            apply_lease(&mut nl, &iface, ifindex, &first, &cfg.network.dns, status);
+            let (status, hostname, dns_cfg) = (status.clone(), cfg.hostname.clone(), cfg.network.dns.clone());
             let mut current = first;
-            // Apply now, then keep the lease: renew at half its time, retry every 30 s without one.
-            loop_lease(&mut nl, &iface2, ifindex, &current, &dns_cfg, &status2);
             let _ = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
                 loop {
                     let wait = match &current {
@@ -221,8 +222,8 @@ fn network(cfg: &SystemConfig, status: &Shared) -> Vec<Ipv4Addr> {
                         Err(_) => Duration::from_secs(30),
                     };
                     std::thread::sleep(wait);
-                    current = dhcp::obtain(&iface2, mac, &hostname, Duration::from_secs(30));
-                    loop_lease(&mut nl, &iface2, ifindex, &current, &dns_cfg, &status2);
+                    current = dhcp::obtain(&iface, mac, &hostname, Duration::from_secs(30));
+                    apply_lease(&mut nl, &iface, ifindex, &current, &dns_cfg, &status);
                 }
             });
             ntp
@@ -231,7 +232,7 @@ fn network(cfg: &SystemConfig, status: &Shared) -> Vec<Ipv4Addr> {
     }
 }
 
-fn loop_lease(
+fn apply_lease(
     nl: &mut netlink::Netlink,
     iface: &str,
     ifindex: u32,

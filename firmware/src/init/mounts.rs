@@ -192,9 +192,11 @@ pub fn mount_data(cfg: &DataPartition, dev: &Path) -> Result<(), MountError> {
     if fsck.exists() {
         // -p: fix what is safe without asking (the journal is replayed here too); if
         // that leaves errors, -y: fix everything e2fsck can.
-        let code = fsck_run(fsck, "-p", &dev);
-        if code >= 4 && fsck_run(fsck, "-y", &dev) >= 4 {
-            return Err(MountError::Fsck { dev, code });
+        if fsck_run(fsck, &["-p"], &dev) >= 4 {
+            let code = fsck_run(fsck, &["-y"], &dev);
+            if code >= 4 {
+                return Err(MountError::Fsck { dev, code });
+            }
         }
     } else {
         eprintln!("flowwarden-init: {} not in the image; relying on the ext4 journal", fsck.display());
@@ -226,13 +228,7 @@ fn prepare_unformatted(cfg: &DataPartition, dev: &Path) -> Result<(), MountError
     if cfg.fsck.exists() {
         // Backup superblocks of 4 KiB- and 1 KiB-block file systems.
         for (block, size) in [("32768", "4096"), ("8193", "1024")] {
-            let code = Command::new(&cfg.fsck)
-                .args(["-y", "-b", block, "-B", size])
-                .arg(dev)
-                .stdin(std::process::Stdio::null())
-                .status()
-                .map(|s| s.code().unwrap_or(8))
-                .unwrap_or(8);
+            let code = fsck_run(&cfg.fsck, &["-y", "-b", block, "-B", size], dev);
             // e2fsck may stop with an error after writing the primary superblock back
             // (a backup copied while mounted carries needs_recovery): what counts is
             // whether a superblock is there now; the -p/-y check that follows fixes the rest.
@@ -280,16 +276,16 @@ pub fn is_blank(dev: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs e2fsck with `mode` on `dev`; its exit status (8 if it could not run).
-fn fsck_run(fsck: &Path, mode: &str, dev: &Path) -> i32 {
+/// Runs e2fsck with `args` on `dev`; its exit status (8 if it could not run).
+fn fsck_run(fsck: &Path, args: &[&str], dev: &Path) -> i32 {
     let code = Command::new(fsck)
-        .arg(mode)
+        .args(args)
         .arg(dev)
         .stdin(std::process::Stdio::null())
         .status()
         .map(|s| s.code().unwrap_or(8))
         .unwrap_or(8);
-    eprintln!("flowwarden-init: e2fsck {mode} {}: exit {code}", dev.display());
+    eprintln!("flowwarden-init: e2fsck {} {}: exit {code}", args.join(" "), dev.display());
     code
 }
 

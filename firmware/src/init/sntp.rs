@@ -91,11 +91,12 @@ pub fn parse_reply(b: &[u8], transmit: u64) -> Result<(u8, u64, u64), &'static s
 /// Asks `server` once and returns the offset; does not touch the clock.
 pub fn query(server: SocketAddr, timeout: Duration) -> Result<Sample, SntpError> {
     let io = |source| SntpError::Io { server, source };
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().map_err(|_| SntpError::BadReply { server, reason: "bind" })?
+    let any: std::net::IpAddr = if server.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
     } else {
-        "[::]:0".parse().map_err(|_| SntpError::BadReply { server, reason: "bind" })?
+        std::net::Ipv6Addr::UNSPECIFIED.into()
     };
+    let bind = SocketAddr::new(any, 0);
     let sock = UdpSocket::bind(bind).map_err(io)?;
     sock.connect(server).map_err(io)?;
     sock.set_read_timeout(Some(timeout)).map_err(io)?;
