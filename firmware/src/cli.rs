@@ -78,6 +78,26 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: TableOrJson,
     },
+    /// List stored alerts.
+    Alerts {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only alerts seen at or after this time (same forms as query --from).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this kind: exfiltration, beaconing, scan, spike.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: AlertFormat,
+    },
+    /// Detector learning state and counters.
+    Detectors {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
     /// Print version information.
@@ -90,6 +110,12 @@ pub enum Bucket {
     Minute,
     #[value(name = "1h")]
     Hour,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlertFormat {
+    Table,
+    Jsonl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +221,13 @@ pub fn main_with(cli: Cli) -> Result<()> {
             }
         }
         Command::Exporters { data_dir, format } => exporters(&data_dir, format),
+        Command::Alerts {
+            data_dir,
+            since,
+            kind,
+            format,
+        } => alerts(&data_dir, since.as_deref(), kind.as_deref(), format),
+        Command::Detectors { data_dir, format } => detectors(&data_dir, format),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!(
@@ -369,6 +402,101 @@ fn exporters(data_dir: &Path, format: TableOrJson) -> Result<()> {
                         _ => println!("{k:<48} {v}"),
                     }
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn alerts(data_dir: &Path, since: Option<&str>, kind: Option<&str>, format: AlertFormat) -> Result<()> {
+    let since = since.map(|t| parse_time(t, now_ms())).transpose()?.unwrap_or(0);
+    let kind = match kind {
+        Some(k) => Some(
+            crate::alert::Kind::from_name(k).with_context(|| format!("--kind {k:?}: expected exfiltration, beaconing, scan or spike"))?,
+        ),
+        None => None,
+    };
+    if !data_dir.is_dir() {
+        bail!("{}: no such data directory", data_dir.display());
+    }
+    let reader = Reader::new(DataDir::new(data_dir));
+    let (stored, bad) = reader.alerts()?;
+    let mut list: Vec<crate::alert::Alert> = stored
+        .into_iter()
+        .map(|s| s.alert)
+        .filter(|a| a.last_seen_ms >= since && kind.is_none_or(|k| a.kind == k))
+        .collect();
+    list.sort_by(|a, b| (a.first_seen_ms, &a.id).cmp(&(b.first_seen_ms, &b.id)));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match format {
+        AlertFormat::Jsonl => {
+            for a in &list {
+                writeln!(out, "{}", a.to_json())?;
+            }
+        }
+        AlertFormat::Table => {
+            writeln!(
+                out,
+                "{:<24} {:<12} {:>3} {:<39} {:<39} {:>5} {:>6}  Summary",
+                "First seen", "Kind", "Sev", "Src", "Dst", "Port", "Count"
+            )?;
+            for a in &list {
+                writeln!(
+                    out,
+                    "{:<24} {:<12} {:>3} {:<39} {:<39} {:>5} {:>6}  {}",
+                    rfc3339_ms(a.first_seen_ms),
+                    a.kind.as_str(),
+                    a.severity,
+                    a.src.to_string(),
+                    a.dst.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                    a.dst_port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    a.count,
+                    a.summary
+                )?;
+            }
+            writeln!(out, "{} alerts", list.len())?;
+        }
+    }
+    if bad > 0 {
+        eprintln!("note: {bad} stored alerts could not be decoded and are not shown");
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn detectors(data_dir: &Path, format: TableOrJson) -> Result<()> {
+    if !data_dir.is_dir() {
+        bail!("{}: no such data directory", data_dir.display());
+    }
+    let reader = Reader::new(DataDir::new(data_dir));
+    let status = reader.detect_status()?;
+    let counters: Vec<(String, u64)> = reader.counters()?.into_iter().filter(|(k, _)| k.starts_with("detect.")).collect();
+    match format {
+        TableOrJson::Json => {
+            let v = serde_json::json!({
+                "status": status,
+                "counters": counters.iter().cloned().collect::<std::collections::BTreeMap<String, u64>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        TableOrJson::Table => {
+            match &status {
+                Some(s) => {
+                    println!("event clock: {}", s.clock);
+                    for d in &s.detectors {
+                        println!("{:<14} {:<9} {}", d.name, d.state, d.detail);
+                    }
+                    for (k, v) in &s.tracked {
+                        println!("tracked {k:<20} {v}");
+                    }
+                }
+                None => println!("no detector state yet (no flows processed)"),
+            }
+            for (k, v) in &counters {
+                println!("{k:<48} {v}");
             }
         }
     }

@@ -244,6 +244,7 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(rename = "exporter")]
     pub exporters: Vec<ExporterOverride>,
+    pub detect: crate::detect::settings::DetectConfig,
 }
 
 impl Config {
@@ -332,6 +333,9 @@ impl Config {
             if e.sampling_mode == SamplingMode::Force && e.sampling_rate.is_none() {
                 return Err(bad("exporter", "sampling_mode", "\"force\" needs a sampling_rate".into()));
             }
+        }
+        if let Err((table, key, message)) = crate::detect::settings::validate(&self.detect) {
+            return Err(bad(table, key, message));
         }
         Ok(())
     }

@@ -2,11 +2,13 @@
 //! branch-office security monitoring. The `flowwarden` binary is a thin shell
 //! over this library; see ../README.md for the data flow.
 
+pub mod alert;
 pub mod capture;
 pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod decode;
+pub mod detect;
 pub mod fasthash;
 pub mod flow;
 pub mod init;

@@ -1,14 +1,17 @@
-//! The shared pipeline behind `run` and `ingest`: decoder → bounded channel →
-//! store writer thread.
+//! The shared pipeline behind `run` and `ingest`: decoder → bounded channels →
+//! store writer thread and detector thread.
 //!
 //! Datagrams go into a [`Decoder`]; flows are grouped into [`FlowBatch`]es and
-//! handed to the writer over a bounded channel. Live collection never waits on
-//! the store: a full channel drops the batch and counts it. Offline ingest
-//! blocks instead, so a replay loses nothing. Template changes and exporter
-//! health are sent along so the state database stays current.
+//! handed (as the same `Arc`) to the writer and to the detection engine over
+//! bounded channels. Live collection never waits on either: a full channel
+//! drops the batch and counts it. Offline ingest blocks instead, so a replay
+//! loses nothing. Template changes and exporter health are sent along so the
+//! state database stays current; the detector thread sends its alerts and
+//! learned state to the writer (waiting for room: alerts are never dropped).
 
 use crate::config::Config;
 use crate::decode::{DecodeError, DecodeTotals, Decoder};
+use crate::detect::Engine;
 use crate::flow::{FlowBatch, FlowRecord};
 use crate::store::writer::{StoreMsg, StoreWriter, WriterSettings, run_writer};
 use crate::store::{DataDir, StoreCounters, StoreError, resolve_budget};
@@ -44,6 +47,16 @@ pub enum Backpressure {
 pub struct PipelineCounters {
     pub batches_dropped: AtomicU64,
     pub flows_dropped: AtomicU64,
+    /// Batches the detector queue had no room for (live only).
+    pub detect_batches_dropped: AtomicU64,
+    pub detect_flows_dropped: AtomicU64,
+}
+
+/// Messages to the detector thread.
+enum DetectMsg {
+    Flows(FlowBatch),
+    /// Hand everything to the writer, then answer.
+    Sync(SyncSender<()>),
 }
 
 /// What a finished pipeline did.
@@ -59,12 +72,15 @@ pub struct PipelineReport {
     pub block_bytes: u64,
     pub templates: usize,
     pub exporters_evicted: u64,
+    pub flows_dropped_detect_queue: u64,
 }
 
 pub struct Pipeline {
     pub decoder: Decoder,
     tx: Option<SyncSender<StoreMsg>>,
     writer: Option<JoinHandle<Arc<StoreCounters>>>,
+    detect_tx: Option<SyncSender<DetectMsg>>,
+    detector: Option<JoinHandle<()>>,
     store_counters: Arc<StoreCounters>,
     batch: Vec<FlowRecord>,
     batch_flows: usize,
@@ -92,10 +108,24 @@ impl Pipeline {
             .name("store-writer".into())
             .spawn(move || run_writer(writer, rx))
             .map_err(PipelineError::Thread)?;
+        let (detect_tx, detector) = if cfg.detect.enabled {
+            let engine = Engine::new(cfg, loaded.detect);
+            let (dtx, drx) = sync_channel(cfg.collector.queue_batches);
+            let wtx = tx.clone();
+            let h = std::thread::Builder::new()
+                .name("detect".into())
+                .spawn(move || run_detector(engine, drx, wtx))
+                .map_err(PipelineError::Thread)?;
+            (Some(dtx), Some(h))
+        } else {
+            (None, None)
+        };
         Ok(Pipeline {
             decoder,
             tx: Some(tx),
             writer: Some(handle),
+            detect_tx,
+            detector,
             store_counters,
             batch: Vec::with_capacity(cfg.collector.batch_flows),
             batch_flows: cfg.collector.batch_flows,
@@ -128,6 +158,17 @@ impl Pipeline {
         }
         let batch: FlowBatch = Arc::new(std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_flows)));
         let n = batch.len() as u64;
+        if let Some(dtx) = &self.detect_tx {
+            let msg = DetectMsg::Flows(batch.clone());
+            let sent = match self.mode {
+                Backpressure::Block => dtx.send(msg).is_ok(),
+                Backpressure::Drop => dtx.try_send(msg).is_ok(),
+            };
+            if !sent {
+                self.counters.detect_batches_dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.detect_flows_dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         if self.send(StoreMsg::Flows(batch)).is_err() {
             self.counters.batches_dropped.fetch_add(1, Ordering::Relaxed);
             self.counters.flows_dropped.fetch_add(n, Ordering::Relaxed);
@@ -158,12 +199,22 @@ impl Pipeline {
             "pipeline.batches_dropped_store_queue".into(),
             self.counters.batches_dropped.load(Ordering::Relaxed),
         ));
+        counters.push((
+            "pipeline.flows_dropped_detect_queue".into(),
+            self.counters.detect_flows_dropped.load(Ordering::Relaxed),
+        ));
         let _ = self.send(StoreMsg::Counters(counters));
     }
 
     /// Flush and wait until the writer has committed everything sent so far.
     pub fn sync(&mut self) {
         self.flush();
+        if let Some(dtx) = &self.detect_tx {
+            let (reply_tx, reply_rx) = sync_channel(1);
+            if dtx.send(DetectMsg::Sync(reply_tx)).is_ok() {
+                let _ = reply_rx.recv();
+            }
+        }
         let (reply_tx, reply_rx) = sync_channel(1);
         if let Some(tx) = &self.tx
             && tx.send(StoreMsg::Sync(reply_tx)).is_ok()
@@ -180,6 +231,11 @@ impl Pipeline {
     /// Flush, stop the writer and report.
     pub fn finish(mut self) -> PipelineReport {
         self.flush();
+        // The detector finishes first: its last alerts and state go to the writer.
+        drop(self.detect_tx.take());
+        if let Some(h) = self.detector.take() {
+            let _ = h.join();
+        }
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(StoreMsg::Exporters(self.decoder.exporter_snapshot()));
         }
@@ -199,6 +255,34 @@ impl Pipeline {
             block_bytes: g(&c.block_bytes),
             templates: self.decoder.template_count(),
             exporters_evicted: self.decoder.exporters_evicted(),
+            flows_dropped_detect_queue: self.counters.detect_flows_dropped.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Updates without alerts or state still carry counters every this many batches.
+const COUNTERS_EVERY: u64 = 32;
+
+/// The detector thread: batches in, alerts and state out to the writer.
+fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wtx: SyncSender<StoreMsg>) {
+    let mut batches = 0u64;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            DetectMsg::Flows(b) => {
+                engine.process(&b);
+                batches += 1;
+                let u = engine.take_update();
+                if (!u.is_empty() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(StoreMsg::Detect(u)).is_err() {
+                    tracing::error!("store writer gone: detector stops");
+                    return;
+                }
+            }
+            DetectMsg::Sync(reply) => {
+                let _ = wtx.send(StoreMsg::Detect(engine.take_update()));
+                let _ = reply.send(());
+            }
+        }
+    }
+    engine.finish();
+    let _ = wtx.send(StoreMsg::Detect(engine.take_update()));
 }

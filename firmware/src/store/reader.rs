@@ -111,6 +111,28 @@ impl Reader {
         })
     }
 
+    /// Stored alerts (undecodable rows are skipped and counted in the second value).
+    pub fn alerts(&self) -> Result<(Vec<crate::detect::StoredAlert>, u64), StoreError> {
+        with_table(&self.dir.state(), super::schema::ALERTS, |t| {
+            let mut out = Vec::new();
+            let mut bad = 0;
+            for row in t.iter()? {
+                match serde_json::from_slice(row?.1.value()) {
+                    Ok(a) => out.push(a),
+                    Err(_) => bad += 1,
+                }
+            }
+            Ok((out, bad))
+        })
+    }
+
+    /// Detector learning state as last persisted.
+    pub fn detect_status(&self) -> Result<Option<crate::detect::EngineStatus>, StoreError> {
+        with_table(&self.dir.state(), super::schema::DETECT_STATE, |t| {
+            Ok(t.get("status")?.and_then(|v| serde_json::from_slice(v.value()).ok()))
+        })
+    }
+
     /// Named stage counters kept in the state file (collector, pipeline, store).
     pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
         with_table(&self.dir.state(), STATE_META, |t| {

@@ -26,6 +26,10 @@ pub const ROLLUP_META: TableDefinition<&str, u64> = TableDefinition::new("rollup
 pub const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates");
 /// State: exporter address -> postcard `ExporterStats`.
 pub const EXPORTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("exporters");
+/// State: alert id -> JSON `StoredAlert` (suppression group + alert).
+pub const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+/// State: detector state ("baseline/...", "meta" postcard; "status" JSON).
+pub const DETECT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("detect_state");
 /// State: named counters and settings ("schema", store counters).
 pub const STATE_META: TableDefinition<&str, u64> = TableDefinition::new("state_meta");
 

@@ -10,10 +10,11 @@
 
 use super::quota::Quota;
 use super::rollup::RollupAgg;
-use super::schema::{BLOCKS, EXPORTERS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META, TEMPLATES};
+use super::schema::{ALERTS, BLOCKS, DETECT_STATE, EXPORTERS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META, TEMPLATES};
 use super::{DataDir, SegmentId, StoreCounters, StoreError, block, open_writable};
 use crate::decode::exporters::ExporterStats;
 use crate::decode::templates::TemplateChange;
+use crate::detect::{DetectLoaded, DetectUpdate, StoredAlert};
 use crate::flow::{FlowBatch, FlowRecord};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +35,8 @@ pub enum StoreMsg {
     Exporters(Vec<ExporterStats>),
     /// Named stage counters (collector drops, ...) to keep in the state file.
     Counters(Vec<(String, u64)>),
+    /// Alerts, learned baselines and detector counters.
+    Detect(DetectUpdate),
     /// Commit now and answer.
     Sync(SyncSender<()>),
 }
@@ -89,6 +92,8 @@ struct OpenSegment {
 pub struct LoadedState {
     pub templates: Vec<(String, Vec<u8>)>,
     pub exporters: Vec<ExporterStats>,
+    /// Detector state and the alerts still open for suppression.
+    pub detect: DetectLoaded,
 }
 
 /// The writer itself (driven by [`run_writer`] or directly in tests).
@@ -105,6 +110,8 @@ pub struct StoreWriter {
     templates: Vec<TemplateChange>,
     exporters: Option<Vec<ExporterStats>>,
     named_counters: Vec<(String, u64)>,
+    detect_alerts: Vec<StoredAlert>,
+    detect_state: Vec<(String, Vec<u8>)>,
     agg: RollupAgg,
     latest_event: u64,
     last_expire_hour: u64,
@@ -152,6 +159,8 @@ impl StoreWriter {
             templates: Vec::new(),
             exporters: None,
             named_counters: Vec::new(),
+            detect_alerts: Vec::new(),
+            detect_state: Vec::new(),
             agg: RollupAgg::default(),
             latest_event: 0,
             last_expire_hour: 0,
@@ -223,6 +232,20 @@ impl StoreWriter {
                 }
             }
         }
+        if let Ok(t) = txn.open_table(DETECT_STATE) {
+            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
+                let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
+                out.detect.state.push((k.value().to_string(), v.value().to_vec()));
+            }
+        }
+        if let Ok(t) = txn.open_table(ALERTS) {
+            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
+                let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
+                if let Ok(a) = serde_json::from_slice::<StoredAlert>(v.value()) {
+                    out.detect.alerts.push(a);
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -251,7 +274,14 @@ impl StoreWriter {
 
     /// Named counters for the state file (latest value wins).
     pub fn set_counters(&mut self, counters: Vec<(String, u64)>) {
-        self.named_counters = counters;
+        self.named_counters.extend(counters);
+    }
+
+    /// Queue alerts and detector state for the next state commit.
+    pub fn add_detect(&mut self, u: DetectUpdate) {
+        self.detect_alerts.extend(u.alerts);
+        self.detect_state.extend(u.state);
+        self.named_counters.extend(u.counters);
     }
 
     /// This writer's own counters under their state-file names.
@@ -508,7 +538,12 @@ impl StoreWriter {
     }
 
     fn commit_state(&mut self) {
-        if self.templates.is_empty() && self.exporters.is_none() && self.named_counters.is_empty() {
+        if self.templates.is_empty()
+            && self.exporters.is_none()
+            && self.named_counters.is_empty()
+            && self.detect_alerts.is_empty()
+            && self.detect_state.is_empty()
+        {
             return;
         }
         let mut named = std::mem::take(&mut self.named_counters);
@@ -517,6 +552,8 @@ impl StoreWriter {
             let templates = &self.templates;
             let exporters = &self.exporters;
             let named = &named;
+            let alerts = &self.detect_alerts;
+            let detect_state = &self.detect_state;
             let p = self.dir.state();
             let res = (|| -> Result<(), StoreError> {
                 let db = match &self.state {
@@ -544,6 +581,15 @@ impl StoreWriter {
                             t.insert(s.exporter.as_str(), bytes.as_slice()).map_err(|e| StoreError::db(&p, e))?;
                         }
                     }
+                    let mut t = txn.open_table(ALERTS).map_err(|e| StoreError::db(&p, e))?;
+                    for a in alerts {
+                        let bytes = serde_json::to_vec(a).unwrap_or_default();
+                        t.insert(a.alert.id.as_str(), bytes.as_slice()).map_err(|e| StoreError::db(&p, e))?;
+                    }
+                    let mut t = txn.open_table(DETECT_STATE).map_err(|e| StoreError::db(&p, e))?;
+                    for (k, v) in detect_state {
+                        t.insert(k.as_str(), v.as_slice()).map_err(|e| StoreError::db(&p, e))?;
+                    }
                 }
                 txn.commit().map_err(|e| StoreError::db(&p, e))
             })();
@@ -551,6 +597,8 @@ impl StoreWriter {
                 Ok(()) => {
                     self.templates.clear();
                     self.exporters = None;
+                    self.detect_alerts.clear();
+                    self.detect_state.clear();
                     return;
                 }
                 Err(e) => {
@@ -643,6 +691,7 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
             Ok(StoreMsg::Templates(t)) => w.add_templates(t),
             Ok(StoreMsg::Exporters(e)) => w.set_exporters(e),
             Ok(StoreMsg::Counters(c)) => w.set_counters(c),
+            Ok(StoreMsg::Detect(u)) => w.add_detect(u),
             Ok(StoreMsg::Sync(reply)) => {
                 w.commit();
                 let _ = reply.send(());

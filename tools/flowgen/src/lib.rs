@@ -7,6 +7,7 @@ pub mod encode;
 pub mod model;
 pub mod pcap;
 pub mod rng;
+pub mod scenario;
 pub mod send;
 
 pub use encode::{Exporter, Version};

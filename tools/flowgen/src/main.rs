@@ -47,6 +47,12 @@ struct Args {
     /// UDP source port (default: any), so a later run is the same exporter.
     #[arg(long, default_value_t = 0)]
     source_port: u16,
+    /// Evaluation scenario (nine days): benign, attacks. Replaces --duration and --attack.
+    #[arg(long, conflicts_with = "attacks")]
+    scenario: Option<String>,
+    /// Write the scenario's ground truth here (one JSON object per attack).
+    #[arg(long, requires = "scenario")]
+    truth: Option<PathBuf>,
 }
 
 fn span_ms(s: &str) -> Result<u64> {
@@ -67,8 +73,18 @@ fn span_ms(s: &str) -> Result<u64> {
 fn main() -> Result<()> {
     let a = Args::parse();
     let start = a.start * 1000;
-    let dur = span_ms(&a.duration)?;
+    let mut dur = span_ms(&a.duration)?;
     let mut office = Office::new(a.seed, a.hosts);
+    if let Some(name) = &a.scenario {
+        let s = flowgen::scenario::build(name, a.seed, start, a.hosts)
+            .with_context(|| format!("unknown scenario {name:?} ({})", flowgen::scenario::NAMES.join(", ")))?;
+        office = s.office;
+        dur = s.duration_ms;
+        if let Some(path) = &a.truth {
+            let text: String = s.truth.iter().map(|t| t.to_json() + "\n").collect();
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
     office.intensity = a.intensity;
     for name in &a.attacks {
         let mid = start + dur / 2;
@@ -92,6 +108,7 @@ fn main() -> Result<()> {
             },
             "hscan" => Attack::HorizontalScan {
                 src: Ipv4Addr::new(10, 20, 1, 99),
+                proto: 6,
                 port: 445,
                 targets: 250,
                 at_ms: mid,

@@ -46,9 +46,10 @@ pub enum Attack {
         from_ms: u64,
         to_ms: u64,
     },
-    /// One port on many internal hosts.
+    /// One port on many internal hosts (proto 6 SYN probes, 17 UDP probes, 1 ICMP echo).
     HorizontalScan {
         src: Ipv4Addr,
+        proto: u8,
         port: u16,
         targets: u32,
         at_ms: u64,
@@ -175,7 +176,7 @@ impl Office {
                 let port = if r.chance(0.9) { 443 } else { 80 };
                 out.push(tcp(start, dur, h, dst, sport, port, up, 0x1b, 1, 2));
                 out.push(tcp(start + 20, dur, dst, h, port, sport, down, 0x1b, 2, 1));
-                // DNS lookup before it, to the internal resolver.
+                // DNS lookup before it, to the internal resolver, and its answer.
                 out.push(udp(
                     start.saturating_sub(30),
                     2,
@@ -188,12 +189,25 @@ impl Office {
                     3,
                     3,
                 ));
+                out.push(udp(
+                    start.saturating_sub(28),
+                    1,
+                    IpAddr::V4(self.resolver),
+                    h,
+                    53,
+                    sport.wrapping_add(1),
+                    140 + r.below(200),
+                    1,
+                    3,
+                    3,
+                ));
             }
             // NTP every 64 s (a benign periodic look-alike).
             let phase = (i as u64 * 7_919) % 64_000;
             let mut t = (t0.saturating_sub(phase)).div_ceil(64_000) * 64_000 + phase;
             while t < t0 + 60_000 {
                 out.push(udp(t, 1, h, IpAddr::V4(self.ntp_server), 123, 123, 76, 1, 1, 2));
+                out.push(udp(t + 20, 1, IpAddr::V4(self.ntp_server), h, 123, 123, 76, 1, 2, 1));
                 t += 64_000;
             }
             // Hourly update check, minute fixed per host.
@@ -211,6 +225,18 @@ impl Office {
                     1,
                     2,
                 ));
+                out.push(tcp(
+                    start + 20,
+                    780,
+                    IpAddr::V4(self.update_server),
+                    h,
+                    443,
+                    40_000 + i as u16,
+                    6_100,
+                    0x1b,
+                    2,
+                    1,
+                ));
             }
         }
         // Nightly backup: 02:00-02:40 every day, a large upload (baseline, not an attack).
@@ -227,6 +253,18 @@ impl Office {
                 0x1b,
                 1,
                 2,
+            ));
+            out.push(tcp(
+                t0 + 20,
+                59_000,
+                IpAddr::V4(self.backup_server),
+                h,
+                22,
+                50_000,
+                400_000 + r.below(40_000),
+                0x1b,
+                2,
+                1,
             ));
         }
     }
@@ -304,6 +342,7 @@ impl Office {
             }
             Attack::HorizontalScan {
                 src,
+                proto,
                 port,
                 targets,
                 at_ms,
@@ -313,18 +352,29 @@ impl Office {
                     let t = at_ms + spread_ms * i as u64 / targets.max(1) as u64;
                     if t >= from && t < to {
                         let dst = Ipv4Addr::new(10, 20, 1 + ((i / 250) % 254) as u8, (i % 250) as u8 + 1);
-                        out.push(tcp(
-                            t,
-                            0,
-                            IpAddr::V4(src),
-                            IpAddr::V4(dst),
-                            61_000,
-                            port,
-                            40 + r.below(4) * 4,
-                            0x02,
-                            2,
-                            1,
-                        ));
+                        let live = self.hosts.contains(&dst);
+                        let (s, d) = (IpAddr::V4(src), IpAddr::V4(dst));
+                        match proto {
+                            17 => out.push(udp(t, 0, s, d, 61_000, port, 60, 1, 2, 1)),
+                            1 => {
+                                let mut f = udp(t, 0, s, d, 0, 8 << 8, 84, 1, 2, 1);
+                                f.proto = 1;
+                                out.push(f);
+                                if live {
+                                    // Live hosts answer the echo request.
+                                    let mut rf = udp(t + 1, 0, d, s, 0, 0, 84, 1, 1, 2);
+                                    rf.proto = 1;
+                                    out.push(rf);
+                                }
+                            }
+                            _ => {
+                                out.push(tcp(t, 0, s, d, 61_000, port, 40 + r.below(4) * 4, 0x02, 2, 1));
+                                if live {
+                                    // Closed port on a live host: RST.
+                                    out.push(tcp(t + 1, 0, d, s, port, 61_000, 40, 0x14, 1, 2));
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -340,6 +390,9 @@ impl Office {
                     let t = at_ms + spread_ms * p as u64 / ports.max(1) as u64;
                     if t >= from && t < to {
                         out.push(tcp(t, 0, IpAddr::V4(src), dst, 62_000, p, 44, 0x02, 2, 1));
+                        // Open ports answer SYN-ACK, closed ones RST.
+                        let flags = if matches!(p, 22 | 135 | 445) { 0x12 } else { 0x14 };
+                        out.push(tcp(t + 1, 0, dst, IpAddr::V4(src), p, 62_000, 44, flags, 1, 2));
                     }
                 }
             }

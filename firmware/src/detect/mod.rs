@@ -1,0 +1,560 @@
+//! Detection: flows in, few explainable alerts out (stage 4 of the data flow).
+//!
+//! The [`Engine`] runs on event time: its clock is the largest flow end seen
+//! (a flow further ahead than `max_clock_jump` is clamped and counted), and a
+//! minute closes once the clock is `grace` past it. Every record goes through
+//! session stitching / de-duplication ([`sessions`]), then feeds the hourly
+//! baselines ([`baseline`]), exfiltration ([`exfil`]), beaconing ([`beacon`]),
+//! scan ([`scan`]) and spike ([`spike`]) detectors; detections pass the
+//! allow-list and suppression ([`suppress`]) and come out as alerts for the
+//! state database. Minute ticks decide reply timeouts and check exfiltration;
+//! spike buckets close every `spike.bucket`; beacons are scored every 10
+//! minutes; hours close into the baselines, which are persisted then. Because
+//! nothing reads the wall clock, `ingest` of a week gives the same alerts as
+//! the same week live.
+
+pub mod baseline;
+pub mod beacon;
+pub mod exfil;
+pub mod scan;
+pub mod sessions;
+pub mod settings;
+pub mod spike;
+pub mod stats;
+pub mod suppress;
+
+use crate::alert::{Alert, Kind};
+use crate::config::Config;
+use crate::flow::{Direction, FlowRecord};
+use crate::net::IpNet;
+use baseline::{Baselines, HOUR_MS, Metric, SeriesKey};
+use serde::{Deserialize, Serialize};
+use settings::DetectConfig;
+use std::net::IpAddr;
+use suppress::{Candidate, Suppressor};
+
+const MINUTE_MS: u64 = 60_000;
+/// Beacon scoring interval.
+const BEACON_EVERY_MS: u64 = 600_000;
+/// Consecutive flows ahead of the clock after which the clock follows them.
+const JUMP_AFTER: u64 = 10_000;
+
+/// An alert with its suppression group, as stored in the state database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAlert {
+    pub group: String,
+    pub alert: Alert,
+}
+
+/// What the engine hands to the store writer.
+#[derive(Debug, Default)]
+pub struct DetectUpdate {
+    pub alerts: Vec<StoredAlert>,
+    /// State rows (key, bytes) to write.
+    pub state: Vec<(String, Vec<u8>)>,
+    pub counters: Vec<(String, u64)>,
+}
+
+impl DetectUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.state.is_empty()
+    }
+}
+
+/// What the engine restores at start.
+#[derive(Debug, Default)]
+pub struct DetectLoaded {
+    pub state: Vec<(String, Vec<u8>)>,
+    pub alerts: Vec<StoredAlert>,
+}
+
+/// Clock and tick positions, persisted so a later run continues.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+struct Meta {
+    clock: u64,
+    next_minute: u64,
+    last_beacon_eval: u64,
+}
+
+/// Learning / activity state of one detector (for `flowwarden detectors`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DetectorStatus {
+    pub name: String,
+    /// "active", "learning" or "disabled".
+    pub state: String,
+    pub detail: String,
+}
+
+/// Everything `flowwarden detectors` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct EngineStatus {
+    pub clock: String,
+    pub detectors: Vec<DetectorStatus>,
+    pub tracked: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    flows: u64,
+    late: u64,
+    future: u64,
+    alerts_new: u64,
+    alerts_updated: u64,
+}
+
+pub struct Engine {
+    cfg: DetectConfig,
+    internal: Vec<IpNet>,
+    learning_hours: u64,
+    capacity_hours: usize,
+    meta: Meta,
+    future_run: u64,
+    sessions: sessions::Sessions,
+    pub baselines: Baselines,
+    exfil: exfil::Exfil,
+    beacon: beacon::Beacon,
+    scan: scan::Scan,
+    spike: spike::Spike,
+    suppress: Suppressor,
+    counters: Counters,
+    out_alerts: Vec<StoredAlert>,
+    out_state: Vec<(String, Vec<u8>)>,
+}
+
+impl Engine {
+    pub fn new(cfg: &Config, loaded: DetectLoaded) -> Engine {
+        let d = cfg.detect.clone();
+        let mut e = Engine {
+            internal: cfg.network.internal.clone(),
+            learning_hours: d.baseline.learning_period.ms().div_ceil(HOUR_MS),
+            capacity_hours: d.baseline.history_days as usize * 24,
+            meta: Meta::default(),
+            future_run: 0,
+            sessions: sessions::Sessions::new(d.sessions.clone()),
+            baselines: Baselines::default(),
+            exfil: exfil::Exfil::new(d.exfil.clone()),
+            beacon: beacon::Beacon::new(d.beacon.clone()),
+            scan: scan::Scan::new(d.scan.clone()),
+            spike: spike::Spike::new(d.spike.clone()),
+            suppress: Suppressor::new(d.suppress_window.ms(), d.beacon.window.ms(), d.allow.clone()),
+            counters: Counters::default(),
+            out_alerts: Vec::new(),
+            out_state: Vec::new(),
+            cfg: d,
+        };
+        for (k, v) in &loaded.state {
+            if k.starts_with("baseline/") {
+                e.baselines.restore(v);
+            } else if k == "meta"
+                && let Ok(m) = postcard::from_bytes::<Meta>(v)
+            {
+                e.meta = m;
+            }
+        }
+        e.suppress.restore(loaded.alerts.into_iter().map(|s| (s.group, s.alert)).collect());
+        e
+    }
+
+    fn is_internal(&self, ip: &IpAddr) -> bool {
+        self.internal.iter().any(|n| n.contains(ip))
+    }
+
+    /// Event time now.
+    pub fn clock(&self) -> u64 {
+        self.meta.clock
+    }
+
+    /// Feed a batch (any order; processed by start time).
+    pub fn process(&mut self, flows: &[FlowRecord]) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut order: Vec<&FlowRecord> = flows.iter().collect();
+        order.sort_by_key(|f| f.start_ms);
+        for f in order {
+            self.flow(f);
+        }
+    }
+
+    fn flow(&mut self, f: &FlowRecord) {
+        self.counters.flows += 1;
+        let end = f.end_ms.max(f.start_ms);
+        if self.meta.clock == 0 {
+            self.meta.clock = end;
+            self.meta.next_minute = (end / MINUTE_MS + 1) * MINUTE_MS;
+            self.meta.last_beacon_eval = end / BEACON_EVERY_MS * BEACON_EVERY_MS;
+        } else if end > self.meta.clock + self.cfg.max_clock_jump.ms() {
+            self.counters.future += 1;
+            self.future_run += 1;
+            if self.future_run >= JUMP_AFTER {
+                // The exporters really moved on (or a later capture): follow them.
+                self.jump_to(end);
+            }
+        } else {
+            self.future_run = 0;
+            self.meta.clock = self.meta.clock.max(end);
+        }
+        self.advance(self.meta.clock.saturating_sub(self.cfg.grace.ms()));
+        if end + MINUTE_MS < self.meta.next_minute {
+            self.counters.late += 1;
+        }
+        let now = self.meta.clock;
+        let seen = self.sessions.observe(f, now);
+        self.drain_outcomes();
+        if seen.duplicate {
+            return;
+        }
+        let hour = (self.meta.next_minute - MINUTE_MS) / HOUR_MS;
+        let caps = (self.cfg.baseline.max_hosts, self.cfg.baseline.max_interfaces);
+        let conn = seen.initiator && seen.new_connection;
+        let bytes = f.bytes;
+        match f.direction {
+            Direction::Outbound => {
+                let host = f.src;
+                self.baselines.add(
+                    SeriesKey::Host(host),
+                    hour,
+                    |c| {
+                        c.bytes_out += bytes;
+                        c.flows += u64::from(conn);
+                    },
+                    caps,
+                );
+                self.baselines.add(
+                    SeriesKey::Site,
+                    hour,
+                    |c| {
+                        c.bytes_out += bytes;
+                        c.flows += u64::from(conn);
+                    },
+                    caps,
+                );
+                self.baselines.add_peer(host, f.dst);
+                let cap = self.cfg.baseline.peers_per_host;
+                let (new_dst, new_port) = match self.baselines.series.get_mut(&SeriesKey::Host(host)) {
+                    Some(s) => {
+                        let learned = s.history.learned(hour, self.learning_hours);
+                        let nd = s.peers.touch(f.dst, hour, cap);
+                        let np = seen.initiator && s.peers.touch_port(f.dst_port, hour, 64);
+                        (nd && learned, np && learned)
+                    }
+                    None => (false, false),
+                };
+                self.exfil
+                    .outbound(host, f.dst, f.dst_port, bytes, f.start_ms, end, new_dst, new_port);
+                if conn {
+                    self.beacon.connection(
+                        beacon::PairKey {
+                            src: host,
+                            dst: f.dst,
+                            port: if matches!(f.proto, 6 | 17 | 132) { f.dst_port } else { 0 },
+                            proto: f.proto,
+                        },
+                        f.start_ms,
+                        bytes,
+                    );
+                }
+                self.spike.add(SeriesKey::Host(host), spike::Dir::Out, bytes);
+                self.spike.add(SeriesKey::Site, spike::Dir::Out, bytes);
+                self.spike.add_pair(host, f.dst, spike::Dir::Out, bytes);
+            }
+            Direction::Inbound => {
+                let host = f.dst;
+                self.baselines.add(SeriesKey::Host(host), hour, |c| c.bytes_in += bytes, caps);
+                self.baselines.add(SeriesKey::Site, hour, |c| c.bytes_in += bytes, caps);
+                self.spike.add(SeriesKey::Host(host), spike::Dir::In, bytes);
+                self.spike.add(SeriesKey::Site, spike::Dir::In, bytes);
+                self.spike.add_pair(f.src, host, spike::Dir::In, bytes);
+            }
+            _ => {}
+        }
+        for (ifindex, dir) in [(f.in_if, spike::Dir::In), (f.out_if, spike::Dir::Out)] {
+            if ifindex != 0 {
+                let key = SeriesKey::Interface(f.exporter, ifindex);
+                let ok = self.baselines.add(
+                    key,
+                    hour,
+                    |c| match dir {
+                        spike::Dir::In => c.bytes_in += bytes,
+                        spike::Dir::Out => c.bytes_out += bytes,
+                    },
+                    caps,
+                );
+                if ok {
+                    self.spike.add(key, dir, bytes);
+                }
+            }
+        }
+    }
+
+    fn drain_outcomes(&mut self) {
+        let outcomes = std::mem::take(&mut self.sessions.outcomes);
+        for o in outcomes {
+            let si = self.is_internal(&o.src);
+            let di = self.is_internal(&o.dst);
+            if let Some(c) = self.scan.outcome(o.src, o.dst, o.dst_port, o.proto, o.success, o.at_ms, si, di) {
+                self.submit(c);
+            }
+        }
+    }
+
+    fn submit(&mut self, mut c: Candidate) {
+        // Exfiltration to a host this source beacons to goes over the C2 channel.
+        if c.kind == Kind::Exfiltration
+            && let Some(dst) = c.dst
+            && self.suppress.open_to(Kind::Beaconing, dst)
+        {
+            c.attack = vec!["T1041".into()];
+            c.evidence.insert("c2_channel".into(), serde_json::json!(true));
+        }
+        c.evidence
+            .insert("detected_at".into(), serde_json::json!(crate::timefmt::rfc3339_ms(self.meta.clock)));
+        if let Some((group, alert)) = self.suppress.submit(c) {
+            if alert.count == 1 {
+                self.counters.alerts_new += 1;
+            } else {
+                self.counters.alerts_updated += 1;
+            }
+            self.out_alerts.push(StoredAlert { group, alert });
+        }
+    }
+
+    fn jump_to(&mut self, end: u64) {
+        self.future_run = 0;
+        // Close what is open, then continue from the new time.
+        self.advance(self.meta.next_minute + HOUR_MS);
+        self.meta.clock = end;
+        let m = (end / MINUTE_MS) * MINUTE_MS;
+        if m > self.meta.next_minute {
+            self.meta.next_minute = m;
+            self.meta.last_beacon_eval = m / BEACON_EVERY_MS * BEACON_EVERY_MS;
+        }
+    }
+
+    /// Run every tick up to `until`.
+    fn advance(&mut self, until: u64) {
+        // A long silence (or a replay gap): skip empty minutes, keep hour closes.
+        if until > self.meta.next_minute + 2 * HOUR_MS {
+            self.tick(self.meta.next_minute, true);
+            let target = until / MINUTE_MS * MINUTE_MS;
+            self.meta.next_minute = target.max(self.meta.next_minute + MINUTE_MS);
+        }
+        while self.meta.next_minute <= until {
+            let m = self.meta.next_minute;
+            self.tick(m, false);
+            self.meta.next_minute += MINUTE_MS;
+        }
+    }
+
+    /// The minute ending at `m` closed (`force_hour`: close the open hour too).
+    fn tick(&mut self, m: u64, force_hour: bool) {
+        self.sessions.expire(m);
+        self.drain_outcomes();
+        let hour = (m - MINUTE_MS) / HOUR_MS;
+        self.check_exfil(hour);
+        let bucket = self.spike.bucket_ms();
+        if m.is_multiple_of(bucket) {
+            let ctx = spike::SpikeContext {
+                baselines: &self.baselines,
+                learning_hours: self.learning_hours,
+                min_week: self.cfg.baseline.min_week_samples,
+            };
+            let suppress = &self.suppress;
+            let found = self
+                .spike
+                .close_bucket(m - bucket, &ctx, |h| suppress.open_for(Kind::Exfiltration, h, m).is_some());
+            for c in found {
+                self.submit(c);
+            }
+        }
+        if m >= self.meta.last_beacon_eval + BEACON_EVERY_MS {
+            self.meta.last_beacon_eval = m;
+            for c in self.beacon.evaluate(m) {
+                self.submit(c);
+            }
+            for c in self.scan.refresh(m) {
+                self.submit(c);
+            }
+        }
+        if m.is_multiple_of(HOUR_MS) || force_hour {
+            self.close_hour(hour, m);
+        }
+    }
+
+    fn check_exfil(&mut self, hour: u64) {
+        let off_hours = self.off_hours(hour);
+        let ctx = exfil::HourContext {
+            baselines: &self.baselines,
+            hour,
+            learning_hours: self.learning_hours,
+            min_week: self.cfg.baseline.min_week_samples,
+            off_hours,
+        };
+        for c in self.exfil.check(&ctx) {
+            self.submit(c);
+        }
+    }
+
+    fn off_hours(&self, hour: u64) -> bool {
+        let Some(site) = self.baselines.series.get(&SeriesKey::Site) else {
+            return false;
+        };
+        if !site.history.learned(hour, self.learning_hours) {
+            return false;
+        }
+        let busiest = site.history.busiest_hour_median(Metric::Flows, hour);
+        let now = site
+            .history
+            .expected(hour, Metric::Flows, usize::MAX)
+            .map(|e| e.median)
+            .unwrap_or(0.0);
+        busiest > 0.0 && now < self.cfg.exfil.off_hours_share * busiest
+    }
+
+    fn close_hour(&mut self, hour: u64, now: u64) {
+        self.baselines.close_hour(hour, self.capacity_hours);
+        self.exfil.close_hour();
+        self.suppress.expire(now);
+        self.scan.expire(now);
+        self.persist();
+    }
+
+    fn persist(&mut self) {
+        self.out_state.extend(self.baselines.take_dirty());
+        if let Ok(b) = postcard::to_stdvec(&self.meta) {
+            self.out_state.push(("meta".into(), b));
+        }
+        if let Ok(b) = serde_json::to_vec(&self.status()) {
+            self.out_state.push(("status".into(), b));
+        }
+    }
+
+    /// End of input (ingest finished, or shutdown): decide what can be
+    /// decided at the current clock, score beacons, close the open hour
+    /// (a later run adds to it) and persist.
+    pub fn finish(&mut self) {
+        if !self.cfg.enabled || self.meta.clock == 0 {
+            return;
+        }
+        let clock = self.meta.clock;
+        self.advance(clock.saturating_sub(self.cfg.grace.ms()));
+        self.sessions.expire(clock);
+        self.drain_outcomes();
+        let hour = (self.meta.next_minute - MINUTE_MS) / HOUR_MS;
+        self.check_exfil(hour);
+        for c in self.beacon.evaluate(clock) {
+            self.submit(c);
+        }
+        for c in self.scan.refresh(clock + self.cfg.scan.window.ms()) {
+            self.submit(c);
+        }
+        self.close_hour(hour, clock);
+    }
+
+    /// Take what should be written (alerts, state rows, counters).
+    pub fn take_update(&mut self) -> DetectUpdate {
+        DetectUpdate {
+            alerts: std::mem::take(&mut self.out_alerts),
+            state: std::mem::take(&mut self.out_state),
+            counters: self.counters(),
+        }
+    }
+
+    /// Named counters (what was dropped, evicted, suppressed, ...).
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let c = &self.counters;
+        let s = &self.suppress.counters;
+        let mut v: Vec<(String, u64)> = vec![
+            ("detect.flows".into(), c.flows),
+            ("detect.flows_late".into(), c.late),
+            ("detect.flows_ahead_of_clock".into(), c.future),
+            ("detect.duplicates".into(), self.sessions.counters.duplicates),
+            ("detect.sessions_evicted".into(), self.sessions.counters.evicted),
+            ("detect.replies_seen_first".into(), self.sessions.counters.replies_first),
+            ("detect.baseline_series_evicted".into(), self.baselines.evicted),
+            ("detect.beacon_pairs_evicted".into(), self.beacon.evicted_pairs),
+            ("detect.scan_sources_evicted".into(), self.scan.evicted),
+            ("detect.scan_targets_overflow".into(), self.scan.target_overflow),
+            ("detect.spike_pairs_overflow".into(), self.spike.pair_overflow),
+            ("detect.spike_merged".into(), self.spike.merged),
+            ("detect.silent_learning.exfiltration".into(), self.exfil.silent_learning),
+            ("detect.silent_learning.spike".into(), self.spike.silent_learning),
+            ("detect.alerts_new".into(), c.alerts_new),
+            ("detect.alerts_updated".into(), c.alerts_updated),
+            ("detect.suppressed".into(), s.folded),
+            ("detect.open_alerts_evicted".into(), s.evicted),
+        ];
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            v.push((format!("detect.allowlisted.{}", k.as_str()), s.allowed[i]));
+        }
+        for (name, n) in &s.per_rule {
+            v.push((format!("detect.allow.{name}"), *n));
+        }
+        v
+    }
+
+    /// Learning state per detector.
+    pub fn status(&self) -> EngineStatus {
+        let hour = self.meta.clock / HOUR_MS;
+        let hosts: Vec<&baseline::SeriesState> = self
+            .baselines
+            .series
+            .iter()
+            .filter(|(k, _)| matches!(k, SeriesKey::Host(_)))
+            .map(|(_, s)| s)
+            .collect();
+        let learned_hosts = hosts.iter().filter(|s| s.history.learned(hour, self.learning_hours)).count();
+        let site_hours = self
+            .baselines
+            .series
+            .get(&SeriesKey::Site)
+            .map(|s| hour.saturating_sub(s.history.first_hour))
+            .unwrap_or(0);
+        let learning = format!(
+            "site history {site_hours} h of {} h; {learned_hosts} of {} hosts have a baseline",
+            self.learning_hours,
+            hosts.len()
+        );
+        let baseline_state = |enabled: bool| {
+            if !enabled {
+                "disabled"
+            } else if site_hours >= self.learning_hours {
+                "active"
+            } else {
+                "learning"
+            }
+        };
+        let on = |enabled: bool| if enabled { "active" } else { "disabled" };
+        EngineStatus {
+            clock: crate::timefmt::rfc3339_ms(self.meta.clock),
+            detectors: vec![
+                DetectorStatus {
+                    name: "exfiltration".into(),
+                    state: baseline_state(self.cfg.exfil.enabled).into(),
+                    detail: learning.clone(),
+                },
+                DetectorStatus {
+                    name: "spike".into(),
+                    state: baseline_state(self.cfg.spike.enabled).into(),
+                    detail: learning,
+                },
+                DetectorStatus {
+                    name: "beaconing".into(),
+                    state: on(self.cfg.beacon.enabled).into(),
+                    detail: format!("{} pairs tracked (no baseline needed)", self.beacon.tracked()),
+                },
+                DetectorStatus {
+                    name: "scan".into(),
+                    state: on(self.cfg.scan.enabled).into(),
+                    detail: format!("{} sources tracked (no baseline needed)", self.scan.tracked()),
+                },
+            ],
+            tracked: vec![
+                ("sessions".into(), self.sessions.len() as u64),
+                ("baseline_series".into(), self.baselines.series.len() as u64),
+                ("beacon_pairs".into(), self.beacon.tracked() as u64),
+                ("scan_sources".into(), self.scan.tracked() as u64),
+            ],
+        }
+    }
+}
