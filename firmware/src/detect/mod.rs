@@ -438,7 +438,8 @@ impl Engine {
         }
         let clock = self.meta.clock;
         self.advance(clock.saturating_sub(self.cfg.grace.ms()));
-        self.sessions.expire(clock);
+        // No more records are coming: first contacts still waiting for a reply have none.
+        self.sessions.expire(clock + self.cfg.sessions.reply_wait.ms());
         self.drain_outcomes();
         let hour = (self.meta.next_minute - MINUTE_MS) / HOUR_MS;
         self.check_exfil(hour);

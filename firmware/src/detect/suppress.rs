@@ -133,7 +133,15 @@ impl Suppressor {
             a.first_seen_ms = a.first_seen_ms.min(c.first_seen_ms);
             a.severity = a.severity.max(c.severity);
             a.summary = c.summary;
-            a.evidence = c.evidence;
+            // The evidence is the latest; when the alert was first raised stays.
+            let first = a.evidence.get("detected_at").cloned();
+            let mut ev = c.evidence;
+            if let Some(first) = first {
+                if let Some(latest) = ev.insert("detected_at".into(), first) {
+                    ev.insert("last_detected_at".into(), latest);
+                }
+            }
+            a.evidence = ev;
             self.counters.folded += 1;
             return Some((group, a.clone()));
         }

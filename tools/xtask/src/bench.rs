@@ -455,7 +455,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
 const FIRMWARE_SECTION: &str = "## Firmware images under QEMU";
 
 /// Current UTC time as YYYY-MM-DD HH:MM (no date crate in xtask).
-fn chrono_like_now() -> String {
+pub fn chrono_like_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

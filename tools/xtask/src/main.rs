@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask ci`     installs missing test peers (apt-get), then fmt, clippy, every test.
 //! - `cargo xtask bench`  benchmarks against nfcapd; writes bench-out/ and prints a BENCHMARKS.md section.
+//! - `cargo xtask eval`   detection quality on flowgen scenarios and real captures (BENCHMARKS.md).
 //! - `cargo xtask deps`   only installs the test peers.
 //! - `cargo xtask build --arch x86_64|aarch64`  static binary for a firmware image.
 //! - `cargo xtask image --board NAME`           target/images/NAME.img (path printed last).
@@ -11,6 +12,7 @@ mod bench;
 mod board;
 mod build;
 mod cpio;
+mod eval;
 mod image;
 mod qemu;
 
@@ -142,6 +144,7 @@ fn main() -> Result<()> {
             deps()?;
             bench::bench(&root(), &args[1..])
         }
+        Some("eval") => eval::eval(&root(), &args[1..]),
         Some("build") => {
             let bin = build::build(&root(), flag(&args, "--arch")?)?;
             println!("{}", bin.display());
@@ -154,7 +157,7 @@ fn main() -> Result<()> {
         }
         Some("qemu-test") => qemu::qemu_test(&root(), flag(&args, "--board")?),
         _ => {
-            eprintln!("usage: cargo xtask <ci|bench|deps|build --arch A|image --board B|qemu-test --board B>");
+            eprintln!("usage: cargo xtask <ci|bench|eval [--quick]|deps|build --arch A|image --board B|qemu-test --board B>");
             std::process::exit(2);
         }
     }
