@@ -136,10 +136,10 @@ impl Suppressor {
             // The evidence is the latest; when the alert was first raised stays.
             let first = a.evidence.get("detected_at").cloned();
             let mut ev = c.evidence;
-            if let Some(first) = first {
-                if let Some(latest) = ev.insert("detected_at".into(), first) {
-                    ev.insert("last_detected_at".into(), latest);
-                }
+            if let Some(first) = first
+                && let Some(latest) = ev.insert("detected_at".into(), first)
+            {
+                ev.insert("last_detected_at".into(), latest);
             }
             a.evidence = ev;
             self.counters.folded += 1;
