@@ -109,6 +109,22 @@ pub fn alert_id(kind: Kind, src: IpAddr, dst: Option<IpAddr>, port: Option<u16>,
     format!("fw-{h:016x}")
 }
 
+/// The keys of an `alerts --format jsonl` object, sorted (a contract).
+pub const JSON_KEYS: [&str; 12] = [
+    "attack",
+    "count",
+    "dst",
+    "dst_port",
+    "evidence",
+    "first_seen",
+    "id",
+    "kind",
+    "last_seen",
+    "severity",
+    "src",
+    "summary",
+];
+
 impl Alert {
     /// The `alerts --format jsonl` object (a contract: keys and their forms).
     pub fn to_json(&self) -> serde_json::Value {
@@ -184,23 +200,7 @@ mod tests {
         let obj = v.as_object().cloned().unwrap_or_default();
         let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
         keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "attack",
-                "count",
-                "dst",
-                "dst_port",
-                "evidence",
-                "first_seen",
-                "id",
-                "kind",
-                "last_seen",
-                "severity",
-                "src",
-                "summary"
-            ]
-        );
+        assert_eq!(keys, JSON_KEYS);
         assert_eq!(v["dst"], serde_json::Value::Null);
         assert_eq!(v["last_seen"], "1970-01-01T00:01:00.000Z");
         assert_eq!(v["evidence"]["targets"], 3);

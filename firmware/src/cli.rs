@@ -34,6 +34,9 @@ pub enum Command {
         /// UDP address to listen on (repeatable; replaces the configured listeners).
         #[arg(long = "listen", value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
+        /// Feed a synthetic branch office with injected attacks through the live pipeline.
+        #[arg(long)]
+        demo: bool,
     },
     /// Replay NetFlow/IPFIX export packets from pcap/pcapng files, on event time.
     Ingest {
@@ -144,10 +147,15 @@ pub fn default_data_dir() -> PathBuf {
 
 pub fn main_with(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, data_dir, listen } => {
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+            demo,
+        } => {
             let cfg = load_config(config.as_deref())?;
             let dir = data_dir.or_else(|| cfg.data_dir.clone()).unwrap_or_else(default_data_dir);
-            run(cfg, dir, listen)
+            run(cfg, dir, listen, demo)
         }
         Command::Ingest { config, data_dir, files } => {
             let cfg = load_config(config.as_deref())?;
@@ -253,7 +261,7 @@ pub fn main_with(cli: Cli) -> Result<()> {
     }
 }
 
-fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>) -> Result<()> {
+fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -274,7 +282,24 @@ fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>) -> Result<()> {
             }
         };
         tracing::info!("data directory {}", dir.display());
-        crate::collector::run(cfg, dir, listen, shutdown).await?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut demo_thread = None;
+        let on_ready = |addrs: &[SocketAddr]| {
+            if !demo {
+                return;
+            }
+            match crate::demo::target(addrs).map(|to| crate::demo::spawn(to, stop.clone())) {
+                Some(Ok(h)) => demo_thread = Some(h),
+                Some(Err(e)) => tracing::error!("cannot start the demo sender: {e}"),
+                None => tracing::error!("demo: no listener to send to"),
+            }
+        };
+        let res = crate::collector::run(cfg, dir, listen, shutdown, on_ready).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = demo_thread {
+            let _ = h.join();
+        }
+        res?;
         Ok(())
     })
 }

@@ -117,11 +117,13 @@ fn socket_counters(c: &SocketCounters) -> Vec<(String, u64)> {
 }
 
 /// Run the collector until `shutdown` resolves; returns what was stored.
+/// `on_ready` gets the bound addresses once the sockets listen (the demo sends there).
 pub async fn run(
     cfg: Config,
     data_dir: PathBuf,
     listen: Vec<SocketAddr>,
     shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&[SocketAddr]),
 ) -> Result<PipelineReport, CollectorError> {
     let rcvbuf = cfg.collector.receive_buffer.resolve(0).max(4096) as usize;
     let explicit = !listen.is_empty();
@@ -183,6 +185,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let mut summary = Vec::new();
+    let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
     for b in bound {
         summary.push(format!("{} (rcvbuf {})", b.addr, b.rcvbuf));
         let sock = match tokio::net::UdpSocket::from_std(b.socket) {
@@ -195,6 +198,7 @@ pub async fn run(
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
     println!("{ready}");
     tracing::info!("{ready}");
+    on_ready(&addrs);
     shutdown.await;
     tracing::info!("shutting down: draining received datagrams");
     let _ = stop_tx.send(true);

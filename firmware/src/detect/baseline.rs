@@ -235,10 +235,10 @@ impl SeriesKey {
 /// A host's remembered external destinations (for "new destination").
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Peers {
-    /// (destination, last hour seen), at most `cap` entries.
-    pub list: Vec<(IpAddr, u64)>,
-    /// Ports the host has used towards external destinations, with last hour.
-    pub ports: Vec<(u16, u64)>,
+    /// Destination -> last hour seen, at most `cap` entries.
+    pub list: HashMap<IpAddr, u64>,
+    /// Ports the host has used towards external destinations -> last hour.
+    pub ports: HashMap<u16, u64>,
 }
 
 impl Peers {
@@ -253,18 +253,18 @@ impl Peers {
     }
 }
 
-fn touch_lru<T: PartialEq + Copy>(list: &mut Vec<(T, u64)>, v: T, hour: u64, cap: usize) -> bool {
-    if let Some(e) = list.iter_mut().find(|e| e.0 == v) {
-        e.1 = hour;
+fn touch_lru<T: Eq + std::hash::Hash + Copy + Ord>(list: &mut HashMap<T, u64>, v: T, hour: u64, cap: usize) -> bool {
+    if let Some(e) = list.get_mut(&v) {
+        *e = hour;
         return false;
     }
     if list.len() >= cap.max(1) {
-        // Forget the least recently seen.
-        if let Some((i, _)) = list.iter().enumerate().min_by_key(|(_, e)| e.1) {
-            list.swap_remove(i);
+        // Forget the least recently seen (ties: the smallest, so it is deterministic).
+        if let Some(k) = list.iter().min_by_key(|(k, h)| (**h, **k)).map(|(k, _)| *k) {
+            list.remove(&k);
         }
     }
-    list.push((v, hour));
+    list.insert(v, hour);
     true
 }
 
@@ -282,13 +282,16 @@ pub struct Baselines {
     pub series: HashMap<SeriesKey, SeriesState>,
     pub open: HashMap<SeriesKey, HourCounts>,
     /// Distinct external peers of each host in the open hour (capped).
-    pub open_peers: HashMap<IpAddr, Vec<IpAddr>>,
+    pub open_peers: HashMap<IpAddr, std::collections::HashSet<IpAddr>>,
+    /// Distinct external peers of the whole site in the open hour (capped).
+    pub site_peers: std::collections::HashSet<IpAddr>,
     pub dirty: std::collections::HashSet<SeriesKey>,
     pub evicted: u64,
 }
 
 /// Distinct peers counted per host and hour before the count saturates.
 const PEERS_PER_HOUR: usize = 512;
+const SITE_PEERS_PER_HOUR: usize = 65_536;
 
 impl Baselines {
     /// Add traffic of the open hour. Returns false when the series could not be
@@ -343,14 +346,20 @@ impl Baselines {
         }
     }
 
-    /// Count a distinct external peer of `host` in the open hour.
+    /// Count a distinct external peer of `host` (and of the site) in the open hour.
     pub fn add_peer(&mut self, host: IpAddr, peer: IpAddr) {
         let list = self.open_peers.entry(host).or_default();
-        if list.len() < PEERS_PER_HOUR && !list.contains(&peer) {
-            list.push(peer);
-            if let Some(c) = self.open.get_mut(&SeriesKey::Host(host)) {
-                c.peers += 1;
-            }
+        if list.len() < PEERS_PER_HOUR
+            && list.insert(peer)
+            && let Some(c) = self.open.get_mut(&SeriesKey::Host(host))
+        {
+            c.peers += 1;
+        }
+        if self.site_peers.len() < SITE_PEERS_PER_HOUR
+            && self.site_peers.insert(peer)
+            && let Some(c) = self.open.get_mut(&SeriesKey::Site)
+        {
+            c.peers += 1;
         }
     }
 
@@ -358,6 +367,7 @@ impl Baselines {
     pub fn close_hour(&mut self, hour: u64, capacity: usize) {
         let open = std::mem::take(&mut self.open);
         self.open_peers.clear();
+        self.site_peers.clear();
         for (k, c) in open {
             if let Some(s) = self.series.get_mut(&k) {
                 s.history.push(hour, HourSample::from_counts(&c), capacity);
@@ -486,6 +496,6 @@ mod tests {
         assert!(p.touch(IpAddr::from([2, 2, 2, 2]), 3, 2));
         assert!(p.touch(IpAddr::from([3, 3, 3, 3]), 4, 2));
         assert_eq!(p.list.len(), 2);
-        assert!(!p.list.iter().any(|e| e.0 == IpAddr::from([1, 1, 1, 1])));
+        assert!(!p.list.contains_key(&IpAddr::from([1, 1, 1, 1])));
     }
 }

@@ -5,8 +5,8 @@
 //! while history is short, hour-of-day) median and MAD: robust z-score
 //! `(observed - median) / max(1.4826·MAD, median/4, min_excess/z_threshold)`,
 //! multiplied by `boost` for each of: a destination the host never used
-//! before, an off-hours hour (site activity below `off_hours_share` of its
-//! busiest hour), a port the host never used before. It fires when the boosted
+//! before, an off-hours hour (the site's distinct external peers at this hour
+//! of day below `off_hours_share` of its busiest hour), a port the host never used before. It fires when the boosted
 //! score reaches `z_threshold` and the excess over the median is at least
 //! `min_excess`. A host that uploads the same every night (a backup) has that
 //! upload in its median and stays quiet. Silent (counted) while the host is

@@ -402,10 +402,12 @@ impl Engine {
         if !site.history.learned(hour, self.learning_hours) {
             return false;
         }
-        let busiest = site.history.busiest_hour_median(Metric::Flows, hour);
+        // Distinct external peers: background chatter (NTP, update checks) keeps
+        // connection counts up at night, but people reach many more hosts by day.
+        let busiest = site.history.busiest_hour_median(Metric::Peers, hour);
         let now = site
             .history
-            .expected(hour, Metric::Flows, usize::MAX)
+            .expected(hour, Metric::Peers, usize::MAX)
             .map(|e| e.median)
             .unwrap_or(0.0);
         busiest > 0.0 && now < self.cfg.exfil.off_hours_share * busiest

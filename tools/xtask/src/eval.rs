@@ -317,15 +317,22 @@ fn table(md: &mut String, label: &str, runs: &[RunResult]) -> Result<()> {
 
 pub fn eval(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    // `cargo xtask ci` runs the quick evaluation on its own (ci profile) build.
+    let profile = args
+        .iter()
+        .position(|a| a == "--profile")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("release");
     let hosts = "50";
     crate::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root)
-            .args(["build", "--release", "-p", "flowwarden", "-p", "flowgen"]),
+            .args(["build", "--profile", profile, "-p", "flowwarden", "-p", "flowgen"]),
     )?;
     let b = Bins {
-        fw: root.join("target/release/flowwarden"),
-        fg: root.join("target/release/flowgen"),
+        fw: root.join("target").join(profile).join("flowwarden"),
+        fg: root.join("target").join(profile).join("flowgen"),
     };
     let out = root.join("target/eval");
     std::fs::create_dir_all(&out)?;

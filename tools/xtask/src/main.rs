@@ -108,6 +108,10 @@ fn ci() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--profile", "ci", "--", "-D", "warnings"]))?;
     run(cargo().args(["test", "--workspace", "--profile", "ci", "--no-fail-fast"]))?;
+    // Detection targets on one tuning and one held-out seed (the full table: `cargo xtask eval`).
+    let t = Instant::now();
+    eval::eval(&root(), &["--quick".into(), "--profile".into(), "ci".into()])?;
+    eprintln!("xtask: eval --quick took {:.0} s", t.elapsed().as_secs_f64());
     for board in QEMU_BOARDS {
         let t = Instant::now();
         qemu::qemu_test(&root(), board)?;
