@@ -85,6 +85,8 @@ impl BuildHasher for FxBuild {
 
 /// A `HashMap` with [`FxBuild`].
 pub type FxHashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
+/// A `HashSet` with [`FxBuild`].
+pub type FxHashSet<T> = std::collections::HashSet<T, FxBuild>;
 
 #[cfg(test)]
 mod tests {

@@ -176,6 +176,8 @@ fn beacon_fires_and_its_look_alikes_stay_quiet() {
     assert!(states.contains(&("exfiltration".into(), "learning".into())), "{states:?}");
     assert!(states.contains(&("beaconing".into(), "active".into())), "{states:?}");
     assert!(v["counters"]["detect.flows"].as_u64().unwrap_or(0) > 10_000, "{out}");
+    // The update checks scored as beacons and were down-weighted below the threshold.
+    assert!(v["counters"]["detect.beacon_down_weighted"].as_u64().unwrap_or(0) > 0, "{out}");
 }
 
 #[test]

@@ -11,8 +11,8 @@
 //! Series are persisted (postcard) in the state database and survive restarts.
 
 use super::stats::median_mad;
+use crate::fasthash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 pub const HOUR_MS: u64 = 3_600_000;
@@ -282,10 +282,10 @@ pub struct Baselines {
     pub series: HashMap<SeriesKey, SeriesState>,
     pub open: HashMap<SeriesKey, HourCounts>,
     /// Distinct external peers of each host in the open hour (capped).
-    pub open_peers: HashMap<IpAddr, std::collections::HashSet<IpAddr>>,
+    pub open_peers: HashMap<IpAddr, HashSet<IpAddr>>,
     /// Distinct external peers of the whole site in the open hour (capped).
-    pub site_peers: std::collections::HashSet<IpAddr>,
-    pub dirty: std::collections::HashSet<SeriesKey>,
+    pub site_peers: HashSet<IpAddr>,
+    pub dirty: HashSet<SeriesKey>,
     pub evicted: u64,
 }
 

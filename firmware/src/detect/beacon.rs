@@ -19,8 +19,9 @@ use super::stats::{bowley_skew, median_mad};
 use super::suppress::Candidate;
 use crate::alert::{Kind, severity};
 use crate::evidence;
+use crate::fasthash::FxHashMap as HashMap;
 use crate::flow::proto_name;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,7 +127,11 @@ pub struct Beacon {
     /// Internal hosts with outbound connections, with last time.
     active: HashMap<IpAddr, u64>,
     pub evicted_pairs: u64,
-    pub dropped: u64,
+    /// Scorings that passed the threshold before and fell below it after down-weighting.
+    pub down_weighted: u64,
+    /// Pairs with new connections since the last evaluation.
+    fresh: Vec<PairKey>,
+    last_sweep: u64,
 }
 
 /// Sources remembered per destination for prevalence.
@@ -144,12 +149,14 @@ impl Beacon {
         Beacon {
             cfg,
             services,
-            pairs: HashMap::new(),
+            pairs: HashMap::default(),
             points: 0,
-            prevalence: HashMap::new(),
-            active: HashMap::new(),
+            prevalence: HashMap::default(),
+            active: HashMap::default(),
             evicted_pairs: 0,
-            dropped: 0,
+            down_weighted: 0,
+            fresh: Vec::new(),
+            last_sweep: 0,
         }
     }
 
@@ -179,7 +186,10 @@ impl Beacon {
         let pos = p.points.iter().rposition(|q| q.0 <= start).map(|i| i + 1).unwrap_or(0);
         p.points.insert(pos, (start, bytes));
         p.last_ms = p.last_ms.max(start);
-        p.fresh = true;
+        if !p.fresh {
+            p.fresh = true;
+            self.fresh.push(key);
+        }
         self.points += 1;
         if self.points > self.cfg.max_points {
             self.evict(self.pairs.len() / 10 + 1);
@@ -211,22 +221,30 @@ impl Beacon {
         self.prevalence.retain(|_, m| !m.is_empty());
         let active = self.active.len().max(1);
         let mut removed = 0;
-        self.pairs.retain(|_, p| {
+        // Sweep quiet pairs out once an hour; fresh pairs are trimmed below.
+        if now >= self.last_sweep + 3_600_000 {
+            self.last_sweep = now;
+            self.pairs.retain(|_, p| {
+                while p.points.front().is_some_and(|q| q.0 < horizon) {
+                    p.points.pop_front();
+                    removed += 1;
+                }
+                !p.points.is_empty()
+            });
+        }
+        let mut todo: Vec<(PairKey, Vec<(u64, u64)>)> = Vec::new();
+        for k in std::mem::take(&mut self.fresh) {
+            let Some(p) = self.pairs.get_mut(&k) else { continue };
+            p.fresh = false;
             while p.points.front().is_some_and(|q| q.0 < horizon) {
                 p.points.pop_front();
                 removed += 1;
             }
-            !p.points.is_empty()
-        });
-        self.points -= removed;
-        let mut todo: Vec<(PairKey, Vec<(u64, u64)>)> = Vec::new();
-        for (k, p) in self.pairs.iter_mut() {
-            if !p.fresh || p.points.len() < self.cfg.min_connections {
-                continue;
+            if p.points.len() >= self.cfg.min_connections {
+                todo.push((k, p.points.iter().copied().collect()));
             }
-            p.fresh = false;
-            todo.push((*k, p.points.iter().copied().collect()));
         }
+        self.points -= removed;
         todo.sort_by_key(|(k, _)| (k.src, k.dst, k.port, k.proto));
         for (k, pts) in &todo {
             let Some(sc) = score(pts) else { continue };
@@ -252,6 +270,9 @@ impl Beacon {
             }
             let total = raw * weight;
             if total < self.cfg.threshold {
+                if raw >= self.cfg.threshold {
+                    self.down_weighted += 1;
+                }
                 continue;
             }
             out.push(self.candidate(k, pts, &sc, raw, weight, total, srcs, active, reasons));

@@ -17,8 +17,8 @@ use super::settings::ExfilSettings;
 use super::suppress::Candidate;
 use crate::alert::{Kind, severity};
 use crate::evidence;
+use crate::fasthash::FxHashMap as HashMap;
 use crate::timefmt::rfc3339_ms;
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// Destinations tracked per host and hour (the rest are summed as "other").
@@ -77,7 +77,7 @@ impl Exfil {
     pub fn new(cfg: ExfilSettings) -> Exfil {
         Exfil {
             cfg,
-            hosts: HashMap::new(),
+            hosts: HashMap::default(),
             silent_learning: 0,
         }
     }

@@ -145,6 +145,8 @@ impl Engine {
         for (k, v) in &loaded.state {
             if k.starts_with("baseline/") {
                 e.baselines.restore(v);
+            } else if k == "spike/forecasts" {
+                e.spike.restore(v);
             } else if k == "meta"
                 && let Ok(m) = postcard::from_bytes::<Meta>(v)
             {
@@ -426,6 +428,9 @@ impl Engine {
         if let Ok(b) = postcard::to_stdvec(&self.meta) {
             self.out_state.push(("meta".into(), b));
         }
+        if let Some(b) = self.spike.save() {
+            self.out_state.push(("spike/forecasts".into(), b));
+        }
         if let Ok(b) = serde_json::to_vec(&self.status()) {
             self.out_state.push(("status".into(), b));
         }
@@ -476,6 +481,7 @@ impl Engine {
             ("detect.replies_seen_first".into(), self.sessions.counters.replies_first),
             ("detect.baseline_series_evicted".into(), self.baselines.evicted),
             ("detect.beacon_pairs_evicted".into(), self.beacon.evicted_pairs),
+            ("detect.beacon_down_weighted".into(), self.beacon.down_weighted),
             ("detect.scan_sources_evicted".into(), self.scan.evicted),
             ("detect.scan_targets_overflow".into(), self.scan.target_overflow),
             ("detect.spike_pairs_overflow".into(), self.spike.pair_overflow),

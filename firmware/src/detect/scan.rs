@@ -15,8 +15,8 @@ use super::stats::{Trw, TrwVerdict};
 use super::suppress::Candidate;
 use crate::alert::{Kind, severity};
 use crate::evidence;
+use crate::fasthash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use crate::flow::proto_name;
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 /// Targets remembered per source (beyond: counted as overflow, not walked).
@@ -69,7 +69,7 @@ impl Scan {
         Scan {
             cfg,
             trw,
-            sources: HashMap::new(),
+            sources: HashMap::default(),
             evicted: 0,
             target_overflow: 0,
         }
@@ -179,14 +179,14 @@ impl Scan {
     fn candidate(&self, src: IpAddr, src_internal: bool, how: (bool, bool, bool), fan_h: usize, fan_v: usize) -> Candidate {
         let s = &self.sources[&src];
         // Shape of the failed targets: hosts per port and ports per host.
-        let mut hosts_per_port: HashMap<(u16, u8), usize> = HashMap::new();
-        let mut ports_per_host: HashMap<IpAddr, usize> = HashMap::new();
-        let mut hosts = HashSet::new();
-        let mut ports = HashSet::new();
+        let mut hosts_per_port: HashMap<(u16, u8), usize> = HashMap::default();
+        let mut ports_per_host: HashMap<IpAddr, usize> = HashMap::default();
+        let mut hosts = HashSet::default();
+        let mut ports = HashSet::default();
         let mut open: Vec<String> = Vec::new();
         // An answered probe is an "open" finding when it is lateral or one of
         // several ports the source tried on that host (a port scan).
-        let mut all_ports: HashMap<IpAddr, usize> = HashMap::new();
+        let mut all_ports: HashMap<IpAddr, usize> = HashMap::default();
         for &(h, _, _) in s.targets.keys() {
             *all_ports.entry(h).or_default() += 1;
         }

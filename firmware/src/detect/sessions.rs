@@ -16,8 +16,9 @@
 //! first (counted); sessions idle for `idle_timeout` close.
 
 use super::settings::SessionSettings;
+use crate::fasthash::FxHashMap as HashMap;
 use crate::flow::FlowRecord;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 const TCP: u8 = 6;
@@ -145,7 +146,7 @@ impl Sessions {
     pub fn new(cfg: SessionSettings) -> Sessions {
         Sessions {
             cfg,
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             waiting: VecDeque::new(),
             outcomes: Vec::new(),

@@ -20,10 +20,10 @@ use super::stats::Holt;
 use super::suppress::Candidate;
 use crate::alert::{Kind, severity};
 use crate::evidence;
-use std::collections::HashMap;
+use crate::fasthash::FxHashMap as HashMap;
 use std::net::IpAddr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Dir {
     In,
     Out,
@@ -38,7 +38,7 @@ impl Dir {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct State {
     holt: Holt,
     recent: u64,
@@ -79,9 +79,9 @@ impl Spike {
     pub fn new(cfg: SpikeSettings) -> Spike {
         Spike {
             cfg,
-            open: HashMap::new(),
-            pairs: HashMap::new(),
-            states: HashMap::new(),
+            open: HashMap::default(),
+            pairs: HashMap::default(),
+            states: HashMap::default(),
             merged: 0,
             pair_overflow: 0,
             silent_learning: 0,
@@ -90,6 +90,20 @@ impl Spike {
 
     pub fn bucket_ms(&self) -> u64 {
         self.cfg.bucket.ms()
+    }
+
+    /// The learned forecasts, for the state database.
+    pub fn save(&self) -> Option<Vec<u8>> {
+        let mut v: Vec<(&(SeriesKey, Dir), &State)> = self.states.iter().collect();
+        v.sort_by_key(|(k, _)| **k);
+        postcard::to_stdvec(&v).ok()
+    }
+
+    /// Restore forecasts saved by [`Spike::save`] (ignored if they do not decode).
+    pub fn restore(&mut self, bytes: &[u8]) {
+        if let Ok(v) = postcard::from_bytes::<Vec<((SeriesKey, Dir), State)>>(bytes) {
+            self.states = v.into_iter().collect();
+        }
     }
 
     /// Bytes of one flow for one series.
@@ -167,7 +181,7 @@ impl Spike {
         // Host spikes first; wider series they explain are merged into them.
         fired.sort_by_key(|f| (!matches!(f.key, SeriesKey::Host(_)), f.key, f.dir == Dir::Out));
         // Largest host excess per site direction (an interface carries both).
-        let mut host_excess: HashMap<Dir, f64> = HashMap::new();
+        let mut host_excess: HashMap<Dir, f64> = HashMap::default();
         let mut out = Vec::new();
         for f in fired {
             let excess = f.x - f.expected;
@@ -200,8 +214,8 @@ impl Spike {
 
     fn candidate(&self, f: &Fired, start: u64, pairs: &HashMap<(IpAddr, IpAddr, Dir), u64>) -> Candidate {
         // Top contributors: by the external side for inbound, the internal side for outbound.
-        let mut by_src: HashMap<IpAddr, u64> = HashMap::new();
-        let mut by_dst: HashMap<IpAddr, u64> = HashMap::new();
+        let mut by_src: HashMap<IpAddr, u64> = HashMap::default();
+        let mut by_dst: HashMap<IpAddr, u64> = HashMap::default();
         for (&(s, d, dir), &b) in pairs {
             if dir != f.dir && !matches!(f.key, SeriesKey::Interface(..)) {
                 continue;
@@ -393,6 +407,20 @@ mod tests {
             }
         });
         assert!(got.is_empty(), "{:?}", got.first().map(|c| &c.1.summary));
+    }
+
+    #[test]
+    fn forecasts_survive_save_and_restore() {
+        let h = IpAddr::from([10, 20, 1, 3]);
+        let b = learned(h, 120_000_000);
+        let mut s = Spike::new(SpikeSettings::default());
+        feed(&mut s, &b, h, 0..20, |_| 10_000_000);
+        let saved = s.save().unwrap_or_default();
+        let mut r = Spike::new(SpikeSettings::default());
+        r.restore(&saved);
+        let key = (SeriesKey::Host(h), Dir::In);
+        assert_eq!(r.states.get(&key).map(|s| s.holt), s.states.get(&key).map(|s| s.holt));
+        assert_eq!(r.states.get(&key).map(|s| s.holt.n), Some(20));
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct StoreCounters {
     pub flows_too_old: AtomicU64,
     pub rollup_overflow: AtomicU64,
     pub state_failures: AtomicU64,
+    /// Oldest alerts deleted to keep the alert table within its cap.
+    pub alerts_evicted: AtomicU64,
 }
 
 impl StoreCounters {

@@ -16,7 +16,7 @@ use crate::decode::exporters::ExporterStats;
 use crate::decode::templates::TemplateChange;
 use crate::detect::{DetectLoaded, DetectUpdate, StoredAlert};
 use crate::flow::{FlowBatch, FlowRecord};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,6 +55,8 @@ pub struct WriterSettings {
     pub minute_keep_ms: u64,
     pub hour_keep_ms: u64,
     pub top_n: usize,
+    /// Alerts kept in the state file; beyond it the least recently seen go (counted).
+    pub max_alerts: u64,
     /// Commit early once this many flows are pending: small for live collection
     /// (short stalls, so a burst never outruns the store queue), large for
     /// offline ingest (fewer syncs).
@@ -76,6 +78,7 @@ impl WriterSettings {
             minute_keep_ms: s.minute_rollup_retention.ms(),
             hour_keep_ms: s.hour_rollup_retention.ms(),
             top_n: s.top_entries,
+            max_alerts: 100_000,
             commit_max_flows: 65_536,
         }
     }
@@ -297,6 +300,7 @@ impl StoreWriter {
             ("store.flows_dropped", g(&c.flows_dropped)),
             ("store.flows_too_old", g(&c.flows_too_old)),
             ("store.rollup_overflow", g(&c.rollup_overflow)),
+            ("store.alerts_evicted", g(&c.alerts_evicted)),
             ("store.bytes_used", self.quota.used()),
             ("store.budget", self.cfg.budget),
         ]
@@ -554,6 +558,8 @@ impl StoreWriter {
             let named = &named;
             let alerts = &self.detect_alerts;
             let detect_state = &self.detect_state;
+            let max_alerts = self.cfg.max_alerts;
+            let mut evicted_alerts = 0;
             let p = self.dir.state();
             let res = (|| -> Result<(), StoreError> {
                 let db = match &self.state {
@@ -586,6 +592,7 @@ impl StoreWriter {
                         let bytes = serde_json::to_vec(a).unwrap_or_default();
                         t.insert(a.alert.id.as_str(), bytes.as_slice()).map_err(|e| StoreError::db(&p, e))?;
                     }
+                    evicted_alerts = cap_alerts(&mut t, max_alerts).map_err(|e| StoreError::db(&p, e))?;
                     let mut t = txn.open_table(DETECT_STATE).map_err(|e| StoreError::db(&p, e))?;
                     for (k, v) in detect_state {
                         t.insert(k.as_str(), v.as_slice()).map_err(|e| StoreError::db(&p, e))?;
@@ -595,6 +602,7 @@ impl StoreWriter {
             })();
             match res {
                 Ok(()) => {
+                    self.counters.alerts_evicted.fetch_add(evicted_alerts, Ordering::Relaxed);
                     self.templates.clear();
                     self.exporters = None;
                     self.detect_alerts.clear();
@@ -675,6 +683,29 @@ impl StoreWriter {
 
 use std::path::PathBuf;
 
+/// Keep at most `max` alerts: past it, delete the least recently seen tenth
+/// (so the scan that finds them runs rarely). Returns how many were deleted.
+fn cap_alerts(t: &mut redb::Table<&'static str, &'static [u8]>, max: u64) -> Result<u64, redb::StorageError> {
+    let len = t.len()?;
+    if len <= max {
+        return Ok(0);
+    }
+    let mut all: Vec<(u64, String)> = Vec::with_capacity(len as usize);
+    for row in t.iter()? {
+        let (k, v) = row?;
+        let seen = serde_json::from_slice::<StoredAlert>(v.value())
+            .map(|a| a.alert.last_seen_ms)
+            .unwrap_or(0);
+        all.push((seen, k.value().to_string()));
+    }
+    all.sort_unstable();
+    let n = len - max * 9 / 10;
+    for (_, id) in all.iter().take(n as usize) {
+        t.remove(id.as_str())?;
+    }
+    Ok(n)
+}
+
 /// Drive a writer from a channel until every sender is gone.
 pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounters> {
     let mut deadline = Instant::now() + w.cfg.commit_interval;
@@ -706,4 +737,51 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
     let counters = w.counters.clone();
     w.finish();
     counters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{Alert, Kind};
+
+    #[test]
+    fn alert_table_is_capped_oldest_first() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = Database::create(d.path().join("s.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let txn = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut t = txn.open_table(ALERTS).unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..30u64 {
+                let a = StoredAlert {
+                    group: format!("g{i}"),
+                    alert: Alert {
+                        id: format!("fw-{i:02}"),
+                        kind: Kind::Scan,
+                        severity: 4,
+                        src: std::net::IpAddr::from([10, 0, 0, 1]),
+                        dst: None,
+                        dst_port: None,
+                        first_seen_ms: i,
+                        // Not in id order: eviction goes by last_seen.
+                        last_seen_ms: (i * 7) % 30,
+                        count: 1,
+                        summary: String::new(),
+                        attack: vec![],
+                        evidence: Default::default(),
+                    },
+                };
+                let bytes = serde_json::to_vec(&a).unwrap_or_default();
+                t.insert(a.alert.id.as_str(), bytes.as_slice()).unwrap_or_else(|e| panic!("{e}"));
+            }
+            assert_eq!(cap_alerts(&mut t, 40).unwrap_or_else(|e| panic!("{e}")), 0);
+            assert_eq!(cap_alerts(&mut t, 20).unwrap_or_else(|e| panic!("{e}")), 12);
+            assert_eq!(t.len().unwrap_or_else(|e| panic!("{e}")), 18);
+            for row in t.iter().unwrap_or_else(|e| panic!("{e}")) {
+                let (_, v) = row.unwrap_or_else(|e| panic!("{e}"));
+                let a: StoredAlert = serde_json::from_slice(v.value()).unwrap_or_else(|e| panic!("{e}"));
+                assert!(a.alert.last_seen_ms >= 12, "{a:?}");
+            }
+        }
+        txn.commit().unwrap_or_else(|e| panic!("{e}"));
+    }
 }
