@@ -288,6 +288,13 @@ pub fn validate(d: &DetectConfig) -> Result<(), (&'static str, &'static str, Str
     if d.sessions.max_sessions < 1024 {
         return Err(("detect.sessions", "max_sessions", "must be at least 1024".into()));
     }
+    if d.sessions.reply_wait.ms() >= d.sessions.idle_timeout.ms() {
+        return Err((
+            "detect.sessions",
+            "reply_wait",
+            "must be shorter than idle_timeout (a first contact is decided before its session closes)".into(),
+        ));
+    }
     if d.baseline.history_days < 7 || d.baseline.history_days > 90 {
         return Err(("detect.baseline", "history_days", "must be between 7 and 90".into()));
     }
@@ -371,4 +378,43 @@ pub fn parse_proto(s: &str) -> Option<u8> {
 pub fn parse_service(s: &str) -> Option<(u8, u16)> {
     let (p, port) = s.split_once('/')?;
     Some((parse_proto(p)?, port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The README's `[detect]` block documents the defaults: keep them equal.
+    #[test]
+    fn readme_block_is_the_defaults() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        let start = readme
+            .find("```toml\n[network]")
+            .unwrap_or_else(|| panic!("README has no detect block"));
+        let body = &readme[start + 8..];
+        let block = &body[..body.find("```").unwrap_or(body.len())];
+        let cfg = Config::parse(block, std::path::Path::new("README.md")).unwrap_or_else(|e| panic!("{e}"));
+        let mut d = cfg.detect.clone();
+        assert_eq!(d.allow.len(), 1);
+        d.allow.clear();
+        assert_eq!(d, DetectConfig::default());
+        assert_eq!(cfg.network, crate::config::NetworkConfig::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = |t: &str| {
+            Config::parse(t, std::path::Path::new("t.toml"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(e("[detect.scan]\ntheta1 = 0.9\n").contains("detect.scan.theta0: need 0 < theta1 < theta0 < 1"));
+        assert!(e("[detect.spike]\nbucket = \"7m\"\n").contains("detect.spike.bucket"));
+        assert!(e("[detect.beacon]\nperiodic_services = [\"ntp\"]\n").contains("\"ntp\" is not PROTO/PORT"));
+        assert!(e("[detect.baseline]\nlearning_period = \"60d\"\n").contains("learning_period"));
+        assert!(e("[detect.sessions]\nreply_wait = \"10m\"\n").contains("reply_wait"));
+        assert!(e("[detect]\nbogus = 1\n").contains("unknown field `bogus`"));
+    }
 }
