@@ -399,15 +399,19 @@ fn allow_list_suppresses_and_counts() {
 fn real_captures_beacon_and_masscan() {
     let exported = common::captures().join("exported");
     // Slips test-cc-capture-1: an HTTPS beacon every ~2 s from 147.32.80.37.
-    let d = tmp();
+    // Both as unidirectional v9 and as RFC 5103 biflows (softflowd -b, IPFIX).
     let cfg = Config::parse("[network]\ninternal = [\"147.32.80.0/24\"]\n", Path::new("slips.toml")).unwrap_or_else(|e| panic!("{e}"));
-    common::ingest(&cfg, d.path(), &[exported.join("softflowd_test-cc-capture-1_v9a.pcap")]);
-    let got = alerts(d.path());
-    assert_eq!(got.len(), 1, "{got:#?}");
-    assert_eq!(got[0].kind, Kind::Beaconing);
-    assert_eq!(got[0].src, ip("147.32.80.37"));
-    assert_eq!(got[0].dst, Some(ip("141.193.213.21")));
-    assert_eq!(got[0].dst_port, Some(443));
+    for stream in ["softflowd_test-cc-capture-1_v9a.pcap", "softflowd_test-cc-capture-1_v10b.pcap"] {
+        let d = tmp();
+        common::ingest(&cfg, d.path(), &[exported.join(stream)]);
+        let got = alerts(d.path());
+        assert_eq!(got.len(), 1, "{stream}: {got:#?}");
+        assert_eq!(got[0].kind, Kind::Beaconing);
+        assert_eq!(got[0].src, ip("147.32.80.37"));
+        assert_eq!(got[0].dst, Some(ip("141.193.213.21")));
+        assert_eq!(got[0].dst_port, Some(443));
+        assert_eq!(got[0].evidence["connections"], 295, "{stream}");
+    }
     // esnet masscan of TCP ports 0-1000 from 172.31.15.102 (RFC 1918: internal by default).
     let d = tmp();
     common::ingest(

@@ -138,6 +138,8 @@ impl FastPath {
                     return;
                 };
                 let enterprise = version == 10 && ie & 0x8000 != 0;
+                // RFC 5103 reverse counters keep the enterprise bit as their id here.
+                let reverse = enterprise && be32(body, p + 4) == Some(super::normalize::REVERSE_PEN);
                 p += if enterprise { 8 } else { 4 };
                 if p > body.len() {
                     return;
@@ -145,7 +147,7 @@ impl FastPath {
                 if len == 65535 {
                     fixed = false;
                 }
-                if fixed && !enterprise && super::normalize::raw_field_known(ie, len) {
+                if fixed && (!enterprise || reverse) && super::normalize::raw_field_known(ie, len) {
                     layout.fields.push((ie, layout.record_len as u16, len));
                 }
                 layout.record_len += len as usize;

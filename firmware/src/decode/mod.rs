@@ -88,6 +88,8 @@ pub struct DecodeTotals {
     pub pending_replayed: u64,
     /// Of those, expired or evicted before it did.
     pub pending_dropped: u64,
+    /// RFC 5103 biflow records whose reverse direction became a second flow.
+    pub biflow_reverse: u64,
 }
 
 /// Stateful decoder for every exporter.
@@ -308,9 +310,32 @@ impl Decoder {
             exporter,
             ..FlowRecord::default()
         };
+        let reverse = b.reverse();
         b.finish(ctx, rate, &mut rec);
         self.last_rate = rate;
         rec.direction = self.classify(&rec.src, &rec.dst);
+        // An RFC 5103 biflow becomes two records; the forward one (the initiator's,
+        // as RFC 5103 defines it) comes first, so session stitching knows who began.
+        if let Some((bytes, packets, flags)) = reverse {
+            let r = rate.max(1) as u64;
+            let back = FlowRecord {
+                src: rec.dst,
+                dst: rec.src,
+                src_port: rec.dst_port,
+                dst_port: rec.src_port,
+                in_if: rec.out_if,
+                out_if: rec.in_if,
+                tcp_flags: flags,
+                bytes: bytes.saturating_mul(r),
+                packets: packets.saturating_mul(r),
+                direction: self.classify(&rec.dst, &rec.src),
+                ..rec.clone()
+            };
+            self.totals.biflow_reverse += 1;
+            out.push(rec);
+            out.push(back);
+            return;
+        }
         out.push(rec);
     }
 

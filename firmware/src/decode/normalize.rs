@@ -21,9 +21,30 @@ const UPTIME_LEAD_MS: u32 = 3_600_000;
 /// Seconds between the NTP era and the Unix epoch.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
+/// RFC 5103 reverse information elements (PEN 29305), numbered here as
+/// `REVERSE | forward IE` (only the counters and flags a reverse record needs).
+pub const REVERSE: u16 = 0x8000;
+pub const REVERSE_OCTETS: u16 = REVERSE | 1;
+pub const REVERSE_PACKETS: u16 = REVERSE | 2;
+pub const REVERSE_TCP_FLAGS: u16 = REVERSE | 6;
+/// The IANA private enterprise number of RFC 5103's reverse elements.
+pub const REVERSE_PEN: u32 = 29305;
+
 /// Numeric information element id for an IPFIX field, for the ones we use.
 pub fn ipfix_ie(f: &IPFixField) -> Option<u16> {
-    let IPFixField::IANA(f) = f else { return None };
+    use netflow_parser::variable_versions::ipfix::lookup::ReverseInformationElement as R;
+    let f = match f {
+        IPFixField::IANA(f) => f,
+        IPFixField::ReverseInformationElement(r) => {
+            return match r {
+                R::ReverseOctetDeltaCount => Some(REVERSE_OCTETS),
+                R::ReversePacketDeltaCount => Some(REVERSE_PACKETS),
+                R::ReverseTcpControlBits => Some(REVERSE_TCP_FLAGS),
+                _ => None,
+            };
+        }
+        _ => return None,
+    };
     Some(match f {
         I::OctetDeltaCount => 1,
         I::PacketDeltaCount => 2,
@@ -130,6 +151,7 @@ fn as_ip(v: &FieldValue) -> Option<IpAddr> {
 /// (with the same meaning [`RecordBuilder::apply`] gives netflow_parser's value).
 pub fn raw_field_known(ie: u16, len: u16) -> bool {
     match ie {
+        REVERSE_OCTETS | REVERSE_PACKETS | REVERSE_TCP_FLAGS => (1..=8).contains(&len),
         8 | 12 => len == 4,
         27 | 28 => len == 16,
         150 | 151 => len == 4,
@@ -181,6 +203,10 @@ pub struct RecordBuilder {
     start_delta_us: Option<u64>,
     end_delta_us: Option<u64>,
     system_init: Option<u64>,
+    /// RFC 5103 biflow: the reverse direction's counters and flags.
+    rev_bytes: Option<u64>,
+    rev_packets: Option<u64>,
+    rev_flags: u16,
     pub sampling: SamplingInfo,
 }
 
@@ -223,6 +249,9 @@ impl RecordBuilder {
             158 => self.start_delta_us = as_u64(v),
             159 => self.end_delta_us = as_u64(v),
             160 => self.system_init = as_u64(v),
+            REVERSE_OCTETS => self.rev_bytes = as_u64(v),
+            REVERSE_PACKETS => self.rev_packets = as_u64(v),
+            REVERSE_TCP_FLAGS => self.rev_flags = as_u64(v).unwrap_or(0) as u16,
             305 => self.sampling.packet_interval = as_u64(v).map(|x| x as u32),
             306 => self.sampling.packet_space = as_u64(v).map(|x| x as u32),
             309 => self.sampling.size = as_u64(v).map(|x| x as u32),
@@ -269,6 +298,9 @@ impl RecordBuilder {
                 match ie {
                     1 => self.bytes = Some(v),
                     2 => self.packets = Some(v),
+                    REVERSE_OCTETS => self.rev_bytes = Some(v),
+                    REVERSE_PACKETS => self.rev_packets = Some(v),
+                    REVERSE_TCP_FLAGS => self.rev_flags = v as u16,
                     4 => self.proto = v as u8,
                     6 => self.tcp_flags = v as u16,
                     7 => self.src_port = v as u16,
@@ -299,6 +331,13 @@ impl RecordBuilder {
     /// The system init time this record carries (IE 160), if any.
     pub fn system_init(&self) -> Option<u64> {
         self.system_init
+    }
+
+    /// A biflow's reverse direction (RFC 5103): (bytes, packets, tcp flags), when it carried traffic.
+    pub fn reverse(&self) -> Option<(u64, u64, u16)> {
+        let b = self.rev_bytes.unwrap_or(0);
+        let p = self.rev_packets.unwrap_or(0);
+        (b > 0 || p > 0).then_some((b, p, self.rev_flags))
     }
 
     /// Whether the record describes a flow (has addresses).
@@ -413,6 +452,30 @@ mod tests {
         b.apply(22, &FieldValue::DataNumber(DataNumber::U32(now_up + 5)));
         b.finish(&ctx, 1, &mut r);
         assert_eq!(r.start_ms, 100 * day + 5);
+    }
+
+    #[test]
+    fn rfc5103_reverse_elements() {
+        use netflow_parser::variable_versions::ipfix::lookup::ReverseInformationElement as R;
+        assert_eq!(
+            ipfix_ie(&IPFixField::ReverseInformationElement(R::ReverseOctetDeltaCount)),
+            Some(REVERSE_OCTETS)
+        );
+        assert_eq!(
+            ipfix_ie(&IPFixField::ReverseInformationElement(R::ReversePacketDeltaCount)),
+            Some(REVERSE_PACKETS)
+        );
+        assert_eq!(
+            ipfix_ie(&IPFixField::ReverseInformationElement(R::ReverseTcpControlBits)),
+            Some(REVERSE_TCP_FLAGS)
+        );
+        let mut b = RecordBuilder::default();
+        assert_eq!(b.reverse(), None);
+        b.apply(REVERSE_OCTETS, &FieldValue::DataNumber(DataNumber::U32(4483)));
+        b.apply_raw(REVERSE_PACKETS, &[0, 11]);
+        b.apply_raw(REVERSE_TCP_FLAGS, &[0x1b]);
+        assert_eq!(b.reverse(), Some((4483, 11, 0x1b)));
+        assert!(raw_field_known(REVERSE_OCTETS, 8) && !raw_field_known(REVERSE | 8, 4));
     }
 
     #[test]
