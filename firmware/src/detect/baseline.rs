@@ -259,9 +259,12 @@ fn touch_lru<T: Eq + std::hash::Hash + Copy + Ord>(list: &mut HashMap<T, u64>, v
         return false;
     }
     if list.len() >= cap.max(1) {
-        // Forget the least recently seen (ties: the smallest, so it is deterministic).
-        if let Some(k) = list.iter().min_by_key(|(k, h)| (**h, **k)).map(|(k, _)| *k) {
-            list.remove(&k);
+        // Forget the least recently seen half at once (one sort per cap/2 new
+        // entries; ties broken by value, so it is deterministic).
+        let mut v: Vec<(u64, T)> = list.iter().map(|(k, h)| (*h, *k)).collect();
+        v.sort_unstable();
+        for (_, k) in v.iter().take(list.len().div_ceil(2)) {
+            list.remove(k);
         }
     }
     list.insert(v, hour);
@@ -274,13 +277,18 @@ pub struct SeriesState {
     pub history: History,
     pub peers: Peers,
     pub last_active_hour: u64,
+    /// Totals of the open hour (not persisted: a restart closes it).
+    #[serde(skip)]
+    pub open: Option<HourCounts>,
 }
 
 /// All baselined series with their open hour.
 #[derive(Debug, Default)]
 pub struct Baselines {
     pub series: HashMap<SeriesKey, SeriesState>,
-    pub open: HashMap<SeriesKey, HourCounts>,
+    /// Series of each kind (hosts, interfaces), kept for the caps.
+    hosts: usize,
+    interfaces: usize,
     /// Distinct external peers of each host in the open hour (capped).
     pub open_peers: HashMap<IpAddr, HashSet<IpAddr>>,
     /// Distinct external peers of the whole site in the open hour (capped).
@@ -297,33 +305,46 @@ impl Baselines {
     /// Add traffic of the open hour. Returns false when the series could not be
     /// tracked (cap reached even after evicting; counted by the caller).
     pub fn add(&mut self, key: SeriesKey, hour: u64, f: impl FnOnce(&mut HourCounts), caps: (usize, usize)) -> bool {
-        if !self.series.contains_key(&key) {
-            let (cap, count) = match key {
-                SeriesKey::Site => (usize::MAX, 0),
-                SeriesKey::Host(_) => (caps.0, self.count(|k| matches!(k, SeriesKey::Host(_)))),
-                SeriesKey::Interface(..) => (caps.1, self.count(|k| matches!(k, SeriesKey::Interface(..)))),
-            };
-            if count >= cap && !self.evict_one(key) {
-                return false;
-            }
-            self.series.insert(
-                key,
-                SeriesState {
-                    history: History::new(hour),
-                    peers: Peers::default(),
-                    last_active_hour: hour,
-                },
-            );
-        }
         if let Some(s) = self.series.get_mut(&key) {
             s.last_active_hour = hour;
+            f(s.open.get_or_insert_with(HourCounts::default));
+            return true;
         }
-        f(self.open.entry(key).or_default());
+        let (cap, count) = match key {
+            SeriesKey::Site => (usize::MAX, 0),
+            SeriesKey::Host(_) => (caps.0, self.hosts),
+            SeriesKey::Interface(..) => (caps.1, self.interfaces),
+        };
+        if count >= cap && !self.evict_one(key) {
+            return false;
+        }
+        let mut open = HourCounts::default();
+        f(&mut open);
+        self.insert(
+            key,
+            SeriesState {
+                history: History::new(hour),
+                peers: Peers::default(),
+                last_active_hour: hour,
+                open: Some(open),
+            },
+        );
         true
     }
 
-    fn count(&self, f: impl Fn(&SeriesKey) -> bool) -> usize {
-        self.series.keys().filter(|k| f(k)).count()
+    fn insert(&mut self, key: SeriesKey, s: SeriesState) {
+        if self.series.insert(key, s).is_none() {
+            match key {
+                SeriesKey::Host(_) => self.hosts += 1,
+                SeriesKey::Interface(..) => self.interfaces += 1,
+                SeriesKey::Site => {}
+            }
+        }
+    }
+
+    /// Totals of the open hour of a series.
+    pub fn open_counts(&self, key: &SeriesKey) -> Option<&HourCounts> {
+        self.series.get(key)?.open.as_ref()
     }
 
     /// Evict the least recently active series of the same kind as `like`.
@@ -338,7 +359,11 @@ impl Baselines {
         match victim {
             Some(k) => {
                 self.series.remove(&k);
-                self.open.remove(&k);
+                match k {
+                    SeriesKey::Host(_) => self.hosts -= 1,
+                    SeriesKey::Interface(..) => self.interfaces -= 1,
+                    SeriesKey::Site => {}
+                }
                 self.evicted += 1;
                 true
             }
@@ -351,13 +376,13 @@ impl Baselines {
         let list = self.open_peers.entry(host).or_default();
         if list.len() < PEERS_PER_HOUR
             && list.insert(peer)
-            && let Some(c) = self.open.get_mut(&SeriesKey::Host(host))
+            && let Some(c) = self.series.get_mut(&SeriesKey::Host(host)).and_then(|s| s.open.as_mut())
         {
             c.peers += 1;
         }
         if self.site_peers.len() < SITE_PEERS_PER_HOUR
             && self.site_peers.insert(peer)
-            && let Some(c) = self.open.get_mut(&SeriesKey::Site)
+            && let Some(c) = self.series.get_mut(&SeriesKey::Site).and_then(|s| s.open.as_mut())
         {
             c.peers += 1;
         }
@@ -365,13 +390,12 @@ impl Baselines {
 
     /// Close hour `hour`: every open series becomes a sample.
     pub fn close_hour(&mut self, hour: u64, capacity: usize) {
-        let open = std::mem::take(&mut self.open);
         self.open_peers.clear();
         self.site_peers.clear();
-        for (k, c) in open {
-            if let Some(s) = self.series.get_mut(&k) {
+        for (k, s) in self.series.iter_mut() {
+            if let Some(c) = s.open.take() {
                 s.history.push(hour, HourSample::from_counts(&c), capacity);
-                self.dirty.insert(k);
+                self.dirty.insert(*k);
             }
         }
     }
@@ -402,7 +426,7 @@ impl Baselines {
     pub fn restore(&mut self, bytes: &[u8]) -> bool {
         match postcard::from_bytes::<(SeriesKey, SeriesState)>(bytes) {
             Ok((k, s)) => {
-                self.series.insert(k, s);
+                self.insert(k, s);
                 true
             }
             Err(_) => false,

@@ -10,7 +10,8 @@
 //! score reaches `z_threshold` and the excess over the median is at least
 //! `min_excess`. A host that uploads the same every night (a backup) has that
 //! upload in its median and stays quiet. Silent (counted) while the host is
-//! still learning.
+//! still learning. Per-destination bytes (for the alert's dst and evidence)
+//! are kept from the moment a host's hour passes a quarter of `min_excess`.
 
 use super::baseline::{Baselines, Expected, Metric, SeriesKey};
 use super::settings::ExfilSettings;
@@ -130,7 +131,7 @@ impl Exfil {
             }
             hh.changed = false;
             let key = SeriesKey::Host(*host);
-            let observed = ctx.baselines.open.get(&key).map(|c| c.bytes_out as f64).unwrap_or(0.0);
+            let observed = ctx.baselines.open_counts(&key).map(|c| c.bytes_out as f64).unwrap_or(0.0);
             if observed < floor {
                 continue;
             }

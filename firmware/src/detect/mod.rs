@@ -242,8 +242,13 @@ impl Engine {
                     }
                     None => (false, false),
                 };
-                self.exfil
-                    .outbound(host, f.dst, f.dst_port, bytes, f.start_ms, end, new_dst, new_port);
+                // Destinations are tracked once a host's hour nears the floor (a quarter
+                // of it): cheap for the many hosts that never upload much.
+                let host_bytes = self.baselines.open_counts(&SeriesKey::Host(host)).map(|c| c.bytes_out).unwrap_or(0);
+                if host_bytes >= self.cfg.exfil.min_excess.resolve(0) / 4 {
+                    self.exfil
+                        .outbound(host, f.dst, f.dst_port, bytes, f.start_ms, end, new_dst, new_port);
+                }
                 if conn {
                     self.beacon.connection(
                         beacon::PairKey {
@@ -484,6 +489,7 @@ impl Engine {
             ("detect.beacon_down_weighted".into(), self.beacon.down_weighted),
             ("detect.scan_sources_evicted".into(), self.scan.evicted),
             ("detect.scan_targets_overflow".into(), self.scan.target_overflow),
+            ("detect.scan_targets_forgotten".into(), self.scan.targets_forgotten),
             ("detect.spike_pairs_overflow".into(), self.spike.pair_overflow),
             ("detect.spike_merged".into(), self.spike.merged),
             ("detect.silent_learning.exfiltration".into(), self.exfil.silent_learning),

@@ -20,7 +20,7 @@ use crate::flow::proto_name;
 use std::net::IpAddr;
 
 /// Targets remembered per source (beyond: counted as overflow, not walked).
-const TARGETS_PER_SOURCE: usize = 8192;
+const TARGETS_PER_SOURCE: usize = 4096;
 /// Window fan-out set size per key.
 const WINDOW_SET: usize = 4096;
 
@@ -42,6 +42,9 @@ struct Source {
     window_start: u64,
     win_hosts: HashMap<(u16, u8), HashSet<IpAddr>>,
     win_ports: HashMap<IpAddr, HashSet<u16>>,
+    /// Largest set in `win_hosts` / `win_ports` (kept as they grow).
+    win_max_hosts: usize,
+    win_max_ports: usize,
     /// Suspicious targets at the last report, and when (re-report when it
     /// doubles, or grew and a window passed).
     reported: usize,
@@ -54,7 +57,13 @@ pub struct Scan {
     sources: HashMap<IpAddr, Source>,
     pub evicted: u64,
     pub target_overflow: u64,
+    /// Targets remembered over all sources, and answered targets forgotten to stay under the cap.
+    total_targets: usize,
+    pub targets_forgotten: u64,
 }
+
+/// Targets remembered over all sources.
+const TOTAL_TARGETS: usize = 1_000_000;
 
 fn ignorable(ip: &IpAddr) -> bool {
     match ip {
@@ -72,6 +81,8 @@ impl Scan {
             sources: HashMap::default(),
             evicted: 0,
             target_overflow: 0,
+            total_targets: 0,
+            targets_forgotten: 0,
         }
     }
 
@@ -99,7 +110,9 @@ impl Scan {
             && self.sources.len() >= self.cfg.max_sources
             && let Some(old) = self.sources.iter().min_by_key(|(_, s)| s.last_ms).map(|(k, _)| *k)
         {
-            self.sources.remove(&old);
+            if let Some(s) = self.sources.remove(&old) {
+                self.total_targets -= s.targets.len();
+            }
             self.evicted += 1;
         }
         let window = self.cfg.window.ms();
@@ -113,6 +126,8 @@ impl Scan {
             s.window_start = at;
             s.win_hosts.clear();
             s.win_ports.clear();
+            s.win_max_hosts = 0;
+            s.win_max_ports = 0;
         }
         let port = if matches!(proto, 6 | 17 | 132) { port } else { 0 };
         let key = (dst, port, proto);
@@ -125,6 +140,7 @@ impl Scan {
             self.target_overflow += 1;
         } else {
             s.targets.insert(key, (success, suspicious));
+            self.total_targets += 1;
         }
         if suspicious {
             if s.suspicious == 0 {
@@ -155,13 +171,40 @@ impl Scan {
             if hs.len() < WINDOW_SET {
                 hs.insert(dst);
             }
+            s.win_max_hosts = s.win_max_hosts.max(hs.len());
             let ps = s.win_ports.entry(dst).or_default();
             if ps.len() < WINDOW_SET {
                 ps.insert(port);
             }
+            s.win_max_ports = s.win_max_ports.max(ps.len());
         }
-        let fan_h = s.win_hosts.values().map(HashSet::len).max().unwrap_or(0);
-        let fan_v = s.win_ports.values().map(HashSet::len).max().unwrap_or(0);
+        let fan_h = s.win_max_hosts;
+        let fan_v = s.win_max_ports;
+        let result = self.decide(src, src_internal, fan_h, fan_v, at);
+        if self.total_targets > TOTAL_TARGETS {
+            self.forget_answered();
+        }
+        result
+    }
+
+    /// Over the global cap: the source remembering the most targets forgets its
+    /// answered ones (meeting one again walks it towards benign, never scanner).
+    fn forget_answered(&mut self) {
+        let Some(src) = self.sources.iter().max_by_key(|(k, s)| (s.targets.len(), **k)).map(|(k, _)| *k) else {
+            return;
+        };
+        if let Some(s) = self.sources.get_mut(&src) {
+            let before = s.targets.len();
+            s.targets.retain(|_, (_, suspicious)| *suspicious);
+            let n = before - s.targets.len();
+            self.total_targets -= n;
+            self.targets_forgotten += n as u64;
+        }
+    }
+
+    fn decide(&mut self, src: IpAddr, src_internal: bool, fan_h: usize, fan_v: usize, at: u64) -> Option<Candidate> {
+        let window = self.cfg.window.ms();
+        let s = self.sources.get_mut(&src)?;
         let by_trw = s.scanner && s.failed >= self.cfg.min_targets;
         let by_fan_h = fan_h >= self.cfg.fanout_hosts;
         let by_fan_v = fan_v >= self.cfg.fanout_ports;
@@ -317,8 +360,8 @@ impl Scan {
             s.reported = s.suspicious;
             s.reported_at = now;
             let internal = s.internal;
-            let fan_h = s.win_hosts.values().map(HashSet::len).max().unwrap_or(0);
-            let fan_v = s.win_ports.values().map(HashSet::len).max().unwrap_or(0);
+            let fan_h = s.win_max_hosts;
+            let fan_v = s.win_max_ports;
             let how = (s.scanner, fan_h >= self.cfg.fanout_hosts, fan_v >= self.cfg.fanout_ports);
             out.push(self.candidate(src, internal, how, fan_h, fan_v));
         }
@@ -328,7 +371,15 @@ impl Scan {
     /// Forget sources idle for `source_idle`.
     pub fn expire(&mut self, now: u64) {
         let idle = self.cfg.source_idle.ms();
-        self.sources.retain(|_, s| s.last_ms + idle >= now);
+        let mut gone = 0;
+        self.sources.retain(|_, s| {
+            let keep = s.last_ms + idle >= now;
+            if !keep {
+                gone += s.targets.len();
+            }
+            keep
+        });
+        self.total_targets -= gone;
     }
 }
 
@@ -389,6 +440,24 @@ mod tests {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn target_memory_is_capped_by_forgetting_answered_targets() {
+        let mut s = Scan::new(ScanSettings::default());
+        let n = TOTAL_TARGETS * 11 / 10;
+        for i in 0..n as u32 {
+            let b = i.to_be_bytes();
+            // Sources of up to 4096 answered targets each, one unanswered per source.
+            let k = (i / 4096).to_be_bytes();
+            let src = IpAddr::from([10, 1, k[2], k[3]]);
+            let dst = IpAddr::from([23, b[1], b[2], b[3]]);
+            s.outcome(src, dst, 443, 6, i % 4096 != 0, u64::from(i), true, false);
+        }
+        assert!(s.total_targets <= TOTAL_TARGETS, "{}", s.total_targets);
+        assert!(s.targets_forgotten > 0);
+        let kept: usize = s.sources.values().map(|x| x.targets.len()).sum();
+        assert_eq!(kept, s.total_targets);
     }
 
     #[test]
