@@ -263,8 +263,17 @@ impl Pipeline {
 /// Updates without alerts or state still carry counters every this many batches.
 const COUNTERS_EVERY: u64 = 32;
 
+/// Nice value of the detector thread: on a saturated machine receiving and
+/// storing flows win the CPU, and the detector queue drops (counted) instead of
+/// the socket buffers. Offline ingest blocks on the queue, so it loses nothing.
+const DETECTOR_NICE: i32 = 19;
+
 /// The detector thread: batches in, alerts and state out to the writer.
 fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wtx: SyncSender<StoreMsg>) {
+    // On Linux PRIO_PROCESS with a thread id sets that thread's nice value only.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), DETECTOR_NICE) {
+        tracing::debug!("cannot lower the detector thread's priority: {e}");
+    }
     let mut batches = 0u64;
     while let Ok(msg) = rx.recv() {
         match msg {
