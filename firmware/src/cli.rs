@@ -1,6 +1,7 @@
 //! The command line (a contract: other tools and checks rely on these flags).
 //!
-//! `run`, `ingest`, `query`, `exporters`, `check-config`, `version`. This is the
+//! `run`, `ingest`, `query`, `exporters`, `alerts`, `detectors`, `forward-test`,
+//! `forward-status`, `check-config`, `version`. This is the
 //! edge of the program: errors become messages and exit codes here.
 
 use crate::config::Config;
@@ -96,6 +97,18 @@ pub enum Command {
     },
     /// Detector learning state and counters.
     Detectors {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// Send a test event to every [[forward]] destination and report per destination.
+    ForwardTest {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Each SIEM destination's state: connection, last success/error, spool depth, drops.
+    ForwardStatus {
         #[arg(long)]
         data_dir: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
@@ -236,15 +249,18 @@ pub fn main_with(cli: Cli) -> Result<()> {
             format,
         } => alerts(&data_dir, since.as_deref(), kind.as_deref(), format),
         Command::Detectors { data_dir, format } => detectors(&data_dir, format),
+        Command::ForwardTest { config } => forward_test(&config),
+        Command::ForwardStatus { data_dir, format } => forward_status(&data_dir, format),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!(
-                "{}: ok ({} listeners, storage budget {:?}, {} internal networks, {} exporter overrides)",
+                "{}: ok ({} listeners, storage budget {:?}, {} internal networks, {} exporter overrides, {} forwarding destinations)",
                 file.display(),
                 cfg.collector.listen.len(),
                 cfg.storage.budget,
                 cfg.network.internal.len(),
-                cfg.exporters.len()
+                cfg.exporters.len(),
+                cfg.forward.len()
             );
             Ok(())
         }
@@ -259,6 +275,93 @@ pub fn main_with(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn forward_test(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    if cfg.forward.is_empty() {
+        bail!("{}: no [[forward]] destination configured", config.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let results = rt.block_on(crate::forward::test_all(&cfg.forward));
+    let mut failed = 0;
+    for (name, r) in &results {
+        match r {
+            Ok(line) => println!("{name}: ok: {line}"),
+            Err(e) => {
+                failed += 1;
+                println!("{name}: FAILED: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} destinations failed", results.len());
+    }
+    Ok(())
+}
+
+fn forward_status(data_dir: &Path, format: TableOrJson) -> Result<()> {
+    if !data_dir.is_dir() {
+        bail!("{}: no such data directory", data_dir.display());
+    }
+    let rows = crate::forward::status::collect(&DataDir::new(data_dir), now_ms())?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        TableOrJson::Json => writeln!(out, "{}", serde_json::json!({ "destinations": rows }))?,
+        TableOrJson::Table => {
+            if rows.is_empty() {
+                writeln!(out, "no forwarding destinations in {}", data_dir.display())?;
+            }
+            for r in &rows {
+                let s = |k: &str| match &r[k] {
+                    serde_json::Value::Null => "-".to_string(),
+                    serde_json::Value::String(v) => v.clone(),
+                    v => v.to_string(),
+                };
+                writeln!(
+                    out,
+                    "{} ({} {} {} {}): {}",
+                    s("name"),
+                    s("transport"),
+                    s("address"),
+                    s("framing"),
+                    s("format"),
+                    s("state")
+                )?;
+                writeln!(
+                    out,
+                    "  queue {} entries, {} bytes of {}; oldest {} s; dropped {}",
+                    s("queue_depth"),
+                    s("queue_bytes"),
+                    s("queue_max_bytes"),
+                    s("oldest_entry_age_s"),
+                    s("dropped")
+                )?;
+                writeln!(
+                    out,
+                    "  delivered {}, resent {}, heartbeats {}, gaps {}; last success {}",
+                    s("delivered"),
+                    s("resent"),
+                    s("heartbeats"),
+                    s("gaps"),
+                    s("last_success")
+                )?;
+                writeln!(out, "  last error {} at {}", s("last_error"), s("last_error_at"))?;
+                writeln!(
+                    out,
+                    "  {} {}; server certificate until {}; client certificate until {}",
+                    s("tls_version"),
+                    s("tls_cipher"),
+                    s("server_cert_not_after"),
+                    s("client_cert_not_after")
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Result<()> {

@@ -141,6 +141,7 @@ pub async fn run(
         return Err(CollectorError::NoListener);
     }
     let mut pipeline = Pipeline::open(&cfg, &data_dir, Backpressure::Drop)?;
+    let forward_shared = pipeline.forward.clone();
     let counters = Arc::new(SocketCounters::default());
     let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
     let (tx, rx) = sync_channel::<Datagram>(DATAGRAM_QUEUE);
@@ -195,6 +196,13 @@ pub async fn run(
         tasks.push(tokio::spawn(receive(sock, tx.clone(), counters.clone(), stop_rx.clone())));
     }
     drop(tx);
+    // SIEM senders: one per [[forward]] destination, fed from the spools.
+    let senders = crate::forward::spawn_all(
+        &cfg.forward,
+        &crate::store::DataDir::new(&data_dir),
+        forward_shared,
+        stop_rx.clone(),
+    );
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
     println!("{ready}");
     tracing::info!("{ready}");
@@ -202,6 +210,10 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: draining received datagrams");
     let _ = stop_tx.send(true);
+    // Senders report their last state before the writer's final commit.
+    for s in senders {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
     for t in tasks {
         let _ = t.await;
     }

@@ -245,6 +245,8 @@ pub struct Config {
     #[serde(rename = "exporter")]
     pub exporters: Vec<ExporterOverride>,
     pub detect: crate::detect::settings::DetectConfig,
+    /// SIEM destinations (`[[forward]]`).
+    pub forward: Vec<crate::forward::settings::ForwardConfig>,
 }
 
 impl Config {
@@ -337,6 +339,14 @@ impl Config {
         if let Err((table, key, message)) = crate::detect::settings::validate(&self.detect) {
             return Err(bad(table, key, message));
         }
+        if let Err((index, key, message)) = crate::forward::settings::validate(&self.forward) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: array_key_line(text, "forward", index, key),
+                key: format!("forward[{index}].{key}"),
+                message,
+            });
+        }
         Ok(())
     }
 
@@ -351,6 +361,32 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
     (line, column)
+}
+
+/// Best-effort line of `key` in the `index`-th `[[table]]` (its header line if
+/// the key is absent, 1 if the table is).
+fn array_key_line(text: &str, table: &str, index: usize, key: &str) -> usize {
+    let header = format!("[[{table}]]");
+    let mut seen = 0usize;
+    let mut in_it = false;
+    let mut header_line = 1;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_it = t.replace(' ', "") == header && {
+                seen += 1;
+                seen == index + 1
+            };
+            if in_it {
+                header_line = i + 1;
+            }
+            continue;
+        }
+        if in_it && t.split('=').next().map(str::trim) == Some(key) {
+            return i + 1;
+        }
+    }
+    header_line
 }
 
 /// Best-effort line of `key` inside `[table]` (1 if not found: the default applied).
@@ -436,6 +472,38 @@ sampling_mode = "force"
             .unwrap_err()
             .to_string();
         assert!(e.contains("exporter.sampling_mode"), "{e}");
+    }
+
+    #[test]
+    fn forward_tables_are_checked_with_their_line() {
+        let ok = parse("[[forward]]\nname = \"a\"\naddress = \"127.0.0.1:514\"\ntransport = \"udp\"\nformat = \"json\"\n");
+        let c = ok.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.forward.len(), 1);
+        assert_eq!(c.forward[0].message_limit(), 2048);
+        let text = "[[forward]]\nname = \"a\"\naddress = \"h:1\"\ntransport = \"udp\"\n\n[[forward]]\nname = \"b\"\naddress = \"h:6514\"\n";
+        let e = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains(":6: forward[1].ca_file: destination \"b\": transport \"tls\" needs ca_file or fingerprint"),
+            "{e}"
+        );
+        let e = parse("[[forward]]\nname = \"a\"\naddress = \"h:1\"\nca_file = \"/nonexistent/ca.pem\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains(":4: forward[0].ca_file:") && e.contains("/nonexistent/ca.pem: cannot read"),
+            "{e}"
+        );
+        let e = parse("[[forward]]\nname = \"a\"\naddress = \"h:1\"\ntransport = \"smtp\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(":4:") && e.contains("smtp"), "{e}");
+        let e = parse("[[forward]]\nname = \"a\"\naddress = \"h:1\"\ntransport = \"tcp\"\nfacility = \"local9\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("forward[0].facility"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod detect;
 pub mod fasthash;
 pub mod flow;
+pub mod forward;
 pub mod init;
 pub mod net;
 pub mod pipeline;

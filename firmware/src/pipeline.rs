@@ -86,6 +86,8 @@ pub struct Pipeline {
     batch_flows: usize,
     mode: Backpressure,
     pub counters: Arc<PipelineCounters>,
+    /// Where forwarding senders report confirmations and state to the writer.
+    pub forward: Arc<crate::forward::spool::ForwardShared>,
 }
 
 impl Pipeline {
@@ -100,7 +102,18 @@ impl Pipeline {
         if mode == Backpressure::Block {
             settings.commit_max_flows = 262_144;
         }
-        let (writer, loaded) = StoreWriter::open(DataDir::new(data_dir), settings)?;
+        let (mut writer, loaded) = StoreWriter::open(DataDir::new(data_dir), settings)?;
+        // Alerts are spooled for every configured SIEM destination as they are stored.
+        let forward = Arc::new(crate::forward::spool::ForwardShared::new());
+        let dests = cfg
+            .forward
+            .iter()
+            .map(|f| crate::forward::spool::SpoolDest {
+                name: f.name.clone(),
+                max_bytes: f.spool_bytes(),
+            })
+            .collect();
+        writer.set_forwarding(dests, forward.clone())?;
         let store_counters = writer.counters.clone();
         let decoder = Decoder::new(cfg, loaded.templates, loaded.exporters)?;
         let (tx, rx) = sync_channel(cfg.collector.queue_batches);
@@ -131,6 +144,7 @@ impl Pipeline {
             batch_flows: cfg.collector.batch_flows,
             mode,
             counters: Arc::new(PipelineCounters::default()),
+            forward,
         })
     }
 

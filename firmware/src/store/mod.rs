@@ -124,6 +124,8 @@ pub struct StoreCounters {
     pub state_failures: AtomicU64,
     /// Oldest alerts deleted to keep the alert table within its cap.
     pub alerts_evicted: AtomicU64,
+    /// Spool entries deleted unsent because a destination's spool was full (this process).
+    pub spool_dropped: AtomicU64,
 }
 
 impl StoreCounters {

@@ -30,6 +30,12 @@ pub const EXPORTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("export
 pub const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
 /// State: detector state ("baseline/...", "meta" postcard; "status" JSON).
 pub const DETECT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("detect_state");
+/// State: forwarding spool, (destination name, sequence) -> JSON `forward::event::SpoolEntry`.
+pub const SPOOL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("spool");
+/// State: destination name -> postcard `forward::spool::SpoolMeta` (sequence, size, drops).
+pub const SPOOL_META: TableDefinition<&str, &[u8]> = TableDefinition::new("spool_meta");
+/// State: destination name -> JSON `forward::status::DestState` (as last reported by `run`).
+pub const FORWARD_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("forward_state");
 /// State: named counters and settings ("schema", store counters).
 pub const STATE_META: TableDefinition<&str, u64> = TableDefinition::new("state_meta");
 

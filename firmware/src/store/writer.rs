@@ -119,6 +119,8 @@ pub struct StoreWriter {
     latest_event: u64,
     last_expire_hour: u64,
     last_hours_write: Instant,
+    /// Forwarding spools fed in the state transaction (None: no destinations).
+    spool: Option<crate::forward::spool::SpoolBook>,
     pub counters: Arc<StoreCounters>,
 }
 
@@ -168,6 +170,7 @@ impl StoreWriter {
             latest_event: 0,
             last_expire_hour: 0,
             last_hours_write: Instant::now(),
+            spool: None,
             counters: Arc::new(StoreCounters::default()),
         };
         // An over-budget directory (budget lowered, files from elsewhere) is trimmed first.
@@ -252,6 +255,20 @@ impl StoreWriter {
         Ok(out)
     }
 
+    /// Spool every alert (new or updated) for these destinations, in the same
+    /// transaction that stores it, and persist the senders' confirmations and state.
+    pub fn set_forwarding(
+        &mut self,
+        dests: Vec<crate::forward::spool::SpoolDest>,
+        shared: Arc<crate::forward::spool::ForwardShared>,
+    ) -> Result<(), StoreError> {
+        let p = self.dir.state();
+        let db = self.state_db()?;
+        let book = crate::forward::spool::SpoolBook::load(db, dests, shared).map_err(|e| StoreError::db(&p, e))?;
+        self.spool = Some(book);
+        Ok(())
+    }
+
     /// Queue flows for the next commit (copies them; the pipeline uses [`Self::add_batch`]).
     pub fn add(&mut self, flows: &[FlowRecord]) {
         self.add_batch(std::sync::Arc::new(flows.to_vec()));
@@ -301,6 +318,7 @@ impl StoreWriter {
             ("store.flows_too_old", g(&c.flows_too_old)),
             ("store.rollup_overflow", g(&c.rollup_overflow)),
             ("store.alerts_evicted", g(&c.alerts_evicted)),
+            ("forward.spool_dropped", g(&c.spool_dropped)),
             ("store.bytes_used", self.quota.used()),
             ("store.budget", self.cfg.budget),
         ]
@@ -547,9 +565,36 @@ impl StoreWriter {
             && self.named_counters.is_empty()
             && self.detect_alerts.is_empty()
             && self.detect_state.is_empty()
+            && !self.spool.as_ref().is_some_and(|s| s.has_work())
         {
             return;
         }
+        // Every alert (new or updated) becomes a spool entry for each destination;
+        // an alert updated several times before this commit is sent once, as it is now.
+        let at_ms = crate::timefmt::now_ms();
+        let spool_entries: Vec<Vec<u8>> = match &self.spool {
+            Some(s) if !s.is_empty() => {
+                let last: HashMap<&str, usize> = self
+                    .detect_alerts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (a.alert.id.as_str(), i))
+                    .collect();
+                self.detect_alerts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, a)| last.get(a.alert.id.as_str()) == Some(i))
+                    .map(|(_, a)| {
+                        serde_json::to_vec(&crate::forward::event::SpoolEntry {
+                            at_ms,
+                            event: crate::forward::event::Event::Alert(a.alert.clone()),
+                        })
+                        .unwrap_or_default()
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let mut named = std::mem::take(&mut self.named_counters);
         named.extend(self.own_counters());
         for attempt in 1..=MAX_ATTEMPTS {
@@ -561,6 +606,8 @@ impl StoreWriter {
             let max_alerts = self.cfg.max_alerts;
             let mut evicted_alerts = 0;
             let p = self.dir.state();
+            let spool = &mut self.spool;
+            let spool_entries = &spool_entries;
             let res = (|| -> Result<(), StoreError> {
                 let db = match &self.state {
                     Some(db) => db,
@@ -598,10 +645,17 @@ impl StoreWriter {
                         t.insert(k.as_str(), v.as_slice()).map_err(|e| StoreError::db(&p, e))?;
                     }
                 }
+                if let Some(s) = spool.as_mut() {
+                    s.stage(&txn, spool_entries).map_err(|e| StoreError::db(&p, e))?;
+                }
                 txn.commit().map_err(|e| StoreError::db(&p, e))
             })();
             match res {
                 Ok(()) => {
+                    if let Some(s) = self.spool.as_mut() {
+                        s.committed();
+                        self.counters.spool_dropped.store(s.dropped, Ordering::Relaxed);
+                    }
                     self.counters.alerts_evicted.fetch_add(evicted_alerts, Ordering::Relaxed);
                     self.templates.clear();
                     self.exporters = None;
@@ -610,6 +664,9 @@ impl StoreWriter {
                     return;
                 }
                 Err(e) => {
+                    if let Some(s) = self.spool.as_mut() {
+                        s.failed();
+                    }
                     tracing::warn!("state commit failed (attempt {attempt}): {e}");
                     self.state = None;
                     self.counters.reopens.fetch_add(1, Ordering::Relaxed);

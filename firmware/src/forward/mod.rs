@@ -1,0 +1,103 @@
+//! SIEM forwarding (stage 5 of the data flow): alerts → durable spool →
+//! RFC 5424 syslog (CEF, LEEF or ECS JSON) over TLS, TCP or UDP.
+//!
+//! The store writer puts every new or updated alert into each destination's
+//! spool in the transaction that stores it ([`spool`]); `run` starts one
+//! [`sender`] per `[[forward]]` destination that sends the spool in order,
+//! confirms, and lets the writer delete what was delivered. Messages:
+//! [`syslog`] (header, framing), [`cef`], [`leef`], [`ecs`]; connections:
+//! [`transport`], [`tls`]; state for `forward-status`: [`status`].
+
+pub mod cef;
+pub mod ecs;
+pub mod event;
+pub mod leef;
+pub mod sender;
+pub mod settings;
+pub mod spool;
+pub mod status;
+pub mod syslog;
+pub mod tls;
+pub mod transport;
+
+use crate::store::DataDir;
+use std::sync::Arc;
+
+/// Counters a heartbeat carries (when present in the state file).
+const HEARTBEAT_COUNTERS: &[&str] = &[
+    "store.flows_committed",
+    "store.flows_dropped",
+    "store.bytes_used",
+    "store.budget",
+    "detect.alerts_new",
+    "detect.alerts_updated",
+    "pipeline.flows_dropped_store_queue",
+    "pipeline.flows_dropped_detect_queue",
+    "collector.datagrams",
+    "collector.datagrams_dropped_decoder_queue",
+    "collector.datagrams_dropped_kernel",
+    "forward.spool_dropped",
+];
+
+/// Heartbeat counters read from the state file of `dir`.
+pub fn state_counters(dir: DataDir) -> sender::CounterSource {
+    Arc::new(move || {
+        crate::store::reader::Reader::new(dir.clone())
+            .counters()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| HEARTBEAT_COUNTERS.contains(&k.as_str()))
+            .collect()
+    })
+}
+
+/// Start a sender task per destination on the current tokio runtime.
+/// Destinations whose TLS material cannot be loaded are reported and skipped
+/// (their spools keep filling, capped).
+pub fn spawn_all(
+    list: &[settings::ForwardConfig],
+    dir: &DataDir,
+    shared: Arc<spool::ForwardShared>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let who = Arc::new(event::Sender::local());
+    let mut out = Vec::new();
+    for cfg in list {
+        match sender::Destination::new(cfg.clone(), who.clone()) {
+            Ok(d) => {
+                let counters = state_counters(dir.clone());
+                out.push(tokio::spawn(sender::run(d, dir.clone(), shared.clone(), counters, stop.clone())));
+            }
+            Err(e) => {
+                tracing::error!("forward {}: cannot start: {e}", cfg.name);
+                let st = status::DestState {
+                    name: cfg.name.clone(),
+                    address: cfg.address.clone(),
+                    transport: cfg.transport.as_str().into(),
+                    framing: cfg.framing.as_str().into(),
+                    format: cfg.format.as_str().into(),
+                    last_error: Some(format!("cannot start: {e}")),
+                    last_error_ms: Some(crate::timefmt::now_ms()),
+                    updated_ms: crate::timefmt::now_ms(),
+                    ..status::DestState::default()
+                };
+                shared.report(&cfg.name, serde_json::to_vec(&st).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// `forward-test`: one test event per destination; (name, outcome) in config order.
+pub async fn test_all(list: &[settings::ForwardConfig]) -> Vec<(String, Result<String, String>)> {
+    let who = Arc::new(event::Sender::local());
+    let mut out = Vec::new();
+    for cfg in list {
+        let r = match sender::Destination::new(cfg.clone(), who.clone()) {
+            Ok(d) => sender::test_destination(&d).await,
+            Err(e) => Err(e),
+        };
+        out.push((cfg.name.clone(), r));
+    }
+    out
+}

@@ -1,0 +1,381 @@
+//! The durable per-destination spool (at-least-once delivery).
+//!
+//! Writer side (inside the store writer's state transaction, so an alert and
+//! its spool entries commit together): [`SpoolBook::enqueue`] appends an entry
+//! per destination with the next sequence number and, past the destination's
+//! byte cap, deletes the oldest entries (counted; the sender turns the hole into
+//! a gap event); [`SpoolBook::apply`] deletes what the senders confirmed and
+//! stores their reported state. Sender side: [`SpoolReader`] reads the entries
+//! after a sequence number from a read-only handle that follows the writer's
+//! commits. [`ForwardShared`] carries confirmations and state from the senders
+//! to the writer (bounded: one slot per destination) and wakes senders after a
+//! commit that spooled something.
+
+use super::event::SpoolEntry;
+use crate::store::schema::{FORWARD_STATE, SPOOL, SPOOL_META};
+use crate::store::{StoreError, open_readonly};
+use redb::{ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableError, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Per-destination bookkeeping kept beside the entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolMeta {
+    /// Sequence number the next entry gets (first entry: 1).
+    pub next_seq: u64,
+    /// Highest sequence number confirmed delivered.
+    pub acked_upto: u64,
+    /// Entries and bytes now spooled.
+    pub entries: u64,
+    pub bytes: u64,
+    /// Entries deleted unsent because the spool was full, ever.
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    /// Cap in force when last written.
+    pub max_bytes: u64,
+}
+
+/// A destination the writer spools for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolDest {
+    pub name: String,
+    pub max_bytes: u64,
+}
+
+/// Confirmations and state reports from the senders, picked up at each commit.
+#[derive(Debug, Default)]
+pub struct ForwardShared {
+    inner: Mutex<Pending>,
+    wake: Option<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    acks: HashMap<String, u64>,
+    states: HashMap<String, Vec<u8>>,
+}
+
+impl ForwardShared {
+    pub fn new() -> ForwardShared {
+        let (tx, _) = tokio::sync::watch::channel(0);
+        ForwardShared {
+            inner: Mutex::new(Pending::default()),
+            wake: Some(tx),
+        }
+    }
+
+    /// Entries up to `seq` of `dest` were delivered.
+    pub fn ack(&self, dest: &str, seq: u64) {
+        if let Ok(mut p) = self.inner.lock() {
+            let e = p.acks.entry(dest.to_string()).or_insert(0);
+            *e = (*e).max(seq);
+        }
+    }
+
+    /// The latest state of `dest` (JSON), to persist.
+    pub fn report(&self, dest: &str, state_json: Vec<u8>) {
+        if let Ok(mut p) = self.inner.lock() {
+            p.states.insert(dest.to_string(), state_json);
+        }
+    }
+
+    fn take(&self) -> Pending {
+        self.inner.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
+    }
+
+    fn put_back(&self, old: Pending) {
+        if let Ok(mut p) = self.inner.lock() {
+            for (d, s) in old.acks {
+                let e = p.acks.entry(d).or_insert(0);
+                *e = (*e).max(s);
+            }
+            for (d, s) in old.states {
+                p.states.entry(d).or_insert(s);
+            }
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.inner
+            .lock()
+            .map(|p| !p.acks.is_empty() || !p.states.is_empty())
+            .unwrap_or(false)
+    }
+
+    /// A receiver that changes after every commit that spooled entries.
+    pub fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.wake.as_ref().map(|w| w.subscribe())
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.wake {
+            w.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+}
+
+/// The writer's view of every spool: metas in memory, changed only on commit.
+#[derive(Debug)]
+pub struct SpoolBook {
+    dests: Vec<SpoolDest>,
+    metas: HashMap<String, SpoolMeta>,
+    shared: std::sync::Arc<ForwardShared>,
+    /// Metas changed by the transaction being built (swapped in on commit).
+    staged: Option<HashMap<String, SpoolMeta>>,
+    staged_pending: Option<Pending>,
+    staged_spooled: bool,
+    staged_dropped: u64,
+    /// Entries deleted unsent (spool full), this process.
+    pub dropped: u64,
+}
+
+fn db_err(e: impl Into<redb::Error>) -> redb::Error {
+    e.into()
+}
+
+impl SpoolBook {
+    /// Load the metas of `dests` (new destinations start at sequence 1).
+    pub fn load(state: &redb::Database, dests: Vec<SpoolDest>, shared: std::sync::Arc<ForwardShared>) -> Result<SpoolBook, redb::Error> {
+        let txn = state.begin_read().map_err(db_err)?;
+        let mut metas = HashMap::new();
+        match txn.open_table(SPOOL_META) {
+            Ok(t) => {
+                for row in t.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    if let Ok(m) = postcard::from_bytes::<SpoolMeta>(v.value()) {
+                        metas.insert(k.value().to_string(), m);
+                    }
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(db_err(e)),
+        }
+        for d in &dests {
+            metas.entry(d.name.clone()).or_insert(SpoolMeta {
+                next_seq: 1,
+                ..SpoolMeta::default()
+            });
+        }
+        Ok(SpoolBook {
+            dests,
+            metas,
+            shared,
+            staged: None,
+            staged_pending: None,
+            staged_spooled: false,
+            staged_dropped: 0,
+            dropped: 0,
+        })
+    }
+
+    /// Whether a commit has work for the spool even without new alerts.
+    pub fn has_work(&self) -> bool {
+        self.shared.has_pending()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dests.is_empty()
+    }
+
+    /// Stage `entries` (already encoded) for every destination, then the senders'
+    /// confirmations and states, inside `txn`. Call [`Self::committed`] or
+    /// [`Self::failed`] after the commit.
+    pub fn stage(&mut self, txn: &WriteTransaction, entries: &[Vec<u8>]) -> Result<(), redb::Error> {
+        let mut metas = self.metas.clone();
+        let pending = self.shared.take();
+        let mut dropped = 0;
+        {
+            let mut spool = txn.open_table(SPOOL).map_err(db_err)?;
+            let mut meta_t = txn.open_table(SPOOL_META).map_err(db_err)?;
+            let mut touched: Vec<String> = Vec::new();
+            // Confirmations first: they free room.
+            for (dest, upto) in &pending.acks {
+                let Some(m) = metas.get_mut(dest) else { continue };
+                if *upto <= m.acked_upto {
+                    continue;
+                }
+                let gone: Vec<(u64, usize)> = spool
+                    .range((dest.as_str(), 0)..=(dest.as_str(), *upto))
+                    .map_err(db_err)?
+                    .map(|r| r.map(|(k, v)| (k.value().1, v.value().len())))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                for (seq, len) in gone {
+                    spool.remove((dest.as_str(), seq)).map_err(db_err)?;
+                    m.entries = m.entries.saturating_sub(1);
+                    m.bytes = m.bytes.saturating_sub(len as u64);
+                }
+                m.acked_upto = (*upto).min(m.next_seq.saturating_sub(1));
+                touched.push(dest.clone());
+            }
+            for d in &self.dests {
+                let Some(m) = metas.get_mut(&d.name) else { continue };
+                m.max_bytes = d.max_bytes;
+                for e in entries {
+                    spool.insert((d.name.as_str(), m.next_seq), e.as_slice()).map_err(db_err)?;
+                    m.next_seq += 1;
+                    m.entries += 1;
+                    m.bytes += e.len() as u64;
+                }
+                // Over the cap: oldest first, never the newest entry.
+                while m.bytes > d.max_bytes && m.entries > 1 {
+                    let first = spool
+                        .range((d.name.as_str(), 0)..(d.name.as_str(), u64::MAX))
+                        .map_err(db_err)?
+                        .next()
+                        .transpose()
+                        .map_err(db_err)?
+                        .map(|(k, v)| (k.value().1, v.value().len()));
+                    let Some((seq, len)) = first else { break };
+                    spool.remove((d.name.as_str(), seq)).map_err(db_err)?;
+                    m.entries -= 1;
+                    m.bytes = m.bytes.saturating_sub(len as u64);
+                    m.dropped += 1;
+                    m.dropped_bytes += len as u64;
+                    dropped += 1;
+                }
+                touched.push(d.name.clone());
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for name in touched {
+                if let Some(m) = metas.get(&name) {
+                    let bytes = postcard::to_stdvec(m).unwrap_or_default();
+                    meta_t.insert(name.as_str(), bytes.as_slice()).map_err(db_err)?;
+                }
+            }
+            let mut st = txn.open_table(FORWARD_STATE).map_err(db_err)?;
+            for (dest, json) in &pending.states {
+                st.insert(dest.as_str(), json.as_slice()).map_err(db_err)?;
+            }
+        }
+        self.staged = Some(metas);
+        self.staged_pending = Some(pending);
+        self.staged_spooled = !entries.is_empty() && !self.dests.is_empty();
+        self.staged_dropped = dropped;
+        Ok(())
+    }
+
+    /// The staged transaction committed.
+    pub fn committed(&mut self) {
+        if let Some(m) = self.staged.take() {
+            self.metas = m;
+        }
+        self.staged_pending = None;
+        self.dropped += std::mem::take(&mut self.staged_dropped);
+        if std::mem::take(&mut self.staged_spooled) {
+            self.shared.wake();
+        }
+    }
+
+    /// The staged transaction failed: keep the confirmations for the next try.
+    pub fn failed(&mut self) {
+        self.staged = None;
+        self.staged_spooled = false;
+        self.staged_dropped = 0;
+        if let Some(p) = self.staged_pending.take() {
+            self.shared.put_back(p);
+        }
+    }
+}
+
+/// Read access to the spool for senders and status (follows the writer's commits).
+pub struct SpoolReader {
+    path: PathBuf,
+    db: Option<ReadOnlyDatabase>,
+}
+
+/// One spooled entry as read: its sequence number and the entry (None: undecodable).
+pub type Spooled = (u64, Option<SpoolEntry>, usize);
+
+impl SpoolReader {
+    pub fn new(state_path: &Path) -> SpoolReader {
+        SpoolReader {
+            path: state_path.to_path_buf(),
+            db: None,
+        }
+    }
+
+    fn db(&mut self) -> Result<Option<&ReadOnlyDatabase>, StoreError> {
+        if self.db.is_none() {
+            if !self.path.exists() {
+                return Ok(None);
+            }
+            self.db = Some(open_readonly(&self.path)?);
+        }
+        Ok(self.db.as_ref())
+    }
+
+    /// Entries of `dest` after sequence `after`, at most `max` entries and about `max_bytes`.
+    pub fn read(&mut self, dest: &str, after: u64, max: usize, max_bytes: usize) -> Result<Vec<Spooled>, StoreError> {
+        let path = self.path.clone();
+        let res = (|| {
+            let Some(db) = self.db()? else { return Ok(Vec::new()) };
+            let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
+            let t = match txn.open_table(SPOOL) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(StoreError::db(&path, e)),
+            };
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for row in t
+                .range((dest, after.saturating_add(1))..(dest, u64::MAX))
+                .map_err(|e| StoreError::db(&path, e))?
+            {
+                let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
+                let raw = v.value();
+                bytes += raw.len();
+                out.push((k.value().1, serde_json::from_slice::<SpoolEntry>(raw).ok(), raw.len()));
+                if out.len() >= max || bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        })();
+        if res.is_err() {
+            // A fresh handle next time (the file may have been repaired or replaced).
+            self.db = None;
+        }
+        res
+    }
+
+    /// Every row of a name-keyed state table (empty when it does not exist yet).
+    fn named_rows(&mut self, table: redb::TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let path = self.path.clone();
+        let Some(db) = self.db()? else { return Ok(Vec::new()) };
+        let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
+        let t = match txn.open_table(table) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::db(&path, e)),
+        };
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| StoreError::db(&path, e))? {
+            let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The meta of every destination ever spooled for.
+    pub fn metas(&mut self) -> Result<Vec<(String, SpoolMeta)>, StoreError> {
+        Ok(self
+            .named_rows(SPOOL_META)?
+            .into_iter()
+            .filter_map(|(k, v)| postcard::from_bytes::<SpoolMeta>(&v).ok().map(|m| (k, m)))
+            .collect())
+    }
+
+    /// The first (oldest) entry's stored time of `dest`.
+    pub fn oldest_at(&mut self, dest: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.read(dest, 0, 1, 1)?.first().and_then(|(_, e, _)| e.as_ref().map(|e| e.at_ms)))
+    }
+
+    /// Destination states as last persisted (JSON).
+    pub fn states(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.named_rows(FORWARD_STATE)
+    }
+}
