@@ -27,6 +27,9 @@ const PEERS: &[(&str, &str)] = &[
     ("softflowd", "softflowd"),
     ("fprobe", "fprobe"),
     ("tshark", "tshark"),
+    // The SIEM in the forwarding tests: rsyslog with its gnutls driver.
+    ("rsyslog", "rsyslogd"),
+    ("rsyslog-gnutls", "/usr/share/doc/rsyslog-gnutls/copyright"),
 ];
 
 fn root() -> PathBuf {
