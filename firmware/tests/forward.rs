@@ -255,20 +255,14 @@ template(name="raw" type="string" string="%rawmsg%\n")
 
     /// Wait until `pred` holds for an input's lines.
     fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
+        wait_until(&format!("{name}: {what}"), || {
             let l = self.lines(name);
             if pred(&l) {
-                return l;
+                Ok(l)
+            } else {
+                Err(format!("{} lines:\n{}", l.len(), l.join("\n")))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: {what} did not arrive within 40 s; got {} lines:\n{}",
-                l.len(),
-                l.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 }
 
@@ -355,19 +349,24 @@ fn dest<'a>(rows: &'a [Value], name: &str) -> &'a Value {
 }
 
 fn wait_status(data: &Path, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_until(&format!("{name}: {what} in forward-status"), || {
+        let rows = status(data);
+        match rows.iter().find(|r| r["name"] == name) {
+            Some(r) if pred(r) => Ok(r.clone()),
+            _ => Err(format!("{rows:?}")),
+        }
+    })
+}
+
+/// Poll `probe` until it gives a value (40 s at most; the panic shows the last miss).
+fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let rows = status(data);
-        if let Some(r) = rows.iter().find(|r| r["name"] == name)
-            && pred(r)
-        {
-            return r.clone();
+        match probe() {
+            Ok(v) => return v,
+            Err(last) => assert!(Instant::now() < deadline, "{what}: not seen within 40 s; last: {last}"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {what} not seen in forward-status within 40 s: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(150));
     }
 }
 
@@ -900,4 +899,64 @@ fn tls_failures_are_clear_and_deliver_nothing() {
             rs.lines(input)
         );
     }
+}
+
+/// A receiver that takes a batch and then drops the connection (as a crashing or
+/// restarting collector does) must see it again, marked: the first connection's
+/// messages were never confirmed, so they stay spooled and the next connection
+/// carries them with resent="1". rsyslog cannot be made to do this on cue, so
+/// the peer here is a bare TCP listener in the test.
+#[test]
+fn unconfirmed_batches_are_sent_again_marked() {
+    use std::io::Read;
+    let d = tmp();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+    let text = BASE.to_string() + &forward_block("flaky", port, "transport = \"tcp\"\nheartbeat_interval = \"0s\"");
+    let cfg = config(&text, d.path());
+    let data = d.path().join("data");
+    make_alerts(&cfg, &data, START + 9 * HOUR, &[51]);
+    let n = spooled(&data, "flaky");
+    let peer = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        // First connection: read the first bytes of a batch, then close without a word.
+        let (mut c1, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = [0u8; 65536];
+        let k = c1.read(&mut buf).unwrap_or_else(|e| panic!("{e}"));
+        got.push(String::from_utf8_lossy(&buf[..k]).into_owned());
+        drop(c1);
+        // Second connection: read everything until the appliance closes it.
+        let (mut c2, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let mut all = Vec::new();
+        let _ = c2.read_to_end(&mut all);
+        got.push(String::from_utf8_lossy(&all).into_owned());
+        got
+    });
+    let cfg_path = d.path().join("flowwarden.toml");
+    let run = Running::start(&data, &["--config", &cfg_path.display().to_string()]);
+    let st = wait_status(&data, "flaky", "the resend confirmed", |r| {
+        r["queue_depth"] == 0 && r["delivered"].as_u64() == Some(n)
+    });
+    assert_eq!(st["resent"], n, "every entry of the unconfirmed batch comes again, marked: {st}");
+    assert_eq!(st["connects"], 2, "{st}");
+    run.stop();
+    let got = peer.join().unwrap_or_else(|_| panic!("peer thread"));
+    assert!(
+        got[0].contains("[meta sequenceId=\"1\"]") && !got[0].contains("resent="),
+        "first try: {}",
+        got[0]
+    );
+    // Octet-counted frames on the second connection: every one is marked, in order 1..n.
+    let mut rest = got[1].as_str();
+    let mut seqs = Vec::new();
+    while let Some((len, tail)) = rest.split_once(' ') {
+        let len: usize = len.parse().unwrap_or_else(|_| panic!("bad frame length {len:?}"));
+        let msg = &tail[..len];
+        let s = rfc5424(msg);
+        assert_eq!(sd_param(&s.sd, "resent").as_deref(), Some("1"), "{msg}");
+        assert!(msg.contains("cs6=resent"), "{msg}");
+        seqs.push(sd_param(&s.sd, "seq").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+        rest = &tail[len..];
+    }
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
 }

@@ -224,9 +224,11 @@ impl Run<'_> {
             };
             self.d.encode(&env, &mut stream, &mut datagrams);
         }
-        conn.send(&self.d.cfg, &stream, &datagrams).await?;
+        // Counted as sent before the write: a write that fails half-way may still
+        // have delivered some of it, so a retry of any of it is a possible duplicate.
         self.sent_upto = self.sent_upto.max(last);
         self.state.sent_upto = self.sent_upto;
+        conn.send(&self.d.cfg, &stream, &datagrams).await?;
         conn.confirm(&self.d.cfg).await?;
         self.confirmed = last;
         self.shared.ack(&self.d.cfg.name, last);
@@ -253,7 +255,7 @@ impl Run<'_> {
         conn.confirm(&self.d.cfg).await
     }
 
-    async fn session(&mut self, conn: &mut Conn, wake: &mut Option<watch::Receiver<u64>>, stop: &mut watch::Receiver<bool>) -> End {
+    async fn session(&mut self, conn: &mut Conn, wake: &mut watch::Receiver<u64>, stop: &mut watch::Receiver<bool>) -> End {
         loop {
             if *stop.borrow() {
                 return End::Stop;
@@ -283,7 +285,7 @@ impl Run<'_> {
             let wait = POLL.min(until_hb);
             let cfg = &self.d.cfg;
             tokio::select! {
-                _ = async { match wake.as_mut() { Some(w) => { let _ = w.changed().await; } None => std::future::pending().await } } => {}
+                _ = wake.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 why = conn.closed(cfg) => return End::Failed(why),
                 _ = stop.changed() => return End::Stop,
@@ -294,7 +296,7 @@ impl Run<'_> {
 
 /// Run one destination until `stop` turns true.
 pub async fn run(d: Destination, dir: DataDir, shared: Arc<ForwardShared>, counters: CounterSource, mut stop: watch::Receiver<bool>) {
-    let mut reader = SpoolReader::new(&dir.state());
+    let reader = SpoolReader::new(&dir.state());
     let confirmed = reader
         .metas()
         .ok()

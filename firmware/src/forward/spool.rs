@@ -6,15 +6,15 @@
 //! byte cap, deletes the oldest entries (counted; the sender turns the hole into
 //! a gap event); [`SpoolBook::apply`] deletes what the senders confirmed and
 //! stores their reported state. Sender side: [`SpoolReader`] reads the entries
-//! after a sequence number from a read-only handle that follows the writer's
-//! commits. [`ForwardShared`] carries confirmations and state from the senders
+//! after a sequence number through a read-only open of the state file. [`ForwardShared`] carries confirmations and state from the senders
 //! to the writer (bounded: one slot per destination) and wakes senders after a
 //! commit that spooled something.
 
 use super::event::SpoolEntry;
+use crate::store::StoreError;
+use crate::store::reader::with_table;
 use crate::store::schema::{FORWARD_STATE, SPOOL, SPOOL_META};
-use crate::store::{StoreError, open_readonly};
-use redb::{ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableError, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableError, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,10 +45,10 @@ pub struct SpoolDest {
 }
 
 /// Confirmations and state reports from the senders, picked up at each commit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ForwardShared {
     inner: Mutex<Pending>,
-    wake: Option<tokio::sync::watch::Sender<u64>>,
+    wake: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -57,13 +57,19 @@ struct Pending {
     states: HashMap<String, Vec<u8>>,
 }
 
-impl ForwardShared {
-    pub fn new() -> ForwardShared {
+impl Default for ForwardShared {
+    fn default() -> ForwardShared {
         let (tx, _) = tokio::sync::watch::channel(0);
         ForwardShared {
             inner: Mutex::new(Pending::default()),
-            wake: Some(tx),
+            wake: tx,
         }
+    }
+}
+
+impl ForwardShared {
+    pub fn new() -> ForwardShared {
+        ForwardShared::default()
     }
 
     /// Entries up to `seq` of `dest` were delivered.
@@ -105,14 +111,12 @@ impl ForwardShared {
     }
 
     /// A receiver that changes after every commit that spooled entries.
-    pub fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.wake.as_ref().map(|w| w.subscribe())
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     fn wake(&self) {
-        if let Some(w) = &self.wake {
-            w.send_modify(|g| *g = g.wrapping_add(1));
-        }
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
@@ -281,10 +285,11 @@ impl SpoolBook {
     }
 }
 
-/// Read access to the spool for senders and status (follows the writer's commits).
+/// Read access to the spool for senders and status. Each call opens the state
+/// file read-only (like every other reader: works beside the live writer, sees
+/// its latest commit, repairs after a crash when no writer holds it).
 pub struct SpoolReader {
     path: PathBuf,
-    db: Option<ReadOnlyDatabase>,
 }
 
 /// One spooled entry as read: its sequence number and the entry (None: undecodable).
@@ -294,38 +299,16 @@ impl SpoolReader {
     pub fn new(state_path: &Path) -> SpoolReader {
         SpoolReader {
             path: state_path.to_path_buf(),
-            db: None,
         }
-    }
-
-    fn db(&mut self) -> Result<Option<&ReadOnlyDatabase>, StoreError> {
-        if self.db.is_none() {
-            if !self.path.exists() {
-                return Ok(None);
-            }
-            self.db = Some(open_readonly(&self.path)?);
-        }
-        Ok(self.db.as_ref())
     }
 
     /// Entries of `dest` after sequence `after`, at most `max` entries and about `max_bytes`.
-    pub fn read(&mut self, dest: &str, after: u64, max: usize, max_bytes: usize) -> Result<Vec<Spooled>, StoreError> {
-        let path = self.path.clone();
-        let res = (|| {
-            let Some(db) = self.db()? else { return Ok(Vec::new()) };
-            let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
-            let t = match txn.open_table(SPOOL) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(StoreError::db(&path, e)),
-            };
+    pub fn read(&self, dest: &str, after: u64, max: usize, max_bytes: usize) -> Result<Vec<Spooled>, StoreError> {
+        with_table(&self.path, SPOOL, |t| {
             let mut out = Vec::new();
             let mut bytes = 0;
-            for row in t
-                .range((dest, after.saturating_add(1))..(dest, u64::MAX))
-                .map_err(|e| StoreError::db(&path, e))?
-            {
-                let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
+            for row in t.range((dest, after.saturating_add(1))..(dest, u64::MAX))? {
+                let (k, v) = row?;
                 let raw = v.value();
                 bytes += raw.len();
                 out.push((k.value().1, serde_json::from_slice::<SpoolEntry>(raw).ok(), raw.len()));
@@ -334,34 +317,23 @@ impl SpoolReader {
                 }
             }
             Ok(out)
-        })();
-        if res.is_err() {
-            // A fresh handle next time (the file may have been repaired or replaced).
-            self.db = None;
-        }
-        res
+        })
     }
 
     /// Every row of a name-keyed state table (empty when it does not exist yet).
-    fn named_rows(&mut self, table: redb::TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let path = self.path.clone();
-        let Some(db) = self.db()? else { return Ok(Vec::new()) };
-        let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
-        let t = match txn.open_table(table) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::db(&path, e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| StoreError::db(&path, e))? {
-            let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+    fn named_rows(&self, table: redb::TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        with_table(&self.path, table, |t| {
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// The meta of every destination ever spooled for.
-    pub fn metas(&mut self) -> Result<Vec<(String, SpoolMeta)>, StoreError> {
+    pub fn metas(&self) -> Result<Vec<(String, SpoolMeta)>, StoreError> {
         Ok(self
             .named_rows(SPOOL_META)?
             .into_iter()
@@ -370,12 +342,12 @@ impl SpoolReader {
     }
 
     /// The first (oldest) entry's stored time of `dest`.
-    pub fn oldest_at(&mut self, dest: &str) -> Result<Option<u64>, StoreError> {
+    pub fn oldest_at(&self, dest: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.read(dest, 0, 1, 1)?.first().and_then(|(_, e, _)| e.as_ref().map(|e| e.at_ms)))
     }
 
     /// Destination states as last persisted (JSON).
-    pub fn states(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.named_rows(FORWARD_STATE)
     }
 }

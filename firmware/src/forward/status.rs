@@ -95,7 +95,7 @@ pub fn status_json(
 
 /// Every destination known to a data directory (spooled for or reported on), by name.
 pub fn collect(dir: &DataDir, now_ms: u64) -> Result<Vec<serde_json::Value>, StoreError> {
-    let mut r = SpoolReader::new(&dir.state());
+    let r = SpoolReader::new(&dir.state());
     let metas = r.metas()?;
     let states: Vec<(String, DestState)> = r
         .states()?

@@ -250,6 +250,8 @@ pub fn explain(e: &rustls::Error, f: &ForwardConfig) -> String {
             format!("server rejected the client certificate (TLS alert {a:?}); is it signed by a CA the receiver trusts?")
         }
         E::AlertReceived(a) => format!("server ended the TLS session with alert {a:?}"),
+        // Our own verifier's words (pinned fingerprint) need no prefix.
+        E::General(m) => m.clone(),
         _ => format!("TLS: {e}"),
     }
 }

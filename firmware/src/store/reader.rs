@@ -175,7 +175,7 @@ impl Reader {
 
 /// Run `f` on one table of a state or roll-up file; a file or table that does
 /// not exist yet reads as empty.
-fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, T: Default>(
+pub(crate) fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, T: Default>(
     path: &std::path::Path,
     table: redb::TableDefinition<K, V>,
     f: impl FnOnce(&redb::ReadOnlyTable<K, V>) -> Result<T, redb::StorageError>,
