@@ -53,10 +53,10 @@ pub enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// Start (RFC 3339, 'YYYY-MM-DD HH:MM[:SS]' UTC, Unix seconds, or -2h).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
         /// End, exclusive (same forms as --from).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         to: Option<String>,
         /// Filter expression, e.g. "src net 10.0.0.0/8 and dst port 443".
         #[arg(long, default_value = "")]
@@ -86,8 +86,8 @@ pub enum Command {
     Alerts {
         #[arg(long)]
         data_dir: PathBuf,
-        /// Only alerts seen at or after this time (same forms as query --from).
-        #[arg(long)]
+        /// Only alerts seen at or after this time (same forms as query --from, e.g. -2h).
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
         /// Only this kind: exfiltration, beaconing, scan, spike.
         #[arg(long)]
@@ -436,16 +436,72 @@ fn ingest(cfg: &Config, data_dir: &Path, files: &[PathBuf]) -> Result<()> {
     if !failed.is_empty() {
         bail!("{} of {} files could not be read completely", failed.len(), files.len());
     }
+    let lost = ingest_losses(&report);
+    if !lost.is_empty() {
+        bail!("data was lost: {}", lost.join("; "));
+    }
     Ok(())
 }
 
+/// What an ingest lost against the rules (planned eviction of the oldest data is not a loss).
+fn ingest_losses(r: &PipelineReport) -> Vec<String> {
+    let mut lost = Vec::new();
+    if r.flows_dropped_store > 0 {
+        lost.push(format!("{} flows could not be stored", r.flows_dropped_store));
+    }
+    if r.flows_dropped_queue > 0 {
+        lost.push(format!("{} flows were dropped in the store queue", r.flows_dropped_queue));
+    }
+    if r.files_damaged > 0 {
+        lost.push(format!(
+            "{} damaged store files were moved aside (see the log and the damaged/ folder)",
+            r.files_damaged
+        ));
+    }
+    if r.rollup_failures > 0 {
+        lost.push(format!("{} roll-up commits failed", r.rollup_failures));
+    }
+    if r.state_failures > 0 {
+        lost.push(format!("{} state commits failed", r.state_failures));
+    }
+    lost
+}
+
 fn print_ingest_summary(files: usize, c: &crate::capture::CaptureStats, r: &PipelineReport, secs: f64) {
+    use crate::units;
     let d = &r.decode;
     println!("files:              {files}");
     println!("frames:             {} ({} UDP datagrams)", c.frames, c.udp);
     println!("packets:            {} NetFlow/IPFIX datagrams", d.datagrams - d.not_netflow);
     println!("records:            {}", d.records);
     println!("flows stored:       {}", r.flows_committed);
+    println!("flows evicted (oldest, budget): {}", r.flows_evicted);
+    if r.flows_evicted_age > 0 {
+        println!("flows evicted (age cap):        {}", r.flows_evicted_age);
+    }
+    if r.flows_before > 0 {
+        println!("flows before:       {} (already in the data directory)", r.flows_before);
+    }
+    println!("flows kept:         {} (what query finds now)", r.flows_kept);
+    println!(
+        "store:              {} of {} budget ({}), {} segments",
+        units::bytes(r.bytes_used),
+        units::bytes(r.budget),
+        units::percent(r.bytes_used, r.budget),
+        r.segments
+    );
+    if r.capacity < r.budget {
+        println!(
+            "                    the data file system holds only {} for the store: kept within that",
+            units::bytes(r.capacity)
+        );
+    }
+    if d.time_clamped > 0 {
+        println!(
+            "times clamped:      {} flows dated implausibly far from their export time (see exporters)",
+            d.time_clamped
+        );
+    }
     println!("drops:");
     println!("  not netflow:              {}", d.not_netflow);
     println!("  malformed datagrams:      {}", d.malformed);
@@ -464,14 +520,24 @@ fn print_ingest_summary(files: usize, c: &crate::capture::CaptureStats, r: &Pipe
     println!("  store queue:              {}", r.flows_dropped_queue);
     println!("  store errors:             {}", r.flows_dropped_store);
     println!("  older than age cap:       {}", r.flows_too_old);
+    if r.files_damaged + r.rollup_failures + r.state_failures + r.rollup_rows_trimmed > 0 {
+        println!("store trouble:");
+        println!("  damaged files moved aside: {}", r.files_damaged);
+        println!("  roll-up commits failed:    {}", r.rollup_failures);
+        println!("  state commits failed:      {}", r.state_failures);
+        println!(
+            "  roll-up rows trimmed early: {} (their share of the budget was full)",
+            r.rollup_rows_trimmed
+        );
+    }
     println!(
-        "compressed blocks:  {} bytes ({:.1} per flow)",
-        r.block_bytes,
+        "compressed blocks:  {} ({:.1} bytes per flow)",
+        units::bytes(r.block_bytes),
         r.block_bytes as f64 / r.flows_committed.max(1) as f64
     );
     println!("segments evicted:   {}", r.segments_evicted);
     println!("templates known:    {}", r.templates);
-    println!("elapsed:            {secs:.3} s");
+    println!("elapsed:            {}", units::duration_s(secs));
     println!("records/s:          {:.0}", if secs > 0.0 { d.records as f64 / secs } else { 0.0 });
 }
 

@@ -222,14 +222,19 @@ pub async fn run(
         .ok()
         .and_then(|r| r.ok())
         .unwrap_or_default();
-    tracing::info!(
-        "stopped: {} datagrams, {} flows stored, {} datagrams dropped in the decoder queue, {} flows dropped in the store queue, {} datagrams dropped by the kernel",
+    let stopped = format!(
+        "flowwarden: stopped: {} datagrams, {} flows stored, {} flows evicted (oldest, budget), {} flows kept; lost: {} datagrams in the decoder queue, {} by the kernel, {} flows in the store queue, {} flows the store could not write",
         counters.datagrams.load(Ordering::Relaxed),
         report.flows_committed,
+        report.flows_evicted,
+        report.flows_kept,
         counters.queue_drops.load(Ordering::Relaxed),
+        counters.kernel_drops.load(Ordering::Relaxed),
         report.flows_dropped_queue,
-        counters.kernel_drops.load(Ordering::Relaxed)
+        report.flows_dropped_store,
     );
+    println!("{stopped}");
+    tracing::info!("{stopped}");
     Ok(report)
 }
 

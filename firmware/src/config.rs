@@ -133,6 +133,10 @@ pub struct CollectorConfig {
     pub batch_flows: usize,
     /// Batches queued between decoder and store before drops (counted).
     pub queue_batches: usize,
+    /// Flows dated further than this from their datagram's export time (or
+    /// before 2000, or this far ahead of the box's clock) are clamped to the
+    /// export time, marked and counted per exporter.
+    pub max_clock_skew: Span,
 }
 
 impl Default for CollectorConfig {
@@ -150,6 +154,7 @@ impl Default for CollectorConfig {
             pending_ttl: Span(120_000),
             batch_flows: 4096,
             queue_batches: 64,
+            max_clock_skew: Span(86_400_000),
         }
     }
 }
@@ -177,6 +182,9 @@ pub struct StorageConfig {
     pub hour_rollup_retention: Span,
     /// Entries kept per top-N roll-up.
     pub top_entries: usize,
+    /// Share of the budget (percent) the roll-up file may use; past it the
+    /// oldest roll-ups go first, before their retention.
+    pub rollup_budget_percent: f64,
 }
 
 impl Default for StorageConfig {
@@ -192,6 +200,7 @@ impl Default for StorageConfig {
             minute_rollup_retention: Span(35 * 86_400_000),
             hour_rollup_retention: Span(400 * 86_400_000),
             top_entries: 100,
+            rollup_budget_percent: 20.0,
         }
     }
 }
@@ -298,6 +307,9 @@ impl Config {
         if c.queue_batches == 0 || c.queue_batches > 1 << 16 {
             return Err(bad("collector", "queue_batches", "must be between 1 and 65536".into()));
         }
+        if !(60_000..=36_500 * 86_400_000).contains(&c.max_clock_skew.ms()) {
+            return Err(bad("collector", "max_clock_skew", "must be between 1m and 36500d".into()));
+        }
         if let SizeSpec::Bytes(b) = c.receive_buffer
             && !(4096..=1 << 30).contains(&b)
         {
@@ -324,6 +336,9 @@ impl Config {
                 "compression_level",
                 "must be between -7 (fastest) and 19, not 0".into(),
             ));
+        }
+        if !(1.0..=90.0).contains(&s.rollup_budget_percent) {
+            return Err(bad("storage", "rollup_budget_percent", "must be between 1 and 90".into()));
         }
         if s.top_entries == 0 || s.top_entries > 10_000 {
             return Err(bad("storage", "top_entries", "must be between 1 and 10000".into()));

@@ -89,7 +89,13 @@ pub struct FlowRecord {
     /// 1 for unsampled; N for 1-in-N sampling.
     pub sampling_rate: u32,
     pub direction: Direction,
+    /// Quality marks set during normalization ([`MARK_TIME_CLAMPED`]).
+    pub marks: u8,
 }
+
+/// The flow's times were implausibly far from its export time (or before 2000,
+/// or ahead of the box's clock) and were clamped to the export time.
+pub const MARK_TIME_CLAMPED: u8 = 1;
 
 impl Default for FlowRecord {
     fn default() -> Self {
@@ -109,6 +115,7 @@ impl Default for FlowRecord {
             exporter: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             sampling_rate: 1,
             direction: Direction::Unknown,
+            marks: 0,
         }
     }
 }
@@ -117,6 +124,11 @@ impl FlowRecord {
     /// Duration in milliseconds.
     pub fn duration_ms(&self) -> u64 {
         self.end_ms.saturating_sub(self.start_ms)
+    }
+
+    /// Whether the times were clamped during normalization.
+    pub fn time_clamped(&self) -> bool {
+        self.marks & MARK_TIME_CLAMPED != 0
     }
 }
 

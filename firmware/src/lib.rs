@@ -19,3 +19,4 @@ pub mod pipeline;
 pub mod query;
 pub mod store;
 pub mod timefmt;
+pub mod units;

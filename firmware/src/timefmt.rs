@@ -30,6 +30,16 @@ pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Days in month `m` (1-12) of year `y`.
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
 /// Inverse of [`days_from_civil`].
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -99,8 +109,11 @@ pub fn parse_time(input: &str, now_ms: u64) -> Result<u64, TimeParseError> {
     let y = num(&s[0..4], input, "bad year")? as i64;
     let mo = num(&s[5..7], input, "bad month")?;
     let d = num(&s[8..10], input, "bad day")?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return Err(err("month or day out of range"));
+    if !(1..=12).contains(&mo) {
+        return Err(err("month out of range (01-12)"));
+    }
+    if d == 0 || d > days_in_month(y, mo) {
+        return Err(err("no such day in that month"));
     }
     let mut rest = &s[10..];
     let (mut h, mut mi, mut sec, mut frac_ms) = (0u32, 0u32, 0u32, 0u64);
@@ -131,7 +144,7 @@ pub fn parse_time(input: &str, now_ms: u64) -> Result<u64, TimeParseError> {
                 frac_ms = v * 10u64.pow(3 - digits.len() as u32);
             }
         }
-        if h > 23 || mi > 59 || sec > 60 {
+        if h > 23 || mi > 59 || sec > 59 {
             return Err(err("clock out of range"));
         }
         match zone {
@@ -184,6 +197,27 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_dates_are_refused() {
+        for bad in [
+            "2026-11-31",
+            "2026-02-30",
+            "2026-02-29",
+            "2026-13-45",
+            "2026-00-10",
+            "2026-04-31T10:00:00Z",
+            "2026-01-01 24:00",
+            "2026-01-01T10:60:00Z",
+        ] {
+            assert!(parse_time(bad, 0).is_err(), "{bad} accepted");
+        }
+        assert!(parse_time("2024-02-29", 0).is_ok());
+        assert!(parse_time("2000-02-29", 0).is_ok());
+        assert!(parse_time("1900-02-29", 0).is_err());
+        let e = parse_time("2026-11-31", 0).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no such day in that month"), "{e}");
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -400,7 +400,12 @@ fn real_captures_beacon_and_masscan() {
     let exported = common::captures().join("exported");
     // Slips test-cc-capture-1: an HTTPS beacon every ~2 s from 147.32.80.37.
     // Both as unidirectional v9 and as RFC 5103 biflows (softflowd -b, IPFIX).
-    let cfg = Config::parse("[network]\ninternal = [\"147.32.80.0/24\"]\n", Path::new("slips.toml")).unwrap_or_else(|e| panic!("{e}"));
+    // Replays of old captures: flows dated years before their export headers.
+    let cfg = Config::parse(
+        "[collector]\nmax_clock_skew = \"36500d\"\n[network]\ninternal = [\"147.32.80.0/24\"]\n",
+        Path::new("slips.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     for stream in ["softflowd_test-cc-capture-1_v9a.pcap", "softflowd_test-cc-capture-1_v10b.pcap"] {
         let d = tmp();
         common::ingest(&cfg, d.path(), &[exported.join(stream)]);
@@ -415,7 +420,7 @@ fn real_captures_beacon_and_masscan() {
     // esnet masscan of TCP ports 0-1000 from 172.31.15.102 (RFC 1918: internal by default).
     let d = tmp();
     common::ingest(
-        &Config::default(),
+        &common::replay_config(),
         d.path(),
         &[exported.join("softflowd_tcp_0_1000_20190821_v9.pcap")],
     );

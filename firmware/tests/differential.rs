@@ -101,7 +101,7 @@ fn stored_flows_equal_nfcapd() {
         .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
         .collect();
     files.sort();
-    let cfg = common::test_config();
+    let cfg = common::replay_config();
     let mut compared = 0;
     let mut timed = 0usize;
     let mut failures = Vec::new();

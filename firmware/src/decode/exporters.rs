@@ -44,6 +44,10 @@ pub struct ExporterStats {
     pub clock_offset_ms: i64,
     /// Sampling rate last applied to this exporter's records.
     pub sampling_rate: u32,
+    /// Flows whose times were implausible and were clamped to the export time.
+    pub time_clamped: u64,
+    /// The original end time of the last clamped flow, UTC ms.
+    pub last_clamped_ms: Option<u64>,
 }
 
 /// Sequence tracking state for one (exporter, domain, version) stream.

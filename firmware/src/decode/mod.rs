@@ -6,6 +6,7 @@
 //! health and the internal-network classifier. It is used the same way by the
 //! live collector (arrival = wall clock) and by `ingest` (arrival = capture time).
 
+pub mod clock;
 pub mod exporters;
 pub mod fastpath;
 pub mod normalize;
@@ -90,6 +91,8 @@ pub struct DecodeTotals {
     pub pending_dropped: u64,
     /// RFC 5103 biflow records whose reverse direction became a second flow.
     pub biflow_reverse: u64,
+    /// Flows whose times were implausible and were clamped (see [`clock`]).
+    pub time_clamped: u64,
 }
 
 /// Stateful decoder for every exporter.
@@ -108,6 +111,12 @@ pub struct Decoder {
     max_streams: usize,
     /// Sampling rate applied to the most recent flow (shown per exporter).
     last_rate: u32,
+    /// Arrival time of the datagram being decoded.
+    arrival_ms: u64,
+    /// The box's clock for the datagram being decoded (injectable for tests).
+    now_ms: u64,
+    clock: fn() -> u64,
+    max_skew_ms: u64,
     pub totals: DecodeTotals,
 }
 
@@ -156,8 +165,17 @@ impl Decoder {
             overrides: cfg.exporters.clone(),
             max_streams: cfg.collector.max_exporters * 4,
             last_rate: 1,
+            arrival_ms: 0,
+            now_ms: 0,
+            clock: crate::timefmt::now_ms,
+            max_skew_ms: cfg.collector.max_clock_skew.ms(),
             totals: DecodeTotals::default(),
         })
+    }
+
+    /// Replace the box's clock (tests: flows judged against a fixed "now").
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
     }
 
     /// Template changes to persist (drained).
@@ -236,6 +254,8 @@ impl Decoder {
     /// Decode one datagram from `exporter` received at `arrival_ms`; flows are appended to `out`.
     pub fn decode(&mut self, exporter: SocketAddr, arrival_ms: u64, data: &[u8], out: &mut Vec<FlowRecord>) {
         self.totals.datagrams += 1;
+        self.arrival_ms = arrival_ms;
+        self.now_ms = (self.clock)();
         // Anything that is not a NetFlow/IPFIX header (DNS in a capture, probes)
         // is counted but does not create an exporter entry.
         let version = data.get(..2).map(|v| u16::from_be_bytes([v[0], v[1]]));
@@ -312,6 +332,13 @@ impl Decoder {
         };
         let reverse = b.reverse();
         b.finish(ctx, rate, &mut rec);
+        let window = clock::Window::new(ctx.export_ms, self.arrival_ms, self.now_ms, self.max_skew_ms);
+        if let Some(original) = window.clamp(&mut rec) {
+            self.totals.time_clamped += 1;
+            let e = self.exporters.entry(exporter);
+            e.time_clamped += 1;
+            e.last_clamped_ms = Some(original);
+        }
         self.last_rate = rate;
         rec.direction = self.classify(&rec.src, &rec.dst);
         // An RFC 5103 biflow becomes two records; the forward one (the initiator's,

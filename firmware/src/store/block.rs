@@ -5,6 +5,9 @@
 //! compressed with zstd. A small uncompressed header (count and time bounds)
 //! lets readers skip blocks outside a query's time range without decompressing.
 //! Layout: `u16 LE header length | postcard BlockHeader | zstd(postcard Columns)`.
+//! The direction column's byte carries the direction in its low nibble and the
+//! flow's quality marks in its high nibble (blocks written before marks existed
+//! read as unmarked).
 
 use crate::flow::{Direction, FlowRecord};
 use serde::{Deserialize, Serialize};
@@ -135,7 +138,7 @@ pub fn encode_refs(flows: &mut [&FlowRecord], level: i32) -> Result<(BlockHeader
     col(&mut body, &|b, _, f| varint(b, f.out_if as u64));
     col(&mut body, &|b, i, _| varint(b, exporter_idx[i] as u64));
     col(&mut body, &|b, _, f| varint(b, f.sampling_rate as u64));
-    col(&mut body, &|b, _, f| b.push(f.direction as u8));
+    col(&mut body, &|b, _, f| b.push(f.direction as u8 | (f.marks & 0x0f) << 4));
     let compressed = zstd::bulk::compress(&body, level).map_err(BlockError::Compress)?;
     let head = postcard::to_stdvec(&header).map_err(|e| BlockError::Body(e.to_string()))?;
     let mut out = Vec::with_capacity(2 + head.len() + compressed.len());
@@ -206,7 +209,8 @@ pub fn decode(bytes: &[u8], out: &mut Vec<FlowRecord>) -> Result<BlockHeader, Bl
             out_if: c.out_if[i],
             exporter,
             sampling_rate: c.sampling_rate[i],
-            direction: Direction::from_u8(c.direction[i]),
+            direction: Direction::from_u8(c.direction[i] & 0x0f),
+            marks: c.direction[i] >> 4,
         });
     }
     Ok(h)
@@ -225,25 +229,28 @@ mod tests {
             any::<[u8; 16]>(),
             any::<(u16, u16, u8, u16)>(),
             any::<(u64, u64, u32, u32)>(),
-            (any::<[u8; 4]>(), any::<u16>(), 1u32..10_000, 0u8..5),
+            (any::<[u8; 4]>(), any::<u16>(), 1u32..10_000, 0u8..5, 0u8..2),
         )
-            .prop_map(|(s, d, a4, a6, (sp, dp, pr, fl), (b, p, i, o), (e, ep, r, dir))| FlowRecord {
-                start_ms: s,
-                end_ms: s + d,
-                src: IpAddr::from(a4),
-                dst: IpAddr::from(a6),
-                src_port: sp,
-                dst_port: dp,
-                proto: pr,
-                tcp_flags: fl,
-                bytes: b,
-                packets: p,
-                in_if: i,
-                out_if: o,
-                exporter: SocketAddr::new(IpAddr::from(e), ep),
-                sampling_rate: r,
-                direction: Direction::from_u8(dir),
-            })
+            .prop_map(
+                |(s, d, a4, a6, (sp, dp, pr, fl), (b, p, i, o), (e, ep, r, dir, marks))| FlowRecord {
+                    start_ms: s,
+                    end_ms: s + d,
+                    src: IpAddr::from(a4),
+                    dst: IpAddr::from(a6),
+                    src_port: sp,
+                    dst_port: dp,
+                    proto: pr,
+                    tcp_flags: fl,
+                    bytes: b,
+                    packets: p,
+                    in_if: i,
+                    out_if: o,
+                    exporter: SocketAddr::new(IpAddr::from(e), ep),
+                    sampling_rate: r,
+                    direction: Direction::from_u8(dir),
+                    marks,
+                },
+            )
     }
 
     /// The columns as postcard itself would write them (the reference for the hand encoder).
@@ -273,7 +280,7 @@ mod tests {
             };
             c.exporter.push(idx as u16);
             c.sampling_rate.push(f.sampling_rate);
-            c.direction.push(f.direction as u8);
+            c.direction.push(f.direction as u8 | (f.marks & 0x0f) << 4);
         }
         postcard::to_stdvec(&c).unwrap_or_default()
     }

@@ -7,9 +7,12 @@
 //! the byte budget: [`quota`].
 
 pub mod block;
+pub mod catalog;
 pub mod quota;
 pub mod reader;
+pub mod retention;
 pub mod rollup;
+pub mod rollup_space;
 pub mod schema;
 pub mod segments;
 pub mod writer;
@@ -63,6 +66,10 @@ impl StoreError {
 }
 
 /// Open (or create) a database for writing, charging growth to `quota`.
+///
+/// A file that redb began to create but never finished (its magic number is
+/// written last, so it reads as zeros: a create cut short by a full disk) holds
+/// nothing and is created afresh.
 pub(crate) fn open_writable(path: &Path, quota: &Arc<quota::Quota>) -> Result<Database, StoreError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -71,10 +78,94 @@ pub(crate) fn open_writable(path: &Path, quota: &Arc<quota::Quota>) -> Result<Da
         .truncate(false)
         .open(path)
         .map_err(|e| StoreError::io(path, e))?;
-    let backend = quota::QuotaBackend::new(file, quota.clone()).map_err(|e| StoreError::db(path, e))?;
+    if never_initialized(&file) {
+        tracing::info!(
+            "{}: an unfinished database create (no data in it); creating it afresh",
+            path.display()
+        );
+        file.set_len(0).map_err(|e| StoreError::io(path, e))?;
+    }
+    let backend = quota::QuotaBackend::new(file, path, quota.clone()).map_err(|e| StoreError::db(path, e))?;
     let mut b = Database::builder();
     b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
     b.create_with_backend(backend).map_err(|e| StoreError::db(path, e))
+}
+
+/// Whether `path` holds no database yet: missing, empty, or an unfinished create.
+pub(crate) fn holds_no_database(path: &Path) -> bool {
+    match std::fs::File::open(path) {
+        Ok(f) => f.metadata().map(|m| m.len() == 0).unwrap_or(true) || never_initialized(&f),
+        Err(_) => true,
+    }
+}
+
+/// Whether a non-empty file starts with zeros where redb's magic number goes.
+fn never_initialized(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 9];
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    len > 0 && file.read_exact_at(&mut head, 0).is_ok() && head.iter().all(|&b| b == 0)
+}
+
+/// Run redb work on `path`, turning a panic inside redb (it panics on some
+/// damaged pages instead of returning an error) into a damage error, so a
+/// damaged file is moved aside instead of taking the process down.
+pub fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(StoreError::Db {
+                path: path.to_path_buf(),
+                source: redb::Error::Corrupted(format!("the database failed on damaged data ({msg})")),
+            })
+        }
+    }
+}
+
+/// Whether an error means the file's content is damaged (as opposed to the
+/// disk being full, a permission, or a newer schema).
+pub fn is_damage(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Db {
+            source: redb::Error::Corrupted(_),
+            ..
+        } | StoreError::Block { .. }
+    )
+}
+
+/// Damaged files kept for inspection (the oldest beyond this are deleted).
+const KEEP_DAMAGED: usize = 4;
+
+/// Move a damaged file into `DATA/damaged/` (it still counts against the
+/// budget, and is the first thing evicted) and say so.
+pub fn quarantine(dir: &DataDir, path: &Path, reason: &str) -> Result<catalog::Quarantined, StoreError> {
+    let damaged = dir.damaged();
+    std::fs::create_dir_all(&damaged).map_err(|e| StoreError::io(&damaged, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stamp = crate::timefmt::rfc3339_ms(crate::timefmt::now_ms()).replace([':', '-'], "");
+    let to = damaged.join(format!("{name}.{stamp}"));
+    std::fs::rename(path, &to).map_err(|e| StoreError::io(path, e))?;
+    tracing::error!(
+        "{}: damaged ({reason}); moved to {} and starting afresh",
+        path.display(),
+        to.display()
+    );
+    let mut kept = dir.list_damaged().unwrap_or_default();
+    while kept.len() > KEEP_DAMAGED {
+        let (old, _) = kept.remove(0);
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(catalog::Quarantined {
+        from: path.to_path_buf(),
+        to,
+        reason: reason.to_string(),
+    })
 }
 
 /// Open a database read-only; works while the writer has it open.
@@ -83,6 +174,10 @@ pub(crate) fn open_writable(path: &Path, quota: &Arc<quota::Quota>) -> Result<Da
 /// cannot do; when no writer holds it, it is repaired here (one writable
 /// open) and then read. With a writer holding it, the writer repaired it.
 pub fn open_readonly(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
+    guard(path, || open_readonly_unguarded(path))
+}
+
+fn open_readonly_unguarded(path: &Path) -> Result<ReadOnlyDatabase, StoreError> {
     let open = || {
         let mut b = Database::builder();
         b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
@@ -112,12 +207,36 @@ pub struct StoreCounters {
     pub blocks_written: AtomicU64,
     pub block_bytes: AtomicU64,
     pub commits: AtomicU64,
+    /// Commits that failed for another reason than room (I/O errors, damage).
     pub commit_failures: AtomicU64,
+    /// Commits refused for room and retried after eviction (normal near the budget).
+    pub commit_retries: AtomicU64,
     pub reopens: AtomicU64,
     pub segments_evicted: AtomicU64,
     pub bytes_evicted: AtomicU64,
-    /// Flows that could not be stored even after eviction and retries.
+    /// Flows removed to stay within the budget (the oldest; by the rules, not a loss),
+    /// including flows older than everything kept, not stored on arrival.
+    pub flows_evicted: AtomicU64,
+    /// Flows removed by the age cap.
+    pub flows_evicted_age: AtomicU64,
+    /// Flows the store holds now.
+    pub flows_kept: AtomicU64,
+    /// Flows the store held when the writer opened.
+    pub flows_at_open: AtomicU64,
+    /// Flows that could not be stored even after eviction and retries (a loss).
     pub flows_dropped: AtomicU64,
+    /// Roll-up rows deleted early to keep the roll-up file within its share.
+    pub rollup_rows_trimmed: AtomicU64,
+    /// Roll-up commits given up (their deltas lost).
+    pub rollup_failures: AtomicU64,
+    /// Damaged files moved aside (state and roll-ups recreated, segments lost).
+    pub files_damaged: AtomicU64,
+    /// Bytes the store's files occupy, its budget and its segment count (gauges, set at each commit).
+    pub bytes_used: AtomicU64,
+    pub budget: AtomicU64,
+    /// The budget, or less when the file system cannot hold that much.
+    pub capacity: AtomicU64,
+    pub segments: AtomicU64,
     /// Flows refused because they are older than the age cap.
     pub flows_too_old: AtomicU64,
     pub rollup_overflow: AtomicU64,

@@ -26,6 +26,8 @@ pub struct ScanStats {
     pub blocks_read: u64,
     pub blocks_skipped: u64,
     pub flows_seen: u64,
+    /// Segments skipped because they could not be read.
+    pub damaged: u64,
 }
 
 /// Read access to a data directory.
@@ -39,63 +41,99 @@ impl Reader {
     }
 
     /// Call `f` for every stored flow overlapping `[from, to)`; stop when it breaks.
+    /// Segments that cannot be read (damaged) are skipped and counted.
     pub fn scan(&self, from: u64, to: u64, mut f: impl FnMut(&FlowRecord) -> ControlFlow<()>) -> Result<ScanStats, StoreError> {
         let mut stats = ScanStats::default();
         let segs = self.dir.list_segments().map_err(|e| StoreError::io(&self.dir.flows(), e))?;
-        let mut buf = Vec::new();
         for (id, _) in segs {
             if id.span_start >= to || id.span_start.saturating_add(LOOKBACK_MS) < from {
                 continue;
             }
             let path = self.dir.segment(id);
-            let db = match open_readonly(&path) {
-                Ok(db) => db,
-                // Evicted between listing and opening: nothing to read.
-                Err(StoreError::Db {
-                    source: redb::Error::Io(e),
-                    ..
-                }) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            match super::guard(&path, || self.scan_one(id, from, to, &mut f, &mut stats)) {
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => break,
+                Err(e) if super::is_damage(&e) => {
+                    stats.damaged += 1;
+                    tracing::warn!("skipping damaged segment: {e}");
+                }
                 Err(e) => return Err(e),
-            };
-            stats.segments += 1;
-            let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
-            let table = match txn.open_table(BLOCKS) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => continue,
-                Err(e) => return Err(StoreError::db(&path, e)),
-            };
-            for row in table.iter().map_err(|e| StoreError::db(&path, e))? {
-                let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
-                let bytes = v.value();
-                let key = k.value();
-                let h = block::header(bytes).map_err(|source| StoreError::Block {
-                    path: path.clone(),
-                    key,
-                    source,
-                })?;
-                if h.min_start >= to || h.max_end < from {
-                    stats.blocks_skipped += 1;
-                    continue;
-                }
-                stats.blocks_read += 1;
-                buf.clear();
-                block::decode(bytes, &mut buf).map_err(|source| StoreError::Block {
-                    path: path.clone(),
-                    key,
-                    source,
-                })?;
-                for flow in &buf {
-                    stats.flows_seen += 1;
-                    if flow.end_ms < from || flow.start_ms >= to {
-                        continue;
-                    }
-                    if f(flow).is_break() {
-                        return Ok(stats);
-                    }
-                }
             }
         }
         Ok(stats)
+    }
+
+    /// Call `f` for every flow of one segment overlapping `[from, to)`.
+    pub fn scan_segment(
+        &self,
+        id: super::SegmentId,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(&FlowRecord) -> ControlFlow<()>,
+    ) -> Result<ScanStats, StoreError> {
+        let mut stats = ScanStats::default();
+        let path = self.dir.segment(id);
+        let _ = super::guard(&path, || self.scan_one(id, from, to, f, &mut stats))?;
+        Ok(stats)
+    }
+
+    fn scan_one(
+        &self,
+        id: super::SegmentId,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(&FlowRecord) -> ControlFlow<()>,
+        stats: &mut ScanStats,
+    ) -> Result<ControlFlow<()>, StoreError> {
+        let path = self.dir.segment(id);
+        let db = match open_readonly(&path) {
+            Ok(db) => db,
+            // Evicted between listing and opening: nothing to read.
+            Err(StoreError::Db {
+                source: redb::Error::Io(e),
+                ..
+            }) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ControlFlow::Continue(())),
+            Err(e) => return Err(e),
+        };
+        stats.segments += 1;
+        let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
+        let table = match txn.open_table(BLOCKS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(ControlFlow::Continue(())),
+            Err(e) => return Err(StoreError::db(&path, e)),
+        };
+        let mut buf = Vec::new();
+        for row in table.iter().map_err(|e| StoreError::db(&path, e))? {
+            let (k, v) = row.map_err(|e| StoreError::db(&path, e))?;
+            let bytes = v.value();
+            let key = k.value();
+            let h = block::header(bytes).map_err(|source| StoreError::Block {
+                path: path.clone(),
+                key,
+                source,
+            })?;
+            if h.min_start >= to || h.max_end < from {
+                stats.blocks_skipped += 1;
+                continue;
+            }
+            stats.blocks_read += 1;
+            buf.clear();
+            block::decode(bytes, &mut buf).map_err(|source| StoreError::Block {
+                path: path.clone(),
+                key,
+                source,
+            })?;
+            for flow in &buf {
+                stats.flows_seen += 1;
+                if flow.end_ms < from || flow.start_ms >= to {
+                    continue;
+                }
+                if f(flow).is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+        }
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Exporter health as last persisted by the writer.
@@ -183,6 +221,14 @@ pub(crate) fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, T: De
     if !path.exists() {
         return Ok(T::default());
     }
+    super::guard(path, || with_table_unguarded(path, table, f))
+}
+
+fn with_table_unguarded<K: redb::Key + 'static, V: redb::Value + 'static, T: Default>(
+    path: &std::path::Path,
+    table: redb::TableDefinition<K, V>,
+    f: impl FnOnce(&redb::ReadOnlyTable<K, V>) -> Result<T, redb::StorageError>,
+) -> Result<T, StoreError> {
     let db = open_readonly(path)?;
     let txn = db.begin_read().map_err(|e| StoreError::db(path, e))?;
     let t = match txn.open_table(table) {

@@ -29,6 +29,19 @@ pub struct TopEntry {
 
 type Counts = (u64, u64, u64);
 
+/// A minute roll-up delta: (minute, dimension kind, key) and (bytes, packets, flows).
+pub type MinuteRowDelta = ((u64, u8, Vec<u8>), Counts);
+
+/// Merge minute deltas into the table.
+pub fn write_minute_rows<'a>(txn: &redb::WriteTransaction, rows: impl Iterator<Item = &'a MinuteRowDelta>) -> Result<(), redb::Error> {
+    let mut t = txn.open_table(MINUTE)?;
+    for ((m, kind, key), (b, p, n)) in rows {
+        let old = t.get((*m, *kind, key.as_slice()))?.map(|v| v.value()).unwrap_or_default();
+        t.insert((*m, *kind, key.as_slice()), (old.0 + b, old.1 + p, old.2 + n))?;
+    }
+    Ok(())
+}
+
 /// What a minute roll-up is folded by; the five dimensions are derived at write time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct MinuteKey {
@@ -147,11 +160,11 @@ impl RollupAgg {
         bump(&mut h.dst_port, (f.proto, f.dst_port), f, o);
     }
 
-    /// Minute rows per dimension: (minute, kind, key) -> counts.
-    fn minute_rows(&self) -> std::collections::HashMap<(u64, u8, Vec<u8>), Counts> {
+    /// Take the minute deltas as rows per dimension, sorted (oldest minute first).
+    pub fn take_minute_rows(&mut self) -> Vec<MinuteRowDelta> {
         let mut rows: std::collections::HashMap<(u64, u8, Vec<u8>), Counts> = Default::default();
         let mut exporters: FxHashMap<std::net::SocketAddr, Vec<u8>> = FxHashMap::default();
-        for (k, c) in &self.minutes {
+        for (k, c) in self.minutes.drain() {
             let ex = exporters
                 .entry(k.exporter)
                 .or_insert_with(|| k.exporter.to_string().into_bytes())
@@ -175,32 +188,34 @@ impl RollupAgg {
                 e.2 += c.2;
             }
         }
+        let mut rows: Vec<MinuteRowDelta> = rows.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows
     }
 
-    /// Merge minute deltas into the table.
-    pub fn write_minutes(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-        let mut t = txn.open_table(MINUTE)?;
-        for ((m, kind, key), (b, p, n)) in self.minute_rows() {
-            let old = t.get((m, kind, key.as_slice()))?.map(|v| v.value()).unwrap_or_default();
-            t.insert((m, kind, key.as_slice()), (old.0 + b, old.1 + p, old.2 + n))?;
-        }
-        Ok(())
+    /// Hours whose top lists changed since they were written, at or after `floor`, oldest first.
+    pub fn dirty_hours(&self, floor: u64) -> Vec<u64> {
+        self.hours
+            .iter()
+            .filter(|(h, t)| t.dirty && **h >= floor)
+            .map(|(h, _)| *h)
+            .collect()
     }
 
-    /// Forget minute deltas (after they were written, or given up on).
-    pub fn clear_minutes(&mut self) {
-        self.minutes.clear();
+    /// Whether an hour before `before` has unwritten changes (it closed: write it now).
+    pub fn closed_dirty(&self, before: u64) -> bool {
+        self.hours.range(..before).any(|(_, t)| t.dirty)
     }
 
-    /// Rewrite the top lists of changed hours; forget hours that closed before `close_before`.
-    pub fn write_hours(&mut self, txn: &redb::WriteTransaction, top_n: usize, close_before: u64) -> Result<(), redb::Error> {
+    /// Write the top lists of these hours (rewriting what is stored for them).
+    pub fn write_hours(&self, txn: &redb::WriteTransaction, top_n: usize, hours: &[u64]) -> Result<(), redb::Error> {
         let mut t = txn.open_table(HOUR_TOP)?;
-        for (&hour, h) in self.hours.iter_mut().filter(|(_, h)| h.dirty) {
+        for hour in hours {
+            let Some(h) = self.hours.get(hour) else { continue };
             let mut put = |kind: u8, lists: [Vec<TopEntry>; 3]| -> Result<(), redb::Error> {
                 for (m, list) in [metric::BYTES, metric::PACKETS, metric::FLOWS].into_iter().zip(lists) {
                     let bytes = postcard::to_stdvec(&list).unwrap_or_default();
-                    t.insert((hour, kind, m), bytes.as_slice())?;
+                    t.insert((*hour, kind, m), bytes.as_slice())?;
                 }
                 Ok(())
             };
@@ -211,10 +226,20 @@ impl RollupAgg {
                 top::DST_PORT,
                 tops(&h.dst_port, top_n, |(p, port)| vec![*p, (port >> 8) as u8, *port as u8]),
             )?;
-            h.dirty = false;
         }
-        self.hours.retain(|&hour, _| hour + 3_600_000 >= close_before);
         Ok(())
+    }
+
+    /// After the hours' commit: they are clean; hours that closed before
+    /// `close_before` (or were trimmed, before `floor`) are forgotten once clean.
+    pub fn hours_written(&mut self, hours: &[u64], close_before: u64, floor: u64) {
+        for h in hours {
+            if let Some(t) = self.hours.get_mut(h) {
+                t.dirty = false;
+            }
+        }
+        self.hours
+            .retain(|&hour, t| hour >= floor && (t.dirty || hour + 3_600_000 >= close_before));
     }
 
     /// Whether there are unwritten hour tops.
@@ -256,4 +281,39 @@ pub fn expire(txn: &redb::WriteTransaction, now: u64, minute_keep: u64, hour_kee
     txn.open_table(MINUTE)?.retain(|k, _| k.0 >= mcut)?;
     txn.open_table(HOUR_TOP)?.retain(|k, _| k.0 >= hcut)?;
     Ok(())
+}
+
+/// Delete the oldest `percent` of the rows of both roll-up tables (whole
+/// minutes and hours, at least one of each), for a roll-up file at its share
+/// of the budget. Returns the rows deleted and the first minute and hour kept.
+pub fn trim_oldest(txn: &redb::WriteTransaction, percent: u64) -> Result<(u64, u64, u64), redb::Error> {
+    use redb::ReadableTableMetadata;
+    let mut deleted = 0;
+    let mut minutes = txn.open_table(MINUTE)?;
+    let n = (minutes.len()? * percent / 100).max(1);
+    let mut cut = None;
+    for row in minutes.iter()?.take(n as usize) {
+        cut = Some(row?.0.value().0);
+    }
+    let mut minute_cut = 0;
+    if let Some(cut) = cut {
+        let before = minutes.len()?;
+        minutes.retain_in((0u64, 0u8, &[][..])..(cut + 1, 0u8, &[][..]), |_, _| false)?;
+        deleted += before - minutes.len()?;
+        minute_cut = cut + 60_000;
+    }
+    let mut hours = txn.open_table(HOUR_TOP)?;
+    let n = (hours.len()? * percent / 100).max(1);
+    let mut cut = None;
+    for row in hours.iter()?.take(n as usize) {
+        cut = Some(row?.0.value().0);
+    }
+    let mut hour_cut = 0;
+    if let Some(cut) = cut {
+        let before = hours.len()?;
+        hours.retain_in((0u64, 0u8, 0u8)..(cut + 1, 0u8, 0u8), |_, _| false)?;
+        deleted += before - hours.len()?;
+        hour_cut = cut + 3_600_000;
+    }
+    Ok((deleted, minute_cut, hour_cut))
 }

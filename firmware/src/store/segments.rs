@@ -4,6 +4,7 @@
 //! DATA/state.redb                       templates, exporter health, counters
 //! DATA/rollups.redb                     per-minute totals, per-hour top-N
 //! DATA/flows/20261127T1800Z-000.redb    flows starting in that span (seq rolls by size)
+//! DATA/damaged/                         files that could not be read, kept for inspection
 //! ```
 //! Segment names sort by time, so eviction removes the lexically first files.
 
@@ -36,6 +37,46 @@ impl DataDir {
     pub fn segment(&self, id: SegmentId) -> PathBuf {
         self.flows().join(format!("{id}.redb"))
     }
+    pub fn damaged(&self) -> PathBuf {
+        self.root.join("damaged")
+    }
+
+    /// Files in the damaged folder, oldest first (by name, which ends in a time stamp), with sizes.
+    pub fn list_damaged(&self) -> std::io::Result<Vec<(PathBuf, u64)>> {
+        let mut out = Vec::new();
+        let dir = match std::fs::read_dir(self.damaged()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in dir {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                out.push((entry.path(), meta.len()));
+            }
+        }
+        // Oldest first by the time stamp after the last dot.
+        out.sort_by(|a, b| {
+            let stamp = |p: &PathBuf| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+            stamp(&a.0).cmp(&stamp(&b.0))
+        });
+        Ok(out)
+    }
+
+    /// Every file the store owns with its length: segments, state, roll-ups, damaged files.
+    pub fn files(&self) -> std::io::Result<Vec<(PathBuf, u64)>> {
+        let mut out: Vec<(PathBuf, u64)> = self.list_segments()?.into_iter().map(|(id, len)| (self.segment(id), len)).collect();
+        for p in [self.state(), self.rollups()] {
+            match std::fs::metadata(&p) {
+                Ok(m) => out.push((p, m.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.extend(self.list_damaged()?);
+        Ok(out)
+    }
 
     /// All segments on disk, oldest first, with their sizes.
     pub fn list_segments(&self) -> std::io::Result<Vec<(SegmentId, u64)>> {
@@ -59,15 +100,7 @@ impl DataDir {
 
     /// Total bytes of every file the store owns.
     pub fn total_bytes(&self) -> std::io::Result<u64> {
-        let mut total: u64 = self.list_segments()?.iter().map(|s| s.1).sum();
-        for p in [self.state(), self.rollups()] {
-            match std::fs::metadata(&p) {
-                Ok(m) => total += m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(total)
+        Ok(self.files()?.iter().map(|f| f.1).sum())
     }
 }
 

@@ -3,12 +3,14 @@
 //! It receives [`StoreMsg`]s over a bounded channel, groups flows by segment
 //! span, compresses them into blocks and commits them together with roll-up
 //! deltas and state changes, at least every `commit_interval`. When a commit
-//! fails (full disk, budget reached) it drops the failed handle, evicts the
-//! oldest segments, reopens and retries; what still cannot be stored is
-//! counted. Retention (byte budget with low watermark, optional age cap)
-//! deletes whole segments, oldest first.
+//! is refused for room (budget, roll-up cap, full disk) it drops the failed
+//! handle, makes room ([`super::retention`]: oldest segments first, never
+//! newer data for older), reopens and retries; a damaged file is moved aside
+//! and rebuilt from what survives. What still cannot be stored is counted as
+//! lost; planned eviction of the oldest data is counted as evicted.
 
-use super::quota::Quota;
+use super::catalog::{Catalog, Quarantined};
+use super::quota::{Quota, Refusal};
 use super::rollup::RollupAgg;
 use super::schema::{ALERTS, BLOCKS, DETECT_STATE, EXPORTERS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META, TEMPLATES};
 use super::{DataDir, SegmentId, StoreCounters, StoreError, block, open_writable};
@@ -61,6 +63,9 @@ pub struct WriterSettings {
     /// (short stalls, so a burst never outruns the store queue), large for
     /// offline ingest (fewer syncs).
     pub commit_max_flows: usize,
+    /// Share of the store's capacity (percent) `rollups.redb` may use; past
+    /// it the oldest roll-ups are trimmed early (counted).
+    pub rollup_percent: f64,
 }
 
 impl WriterSettings {
@@ -80,14 +85,25 @@ impl WriterSettings {
             top_n: s.top_entries,
             max_alerts: 100_000,
             commit_max_flows: 65_536,
+            rollup_percent: s.rollup_budget_percent,
         }
     }
 }
 
-struct OpenSegment {
-    id: SegmentId,
+pub(super) struct OpenSegment {
+    pub(super) id: SegmentId,
     db: Database,
     next_block: u64,
+}
+
+/// What became of a span's flows in a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpanOutcome {
+    Stored,
+    /// Older than everything the budget keeps: not stored, by the rules.
+    EvictedOnArrival,
+    /// Could not be stored although they should have been: a loss.
+    Lost,
 }
 
 /// State loaded at open for the decoder.
@@ -101,12 +117,24 @@ pub struct LoadedState {
 
 /// The writer itself (driven by [`run_writer`] or directly in tests).
 pub struct StoreWriter {
-    dir: DataDir,
-    cfg: WriterSettings,
-    quota: Arc<Quota>,
+    pub(super) dir: DataDir,
+    pub(super) cfg: WriterSettings,
+    pub(super) quota: Arc<Quota>,
     state: Option<Database>,
-    rollups: Option<Database>,
-    open: HashMap<u64, OpenSegment>,
+    pub(super) rollups: Option<Database>,
+    pub(super) open: HashMap<u64, OpenSegment>,
+    /// Every segment with its flow count.
+    pub(super) catalog: Catalog,
+    /// Damaged files moved aside since this writer opened.
+    pub recovered: Vec<Quarantined>,
+    /// The roll-up file was damaged: rebuild it from the segments.
+    rebuild_rollups: bool,
+    /// The segment the span commit is writing to, or opening (to attribute a refused create).
+    opening: Option<SegmentId>,
+    /// Minute and hour before which roll-ups were trimmed for room (not written again).
+    pub(super) rollup_floor: (u64, u64),
+    /// What the roll-up tables hold, estimated between measurements.
+    pub(super) rollup_space: super::rollup_space::RollupSpace,
     /// Batches received since the last commit (shared with other stages, never copied).
     pending: Vec<FlowBatch>,
     pending_flows: usize,
@@ -116,7 +144,7 @@ pub struct StoreWriter {
     detect_alerts: Vec<StoredAlert>,
     detect_state: Vec<(String, Vec<u8>)>,
     agg: RollupAgg,
-    latest_event: u64,
+    pub(super) latest_event: u64,
     last_expire_hour: u64,
     last_hours_write: Instant,
     /// Forwarding spools fed in the state transaction (None: no destinations).
@@ -150,8 +178,13 @@ impl StoreWriter {
     /// Open the data directory for writing and load persisted state.
     pub fn open(dir: DataDir, cfg: WriterSettings) -> Result<(StoreWriter, LoadedState), StoreError> {
         std::fs::create_dir_all(dir.flows()).map_err(|e| StoreError::io(&dir.flows(), e))?;
-        let quota = Quota::new(cfg.budget);
-        quota.charge(dir.total_bytes().map_err(|e| StoreError::io(dir.root(), e))?);
+        let quota = Quota::new(cfg.budget, Some(dir.root().to_path_buf()));
+        let (catalog, recovered) = Catalog::load(&dir)?;
+        for (path, len) in dir.files().map_err(|e| StoreError::io(dir.root(), e))? {
+            quota.set_file(&path, len);
+        }
+        let counters = Arc::new(StoreCounters::default());
+        counters.files_damaged.store(recovered.len() as u64, Ordering::Relaxed);
         let mut w = StoreWriter {
             dir,
             cfg,
@@ -159,6 +192,12 @@ impl StoreWriter {
             state: None,
             rollups: None,
             open: HashMap::new(),
+            catalog,
+            recovered,
+            rebuild_rollups: false,
+            opening: None,
+            rollup_floor: (0, 0),
+            rollup_space: Default::default(),
             pending: Vec::new(),
             pending_flows: 0,
             templates: Vec::new(),
@@ -171,35 +210,105 @@ impl StoreWriter {
             last_expire_hour: 0,
             last_hours_write: Instant::now(),
             spool: None,
-            counters: Arc::new(StoreCounters::default()),
+            counters,
         };
+        w.counters.flows_at_open.store(w.catalog.flows(), Ordering::Relaxed);
+        w.rollup_share();
+        w.publish_gauges();
         // An over-budget directory (budget lowered, files from elsewhere) is trimmed first.
-        if w.quota.used() > w.cfg.budget {
-            w.evict_to(w.low_watermark());
+        if w.quota.used() > w.capacity() {
+            w.evict_to(w.low_watermark(), None);
         }
         let loaded = w.load_state()?;
+        w.rollup_db()?;
+        if w.rebuild_rollups {
+            w.rebuild_rollups_from_segments();
+        }
         Ok((w, loaded))
     }
 
-    fn low_watermark(&self) -> u64 {
-        (self.cfg.budget as f64 * self.cfg.low_watermark_percent / 100.0) as u64
+    /// What the store may occupy: the budget, or less when the file system
+    /// cannot hold that much (a budget larger than the disk, or a disk that
+    /// other files fill): our files plus the free space left.
+    pub(super) fn capacity(&self) -> u64 {
+        match self.quota.fs_available() {
+            Some(avail) => self
+                .cfg
+                .budget
+                .min(self.quota.used() + avail.saturating_sub(super::quota::FS_RESERVE)),
+            None => self.cfg.budget,
+        }
     }
 
-    fn high_watermark(&self) -> u64 {
-        let low = self.low_watermark();
-        low + (self.cfg.budget - low) / 2
+    pub(super) fn low_watermark(&self) -> u64 {
+        (self.capacity() as f64 * self.cfg.low_watermark_percent / 100.0) as u64
     }
 
-    /// Bytes the store occupies (as charged to the budget).
+    pub(super) fn high_watermark(&self) -> u64 {
+        let cap = self.capacity();
+        let low = (cap as f64 * self.cfg.low_watermark_percent / 100.0) as u64;
+        low + (cap - low) / 2
+    }
+
+    /// The roll-up file's share of the capacity (also its hard cap in the quota).
+    pub(super) fn rollup_share(&self) -> u64 {
+        let share = (self.capacity() as f64 * self.cfg.rollup_percent / 100.0) as u64;
+        self.quota.set_cap(&self.dir.rollups(), share);
+        share
+    }
+
+    /// Bytes the store occupies (the sum of its files' lengths).
     pub fn used_bytes(&self) -> u64 {
         self.quota.used()
+    }
+
+    fn publish_gauges(&self) {
+        let c = &self.counters;
+        c.flows_kept.store(self.catalog.flows(), Ordering::Relaxed);
+        c.bytes_used.store(self.quota.used(), Ordering::Relaxed);
+        c.budget.store(self.cfg.budget, Ordering::Relaxed);
+        c.capacity.store(self.capacity(), Ordering::Relaxed);
+        c.segments.store(self.catalog.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Flows the store holds now (what a query over all time finds).
+    pub fn flows_kept(&self) -> u64 {
+        self.catalog.flows()
+    }
+
+    /// Open a state or roll-up file; a damaged one is moved aside and created afresh.
+    fn open_db(&mut self, path: &std::path::Path, meta: redb::TableDefinition<&str, u64>) -> Result<(Database, bool), StoreError> {
+        let first = super::guard(path, || {
+            open_writable(path, &self.quota).and_then(|db| check_schema(&db, path, meta).map(|_| db))
+        });
+        match first {
+            Ok(db) => Ok((db, false)),
+            Err(e) if super::is_damage(&e) => {
+                self.quota.forget(path);
+                let q = super::quarantine(&self.dir, path, &e.to_string())?;
+                if let Ok(len) = std::fs::metadata(&q.to).map(|m| m.len()) {
+                    self.quota.set_file(&q.to, len);
+                }
+                self.recovered.push(q);
+                self.counters.files_damaged.fetch_add(1, Ordering::Relaxed);
+                let db = open_writable(path, &self.quota)?;
+                check_schema(&db, path, meta)?;
+                Ok((db, true))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn state_db(&mut self) -> Result<&Database, StoreError> {
         if self.state.is_none() {
             let p = self.dir.state();
-            let db = open_writable(&p, &self.quota)?;
-            check_schema(&db, &p, STATE_META)?;
+            let (db, recreated) = self.open_db(&p, STATE_META)?;
+            if recreated {
+                tracing::error!(
+                    "{}: recreated empty; templates, exporter health, alerts, learned baselines and SIEM spools kept there are lost",
+                    p.display()
+                );
+            }
             self.state = Some(db);
         }
         self.state
@@ -207,16 +316,56 @@ impl StoreWriter {
             .ok_or_else(|| StoreError::io(&self.dir.state(), std::io::Error::other("state closed")))
     }
 
-    fn rollup_db(&mut self) -> Result<&Database, StoreError> {
+    pub(super) fn rollup_db(&mut self) -> Result<&Database, StoreError> {
         if self.rollups.is_none() {
             let p = self.dir.rollups();
-            let db = open_writable(&p, &self.quota)?;
-            check_schema(&db, &p, ROLLUP_META)?;
+            // Missing, never finished or damaged while segments hold flows: rebuild from them.
+            let fresh = super::holds_no_database(&p) && !self.catalog.is_empty();
+            let (db, recreated) = self.open_db(&p, ROLLUP_META)?;
+            if recreated || fresh {
+                if fresh {
+                    tracing::warn!("{}: missing or empty; rebuilding it from the stored flows", p.display());
+                }
+                self.rebuild_rollups = true;
+            }
             self.rollups = Some(db);
         }
         self.rollups
             .as_ref()
             .ok_or_else(|| StoreError::io(&self.dir.rollups(), std::io::Error::other("rollups closed")))
+    }
+
+    /// Re-aggregate the roll-ups from every stored flow (after the roll-up file
+    /// was found damaged). Roll-ups of flows already evicted cannot come back.
+    fn rebuild_rollups_from_segments(&mut self) {
+        self.rebuild_rollups = false;
+        // Everything comes from the segments, the open hours included.
+        self.agg = RollupAgg::default();
+        let reader = super::reader::Reader::new(self.dir.clone());
+        let ids: Vec<SegmentId> = self.catalog.ids().collect();
+        let mut flows = 0u64;
+        for id in ids {
+            let mut seg_flows = Vec::new();
+            let r = reader.scan_segment(id, 0, u64::MAX, &mut |f| {
+                seg_flows.push(f.clone());
+                std::ops::ControlFlow::Continue(())
+            });
+            if let Err(e) = r {
+                tracing::warn!("roll-up rebuild: segment {id} unreadable: {e}");
+                continue;
+            }
+            for f in &seg_flows {
+                self.latest_event = self.latest_event.max(f.end_ms);
+                self.agg.add(f);
+            }
+            flows += seg_flows.len() as u64;
+            self.flush_hours();
+        }
+        tracing::warn!(
+            "{}: rebuilt from {flows} stored flows in {} segments",
+            self.dir.rollups().display(),
+            self.catalog.len()
+        );
     }
 
     fn load_state(&mut self) -> Result<LoadedState, StoreError> {
@@ -318,9 +467,19 @@ impl StoreWriter {
             ("store.flows_too_old", g(&c.flows_too_old)),
             ("store.rollup_overflow", g(&c.rollup_overflow)),
             ("store.alerts_evicted", g(&c.alerts_evicted)),
+            ("store.flows_evicted", g(&c.flows_evicted)),
+            ("store.flows_evicted_age", g(&c.flows_evicted_age)),
+            ("store.flows_kept", self.catalog.flows()),
+            ("store.segments", self.catalog.len() as u64),
+            ("store.rollup_rows_trimmed", g(&c.rollup_rows_trimmed)),
+            ("store.rollup_failures", g(&c.rollup_failures)),
+            ("store.state_failures", g(&c.state_failures)),
+            ("store.files_damaged", g(&c.files_damaged)),
+            ("store.disk_full", self.quota.disk_full.load(Ordering::Relaxed)),
             ("forward.spool_dropped", g(&c.spool_dropped)),
             ("store.bytes_used", self.quota.used()),
             ("store.budget", self.cfg.budget),
+            ("store.capacity", self.capacity()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -346,7 +505,6 @@ impl StoreWriter {
                 too_old += 1;
                 continue;
             }
-            self.agg.add(f);
             let span = f.start_ms - f.start_ms % span_ms;
             match &mut run {
                 Some((s, v)) if *s == span => v.push(f),
@@ -373,89 +531,184 @@ impl StoreWriter {
                     }
                 }
             }
-            self.commit_span(span, &blocks);
+            if self.commit_span(span, &blocks) == SpanOutcome::Stored {
+                for f in &flows {
+                    self.agg.add(f);
+                }
+            }
         }
         self.commit_rollups();
         self.commit_state();
         self.retention();
+        if self.rebuild_rollups {
+            self.rebuild_rollups_from_segments();
+        }
+        self.publish_gauges();
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn commit_span(&mut self, span: u64, blocks: &[(block::BlockHeader, Vec<u8>)]) {
+    fn commit_span(&mut self, span: u64, blocks: &[(block::BlockHeader, Vec<u8>)]) -> SpanOutcome {
         if blocks.is_empty() {
-            return;
+            return SpanOutcome::Stored;
         }
         let flows: u64 = blocks.iter().map(|b| b.0.count as u64).sum();
+        let bytes: u64 = blocks.iter().map(|b| b.1.len() as u64).sum();
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.try_commit_span(span, blocks) {
-                Ok(()) => {
+            let err = match self.try_commit_span(span, blocks) {
+                Ok(id) => {
+                    self.catalog.add_flows(id, flows);
                     self.counters.flows_committed.fetch_add(flows, Ordering::Relaxed);
+                    self.counters.flows_kept.store(self.catalog.flows(), Ordering::Relaxed);
                     self.counters.blocks_written.fetch_add(blocks.len() as u64, Ordering::Relaxed);
-                    let bytes: u64 = blocks.iter().map(|b| b.1.len() as u64).sum();
                     self.counters.block_bytes.fetch_add(bytes, Ordering::Relaxed);
-                    return;
+                    return SpanOutcome::Stored;
                 }
-                Err(e) => {
-                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("commit of {flows} flows failed (attempt {attempt}/{MAX_ATTEMPTS}): {e}");
-                    // A redb handle refuses work after a failed commit: drop it and
-                    // make room before reopening.
-                    self.open.remove(&span);
-                    self.counters.reopens.fetch_add(1, Ordering::Relaxed);
-                    let need = blocks.iter().map(|b| b.1.len() as u64 * 2).sum::<u64>() + (1 << 20);
-                    let target = self.low_watermark().min(self.cfg.budget.saturating_sub(need));
-                    if !self.evict_to(target) && attempt > 1 {
+                Err(e) => e,
+            };
+            let id = self.opening;
+            // A redb handle refuses work after a failed commit: drop it before anything else.
+            self.open.remove(&span);
+            self.counters.reopens.fetch_add(1, Ordering::Relaxed);
+            let path = id.map(|id| self.dir.segment(id));
+            let refusal = path.as_deref().and_then(|p| self.quota.take_refusal(p));
+            match refusal {
+                Some(_) => {
+                    self.counters.commit_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("commit of {flows} flows needs room (attempt {attempt}/{MAX_ATTEMPTS}): {err}");
+                    // redb doubles a small file: the room needed is about its length again.
+                    let len = path.as_deref().and_then(|p| self.quota.file_len(p)).unwrap_or(0);
+                    let need = len.max(2 * bytes) + (256 << 10);
+                    if !self.make_room(need, id) {
+                        // Nothing older is left to evict. If every segment kept is newer,
+                        // these flows are the oldest data: not kept, by the rules.
+                        let newer_only = self.catalog.oldest(|s| Some(s) == id).is_none_or(|o| o.span_start > span);
+                        if newer_only && self.catalog.len() > usize::from(id.is_some()) {
+                            self.note_evicted_on_arrival(flows);
+                            // A segment created for them and left empty goes too.
+                            if let Some(id) = id
+                                && self.catalog.flows_in(id) == 0
+                            {
+                                self.delete_segment(id, super::retention::Why::Budget);
+                            }
+                            return SpanOutcome::EvictedOnArrival;
+                        }
                         break;
+                    }
+                }
+                None => {
+                    self.counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("commit of {flows} flows failed (attempt {attempt}/{MAX_ATTEMPTS}): {err}");
+                    if super::is_damage(&err)
+                        && let Some(id) = id
+                    {
+                        self.quarantine_segment(id, &err.to_string());
                     }
                 }
             }
         }
-        tracing::error!("dropping {flows} flows that could not be stored");
+        tracing::error!("dropping {flows} flows that could not be stored (the store is too small for them, or the disk fails)");
         self.counters.flows_dropped.fetch_add(flows, Ordering::Relaxed);
+        SpanOutcome::Lost
+    }
+
+    fn note_evicted_on_arrival(&mut self, flows: u64) {
+        let before = self.counters.flows_evicted.fetch_add(flows, Ordering::Relaxed);
+        if before == 0 || self.counters.commits.load(Ordering::Relaxed).is_multiple_of(1000) {
+            tracing::info!("{flows} flows older than everything the budget keeps were not stored (oldest first)");
+        }
+        self.counters.flows_committed.fetch_add(flows, Ordering::Relaxed);
+    }
+
+    /// A segment that cannot be written is moved aside; its flows are counted lost.
+    fn quarantine_segment(&mut self, id: SegmentId, reason: &str) {
+        let path = self.dir.segment(id);
+        self.open.retain(|_, s| s.id != id);
+        self.quota.forget(&path);
+        let lost = self.catalog.remove(id).map(|i| i.flows).unwrap_or(0);
+        self.counters.flows_dropped.fetch_add(lost, Ordering::Relaxed);
+        match super::quarantine(&self.dir, &path, reason) {
+            Ok(q) => {
+                if let Ok(len) = std::fs::metadata(&q.to).map(|m| m.len()) {
+                    self.quota.set_file(&q.to, len);
+                }
+                self.recovered.push(q);
+                self.counters.files_damaged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!("cannot move damaged segment {id} aside: {e}"),
+        }
+        self.counters.flows_kept.store(self.catalog.flows(), Ordering::Relaxed);
+    }
+
+    /// Close a span's open segment, giving back the room redb's last doubling
+    /// left unused (compaction truncates the free tail), so a closed segment
+    /// costs what it holds.
+    fn close_segment(&mut self, span: u64) {
+        let Some(mut seg) = self.open.remove(&span) else { return };
+        let path = self.dir.segment(seg.id);
+        let before = self.quota.file_len(&path).unwrap_or(0);
+        match seg.db.compact() {
+            Ok(_) => tracing::trace!(
+                "segment {} closed: {before} -> {} bytes",
+                seg.id,
+                self.quota.file_len(&path).unwrap_or(0)
+            ),
+            Err(e) => tracing::debug!("segment {} closed without compaction: {e}", seg.id),
+        }
     }
 
     fn segment_for(&mut self, span: u64) -> Result<&mut OpenSegment, StoreError> {
         let rolled = match self.open.get(&span) {
-            Some(s) => std::fs::metadata(self.dir.segment(s.id)).map(|m| m.len()).unwrap_or(0) >= self.cfg.segment_max_bytes,
+            Some(s) => self.quota.file_len(&self.dir.segment(s.id)).unwrap_or(0) >= self.cfg.segment_max_bytes,
             None => false,
         };
         if rolled {
-            self.open.remove(&span);
+            self.close_segment(span);
         }
-        if !self.open.contains_key(&span) {
+        if let Some(seg) = self.open.get(&span) {
+            self.opening = Some(seg.id);
+        } else {
             if self.open.len() >= MAX_OPEN_SEGMENTS
                 && let Some(&oldest) = self.open.keys().min()
             {
-                self.open.remove(&oldest);
+                self.close_segment(oldest);
             }
-            let existing = self
-                .dir
-                .list_segments()
-                .map_err(|e| StoreError::io(&self.dir.flows(), e))?
-                .into_iter()
-                .rfind(|(id, _)| id.span_start == span);
-            let id = match existing {
-                Some((id, size)) if size < self.cfg.segment_max_bytes => id,
-                Some((id, _)) => SegmentId {
+            let id = match self.catalog.last_of_span(span) {
+                Some(id) if self.quota.file_len(&self.dir.segment(id)).unwrap_or(0) < self.cfg.segment_max_bytes => id,
+                Some(id) => SegmentId {
                     span_start: span,
                     seq: id.seq + 1,
                 },
                 None => SegmentId { span_start: span, seq: 0 },
             };
             let path = self.dir.segment(id);
-            let db = open_writable(&path, &self.quota)?;
-            check_schema(&db, &path, SEGMENT_META)?;
-            let next_block = {
+            self.opening = Some(id);
+            let quota = self.quota.clone();
+            let opened = super::guard(&path, || {
+                let db = open_writable(&path, &quota)?;
+                check_schema(&db, &path, SEGMENT_META)?;
                 let txn = db.begin_read().map_err(|e| StoreError::db(&path, e))?;
-                match txn.open_table(SEGMENT_META) {
+                let next_block = match txn.open_table(SEGMENT_META) {
                     Ok(t) => t
                         .get("next_block")
                         .map_err(|e| StoreError::db(&path, e))?
                         .map(|v| v.value())
                         .unwrap_or(0),
                     Err(_) => 0,
+                };
+                drop(txn);
+                Ok((db, next_block))
+            });
+            let (db, next_block) = match opened {
+                Ok(db) => db,
+                Err(e) => {
+                    // A create refused for room leaves an empty file: nothing to keep.
+                    if !self.catalog.contains(id) && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    return Err(e);
                 }
             };
+            self.catalog.insert(id);
             self.open.insert(span, OpenSegment { id, db, next_block });
         }
         self.open
@@ -463,10 +716,30 @@ impl StoreWriter {
             .ok_or_else(|| StoreError::io(&self.dir.flows(), std::io::Error::other("segment vanished")))
     }
 
-    fn try_commit_span(&mut self, span: u64, blocks: &[(block::BlockHeader, Vec<u8>)]) -> Result<(), StoreError> {
+    /// Write blocks into the span's open segment; on failure, which segment (if one was reached).
+    fn try_commit_span(
+        &mut self,
+        span: u64,
+        blocks: &[(block::BlockHeader, Vec<u8>)],
+    ) -> Result<SegmentId, StoreError> {
         let span_ms = self.cfg.segment_span_ms;
+        let dir = self.dir.clone();
+        // A refused create or open is attributed to the file it was for.
+        self.opening = None;
         let seg = self.segment_for(span)?;
-        let path = PathBuf::from(format!("{}", seg.id));
+        let id = seg.id;
+        let path = dir.segment(id);
+        super::guard(&path, || Self::write_blocks(seg, &path, span_ms, blocks))?;
+        Ok(id)
+    }
+
+    fn write_blocks(
+        seg: &mut OpenSegment,
+        path: &std::path::Path,
+        span_ms: u64,
+        blocks: &[(block::BlockHeader, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let path = path.to_path_buf();
         let txn = seg.db.begin_write().map_err(|e| StoreError::db(&path, e))?;
         let mut next = seg.next_block;
         {
@@ -504,53 +777,144 @@ impl StoreWriter {
         Ok(())
     }
 
+    /// Merge the minute deltas and, when due, the hour tops into the roll-up
+    /// file, oldest first, in transactions small enough for its share of the
+    /// budget; expire what is past its retention.
     fn commit_rollups(&mut self) {
-        let write_hours = self.agg.hours_dirty() && self.last_hours_write.elapsed() >= Duration::from_secs(30);
+        let close_before = self.latest_event.saturating_sub(3_600_000);
+        // Hour tops go out when an hour closes on event time, and every 30 s for the open ones.
+        let write_hours =
+            self.agg.closed_dirty(close_before) || (self.agg.hours_dirty() && self.last_hours_write.elapsed() >= Duration::from_secs(30));
         let hour = self.latest_event / 3_600_000;
         let expire = hour != self.last_expire_hour;
+        let rows = self.agg.take_minute_rows();
+        // ~60 bytes a minute row, ~30 KiB an hour's tops: a transaction stays well inside the share.
+        let share = self.rollup_share();
+        let chunk = ((share / 600) as usize).clamp(1000, 200_000);
+        let hours_chunk = ((share / (300 << 10)) as usize).clamp(1, 168);
+        let mut at = 0;
+        while at < rows.len() {
+            let end = (at + chunk).min(rows.len());
+            self.ensure_rollup_room((end - at) as u64, 0);
+            let ok = self.rollup_txn("minute roll-ups", |_, floor, txn| {
+                let skipped = rows[at..end].iter().filter(|r| r.0.0 < floor.0).count() as u64;
+                super::rollup::write_minute_rows(txn, rows[at..end].iter().filter(|r| r.0.0 >= floor.0))?;
+                Ok(skipped)
+            });
+            match ok {
+                Some(skipped) => {
+                    self.counters.rollup_rows_trimmed.fetch_add(skipped, Ordering::Relaxed);
+                }
+                None => {
+                    tracing::error!(
+                        "roll-up deltas of {} minute rows are lost after {MAX_ATTEMPTS} attempts",
+                        rows.len() - at
+                    );
+                    self.counters.rollup_failures.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            at = end;
+        }
+        if write_hours {
+            let top_n = self.cfg.top_n;
+            loop {
+                let hours: Vec<u64> = self.agg.dirty_hours(self.rollup_floor.1).into_iter().take(hours_chunk).collect();
+                if hours.is_empty() {
+                    break;
+                }
+                self.ensure_rollup_room(0, hours.len() as u64 * 12);
+                if self
+                    .rollup_txn("hour tops", |agg, floor, txn| {
+                        let hours: Vec<u64> = hours.iter().copied().filter(|h| *h >= floor.1).collect();
+                        agg.write_hours(txn, top_n, &hours)
+                    })
+                    .is_none()
+                {
+                    tracing::error!("hour top lists of {} hours are lost after {MAX_ATTEMPTS} attempts", hours.len());
+                    self.counters.rollup_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                // Written or given up: either way they are not retried forever.
+                self.agg.hours_written(&hours, close_before, self.rollup_floor.1);
+            }
+            self.last_hours_write = Instant::now();
+        }
+        if expire {
+            let (mk, hk, now) = (self.cfg.minute_keep_ms, self.cfg.hour_keep_ms, self.latest_event);
+            if self
+                .rollup_txn("roll-up expiry", |_, _, txn| super::rollup::expire(txn, now, mk, hk))
+                .is_some()
+            {
+                self.last_expire_hour = hour;
+            }
+        }
+        self.counters.rollup_overflow.store(self.agg.hour_overflow, Ordering::Relaxed);
+    }
+
+    /// Run `f` in a roll-up write transaction and commit, recovering from a
+    /// refusal (trim, make room) or damage between attempts. `f` gets the
+    /// aggregation and the current trim floors (minute, hour) and must be
+    /// repeatable. None when every attempt failed.
+    fn rollup_txn<R>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&RollupAgg, (u64, u64), &redb::WriteTransaction) -> Result<R, redb::Error>,
+    ) -> Option<R> {
         for attempt in 1..=MAX_ATTEMPTS {
-            let res = (|| -> Result<(), StoreError> {
-                let p = self.dir.rollups();
-                let top_n = self.cfg.top_n;
-                let close_before = self.latest_event.saturating_sub(3_600_000);
-                let (mk, hk, now) = (self.cfg.minute_keep_ms, self.cfg.hour_keep_ms, self.latest_event);
+            let p = self.dir.rollups();
+            let floor = self.rollup_floor;
+            let res = super::guard(&p, || {
                 let db = self.rollup_db()?;
                 let txn = db.begin_write().map_err(|e| StoreError::db(&p, e))?;
-                let mut agg = std::mem::take(&mut self.agg);
-                let r = agg.write_minutes(&txn).and_then(|_| {
-                    if write_hours {
-                        agg.write_hours(&txn, top_n, close_before)
-                    } else {
-                        Ok(())
-                    }
-                });
-                let r = r.and_then(|_| if expire { super::rollup::expire(&txn, now, mk, hk) } else { Ok(()) });
-                self.agg = agg;
-                r.map_err(|e| StoreError::db(&p, e))?;
-                txn.commit().map_err(|e| StoreError::db(&p, e))
-            })();
+                let r = f(&self.agg, floor, &txn).map_err(|e| StoreError::db(&p, e))?;
+                txn.commit().map_err(|e| StoreError::db(&p, e))?;
+                Ok(r)
+            });
             match res {
-                Ok(()) => {
-                    self.agg.clear_minutes();
-                    if write_hours {
-                        self.last_hours_write = Instant::now();
-                    }
-                    if expire {
-                        self.last_expire_hour = hour;
-                    }
-                    self.counters.rollup_overflow.store(self.agg.hour_overflow, Ordering::Relaxed);
-                    return;
-                }
+                Ok(r) => return Some(r),
                 Err(e) => {
-                    tracing::warn!("roll-up commit failed (attempt {attempt}): {e}");
+                    tracing::debug!("{what}: commit failed (attempt {attempt}): {e}");
                     self.rollups = None;
                     self.counters.reopens.fetch_add(1, Ordering::Relaxed);
-                    self.evict_to(self.low_watermark());
+                    self.recover_file(&p, &e, attempt);
                 }
             }
         }
-        self.counters.state_failures.fetch_add(1, Ordering::Relaxed);
-        self.agg.clear_minutes();
+        None
+    }
+
+    /// After a failed commit to the state or roll-up file (its handle already
+    /// dropped): make room, trim old roll-ups, or move a damaged file aside.
+    pub(super) fn recover_file(&mut self, path: &std::path::Path, err: &StoreError, attempt: usize) {
+        match self.quota.take_refusal(path) {
+            Some(Refusal::FileCap) => {
+                tracing::debug!("{}: at its cap (attempt {attempt}): {err}", path.display());
+                self.rollup_space.invalidate();
+                let _ = self.trim_rollups();
+            }
+            Some(Refusal::Budget | Refusal::Disk) => {
+                tracing::debug!("{}: needs room (attempt {attempt}): {err}", path.display());
+                let need = self.quota.file_len(path).unwrap_or(0) + (256 << 10);
+                self.make_room(need, None);
+            }
+            None if super::is_damage(err) => {
+                self.quota.forget(path);
+                match super::quarantine(&self.dir, path, &err.to_string()) {
+                    Ok(q) => {
+                        if let Ok(len) = std::fs::metadata(&q.to).map(|m| m.len()) {
+                            self.quota.set_file(&q.to, len);
+                        }
+                        self.recovered.push(q);
+                        self.counters.files_damaged.fetch_add(1, Ordering::Relaxed);
+                        if path == self.dir.rollups() {
+                            self.rebuild_rollups = true;
+                        }
+                    }
+                    Err(e) => tracing::error!("cannot move damaged {} aside: {e}", path.display()),
+                }
+            }
+            None => tracing::warn!("{}: commit failed (attempt {attempt}): {err}", path.display()),
+        }
     }
 
     /// Force the hour top lists out now (shutdown, end of ingest).
@@ -608,7 +972,7 @@ impl StoreWriter {
             let p = self.dir.state();
             let spool = &mut self.spool;
             let spool_entries = &spool_entries;
-            let res = (|| -> Result<(), StoreError> {
+            let res = super::guard(&p, || {
                 let db = match &self.state {
                     Some(db) => db,
                     None => return Err(StoreError::io(&p, std::io::Error::other("state closed"))),
@@ -649,7 +1013,7 @@ impl StoreWriter {
                     s.stage(&txn, spool_entries).map_err(|e| StoreError::db(&p, e))?;
                 }
                 txn.commit().map_err(|e| StoreError::db(&p, e))
-            })();
+            });
             match res {
                 Ok(()) => {
                     if let Some(s) = self.spool.as_mut() {
@@ -667,78 +1031,34 @@ impl StoreWriter {
                     if let Some(s) = self.spool.as_mut() {
                         s.failed();
                     }
-                    tracing::warn!("state commit failed (attempt {attempt}): {e}");
                     self.state = None;
                     self.counters.reopens.fetch_add(1, Ordering::Relaxed);
-                    self.evict_to(self.low_watermark());
-                    if self.state_db().is_err() {
-                        continue;
+                    let p = self.dir.state();
+                    self.recover_file(&p, &e, attempt);
+                    if let Err(e) = self.state_db() {
+                        tracing::warn!("cannot reopen the state file: {e}");
                     }
                 }
             }
         }
+        tracing::error!("state commit failed {MAX_ATTEMPTS} times; kept in memory for the next commit");
         self.counters.state_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn retention(&mut self) {
-        if self.quota.used() > self.high_watermark() {
-            self.evict_to(self.low_watermark());
-        }
-        if let Some(age) = self.cfg.max_age_ms {
-            let cutoff = self.latest_event.saturating_sub(age);
-            let Ok(segs) = self.dir.list_segments() else { return };
-            for (id, size) in segs {
-                // Flows in a segment start before span end; give them a span of slack to end.
-                if id.span_start + 2 * self.cfg.segment_span_ms < cutoff {
-                    self.delete_segment(id, size);
-                }
-            }
-        }
-    }
-
-    fn delete_segment(&mut self, id: SegmentId, size: u64) -> bool {
-        if self.open.get(&id.span_start).is_some_and(|s| s.id == id) {
-            self.open.remove(&id.span_start);
-        }
-        match std::fs::remove_file(self.dir.segment(id)) {
-            Ok(()) => {
-                self.quota.release(size);
-                self.counters.segments_evicted.fetch_add(1, Ordering::Relaxed);
-                self.counters.bytes_evicted.fetch_add(size, Ordering::Relaxed);
-                tracing::info!("evicted segment {id} ({size} bytes)");
-                true
-            }
-            Err(e) => {
-                tracing::error!("cannot delete segment {id}: {e}");
-                false
-            }
-        }
-    }
-
-    /// Delete oldest segments until use is at or below `target`. Returns whether any was deleted.
-    fn evict_to(&mut self, target: u64) -> bool {
-        let mut any = false;
-        while self.quota.used() > target {
-            let Ok(segs) = self.dir.list_segments() else { break };
-            let Some(&(id, size)) = segs.first() else { break };
-            // Sizes on disk may have grown since they were charged (open files); re-read.
-            if !self.delete_segment(id, size) {
-                break;
-            }
-            any = true;
-        }
-        any
     }
 
     /// Commit and close everything.
     pub fn finish(mut self) {
         self.commit();
         self.flush_hours();
-        self.open.clear();
+        let spans: Vec<u64> = self.open.keys().copied().collect();
+        for span in spans {
+            self.close_segment(span);
+        }
+        if self.rebuild_rollups {
+            self.rebuild_rollups_from_segments();
+        }
+        self.publish_gauges();
     }
 }
-
-use std::path::PathBuf;
 
 /// Keep at most `max` alerts: past it, delete the least recently seen tenth
 /// (so the scan that finds them runs rarely). Returns how many were deleted.

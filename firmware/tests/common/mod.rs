@@ -47,6 +47,16 @@ pub fn test_config() -> Config {
     c
 }
 
+/// [`test_config`] for captures of real exporters replaying old packet
+/// captures (../shared/captures/exported): softflowd and pmacct date the flows
+/// with the replayed packets' times (years ago) but the export headers with the
+/// time of the replay, so the default one-day `max_clock_skew` would clamp them.
+pub fn replay_config() -> Config {
+    let mut c = test_config();
+    c.collector.max_clock_skew = flowwarden::config::Span(36_500 * 86_400_000);
+    c
+}
+
 /// Path of the built `flowwarden` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flowwarden"))

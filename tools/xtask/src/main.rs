@@ -30,6 +30,8 @@ const PEERS: &[(&str, &str)] = &[
     // The SIEM in the forwarding tests: rsyslog with its gnutls driver.
     ("rsyslog", "rsyslogd"),
     ("rsyslog-gnutls", "/usr/share/doc/rsyslog-gnutls/copyright"),
+    // init::gpt's unit test checks its partition table against sfdisk.
+    ("fdisk", "sfdisk"),
 ];
 
 fn root() -> PathBuf {

@@ -1,0 +1,123 @@
+//! Numbers for people: sizes, rates and durations in one format everywhere a
+//! person reads them (tables, summaries, alert text, logs). JSON and CSV keep
+//! exact numbers; only human-facing text goes through here. A leaf module.
+
+/// A byte count in binary units: `512 B`, `1.5 KiB`, `23.1 MiB`, `214.2 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if v >= 100.0 {
+        format!("{v:.0} {}", UNITS[i])
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// A bit rate in decimal units, as network people read them: `800 bit/s`, `12.3 Mbit/s`.
+pub fn bits_per_second(bps: f64) -> String {
+    const UNITS: [&str; 5] = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];
+    if !bps.is_finite() || bps <= 0.0 {
+        return "0 bit/s".into();
+    }
+    let mut v = bps;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 || v >= 100.0 {
+        format!("{v:.0} {}", UNITS[i])
+    } else if v >= 10.0 {
+        format!("{v:.1} {}", UNITS[i])
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
+}
+
+/// A duration in milliseconds, two units at most: `350 ms`, `42 s`, `5m 12s`,
+/// `3h 20m`, `6d 15h`.
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    let s = ms / 1000;
+    if s < 60 {
+        if ms < 10_000 && !ms.is_multiple_of(1000) {
+            return format!("{:.1} s", ms as f64 / 1000.0);
+        }
+        return format!("{s} s");
+    }
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h) {
+        (0, 0) if sec == 0 => format!("{m}m"),
+        (0, 0) => format!("{m}m {sec}s"),
+        (0, _) if m == 0 => format!("{h}h"),
+        (0, _) => format!("{h}h {m}m"),
+        _ if h == 0 => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// A duration in seconds (see [`duration_ms`]).
+pub fn duration_s(s: f64) -> String {
+    if !s.is_finite() || s <= 0.0 {
+        return "0 ms".into();
+    }
+    duration_ms((s * 1000.0).round() as u64)
+}
+
+/// A share in percent with one decimal.
+pub fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".into();
+    }
+    format!("{:.1} %", part as f64 * 100.0 / whole as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_scale() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(24_000_000), "22.9 MiB");
+        assert_eq!(bytes(30_130_079_602), "28.1 GiB");
+        assert_eq!(bytes(229_970_197_913), "214 GiB");
+        assert_eq!(bytes(u64::MAX), "16384 PiB");
+    }
+
+    #[test]
+    fn rates_scale() {
+        assert_eq!(bits_per_second(0.0), "0 bit/s");
+        assert_eq!(bits_per_second(800.0), "800 bit/s");
+        assert_eq!(bits_per_second(12_345_678.0), "12.3 Mbit/s");
+        assert_eq!(bits_per_second(1_500.0), "1.50 kbit/s");
+        assert_eq!(bits_per_second(f64::NAN), "0 bit/s");
+    }
+
+    #[test]
+    fn durations_read_the_same_everywhere() {
+        assert_eq!(duration_ms(350), "350 ms");
+        assert_eq!(duration_ms(1500), "1.5 s");
+        assert_eq!(duration_ms(42_000), "42 s");
+        assert_eq!(duration_ms(312_000), "5m 12s");
+        assert_eq!(duration_ms(1_800_000), "30m");
+        assert_eq!(duration_ms(12_000_000), "3h 20m");
+        assert_eq!(duration_ms(83_160_000), "23h 6m");
+        assert_eq!(duration_ms(575_765_000), "6d 15h");
+        assert_eq!(duration_ms(86_400_000), "1d");
+        assert_eq!(duration_s(1800.0), "30m");
+        assert_eq!(percent(1, 3), "33.3 %");
+    }
+}
