@@ -222,16 +222,30 @@ pub async fn run(
         .ok()
         .and_then(|r| r.ok())
         .unwrap_or_default();
+    let losses: Vec<String> = [
+        (counters.queue_drops.load(Ordering::Relaxed), "datagrams in the decoder queue"),
+        (
+            counters.kernel_drops.load(Ordering::Relaxed),
+            "datagrams in the kernel's socket buffers",
+        ),
+        (report.flows_dropped_queue, "flows in the store queue"),
+        (report.flows_dropped_store, "flows the store could not write"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     let stopped = format!(
-        "flowwarden: stopped: {} datagrams, {} flows stored, {} flows evicted (oldest, budget), {} flows kept; lost: {} datagrams in the decoder queue, {} by the kernel, {} flows in the store queue, {} flows the store could not write",
+        "flowwarden: stopped: {} datagrams; {} flows stored; {} flows evicted (oldest, budget); {} flows kept; lost: {}",
         counters.datagrams.load(Ordering::Relaxed),
         report.flows_committed,
         report.flows_evicted,
         report.flows_kept,
-        counters.queue_drops.load(Ordering::Relaxed),
-        counters.kernel_drops.load(Ordering::Relaxed),
-        report.flows_dropped_queue,
-        report.flows_dropped_store,
+        if losses.is_empty() {
+            "nothing".to_string()
+        } else {
+            losses.join(", ")
+        }
     );
     println!("{stopped}");
     tracing::info!("{stopped}");

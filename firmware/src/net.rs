@@ -34,6 +34,24 @@ impl IpNet {
         Some(IpNet { addr, prefix })
     }
 
+    /// Whether this prefix is a single address (/32 or /128).
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// `ip` as [`IpNet::contains`] compares it (IPv4-mapped IPv6 as IPv4).
+    pub fn canonical(ip: &IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
+            v4 => *v4,
+        }
+    }
+
     /// Whether `ip` lies inside this prefix (IPv4-mapped IPv6 is treated as IPv4).
     pub fn contains(&self, ip: &IpAddr) -> bool {
         let ip = match ip {

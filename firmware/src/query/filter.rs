@@ -9,14 +9,28 @@
 //! `proto NAME|N` (or a bare `tcp`, `udp`, `icmp`, ...), `bytes|packets|duration [OP] N[k|M|G]`
 //! (`duration` in ms), `flags LETTERS` (all of `FSRPAUEC` set), `exporter ADDR[:PORT]`,
 //! `[in|out] if N`, `direction outbound|inbound|internal|external|unknown`,
-//! `ipv4`, `ipv6`, `any`; combined with `and`, `or`, `not` and parentheses.
+//! `ipv4`, `ipv6`, `clamped` (times clamped at ingest: the exporter's clock was
+//! implausible), `any`; combined with `and`, `or`, `not` and parentheses.
 //! OP is one of `= == != > < >= <=` or `eq ne gt lt ge le`. Errors name the
 //! column and the token and say what was expected there.
+//!
+//! Filters are bounded (at most [`MAX_DEPTH`] levels of parentheses and `not`,
+//! [`MAX_TERMS`] terms) and evaluate in time linear in their size: `and`/`or`
+//! chains are flat lists, and long lists of `host`/`port` alternatives (or of
+//! their negations) become one set lookup.
 
 use crate::flow::{Direction, FlowRecord, proto_number};
 use crate::net::IpNet;
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+
+/// Deepest nesting of parentheses and `not`.
+pub const MAX_DEPTH: usize = 64;
+/// Most terms in one filter.
+pub const MAX_TERMS: usize = 100_000;
+/// Longest filter text.
+pub const MAX_LEN: usize = 4 << 20;
 
 /// A filter that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,15 +95,44 @@ pub enum Num {
     Duration,
 }
 
+/// A set of ports (one bit each).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PortSet(Box<[u64; 1024]>);
+
+impl PortSet {
+    fn new() -> PortSet {
+        PortSet(Box::new([0; 1024]))
+    }
+    fn insert(&mut self, p: u16) {
+        self.0[p as usize / 64] |= 1 << (p % 64);
+    }
+    fn contains(&self, p: u16) -> bool {
+        self.0[p as usize / 64] & (1 << (p % 64)) != 0
+    }
+}
+
+impl fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n: u32 = self.0.iter().map(|w| w.count_ones()).sum();
+        write!(f, "PortSet({n} ports)")
+    }
+}
+
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     Any,
-    And(Box<Filter>, Box<Filter>),
-    Or(Box<Filter>, Box<Filter>),
+    /// Every child matches (`and`).
+    All(Vec<Filter>),
+    /// Some child matches (`or`).
+    AnyOf(Vec<Filter>),
     Not(Box<Filter>),
     Net(Side, IpNet),
+    /// One of many hosts (a long `host A or host B or ...`).
+    Hosts(Side, HashSet<IpAddr>),
     Port(Side, Op, u16),
+    /// One of many ports (a long `port 1 or port 2 or ...`).
+    Ports(Side, PortSet),
     Proto(u8),
     Number(Num, Op, u64),
     Flags(u16),
@@ -97,16 +140,32 @@ pub enum Filter {
     Interface(Side, u32),
     Direction(Direction),
     Family(bool),
+    /// Times were clamped at ingest (implausible exporter clock).
+    Clamped,
 }
 
 impl Filter {
     /// Parse a filter expression; an empty string matches everything.
     pub fn parse(input: &str) -> Result<Filter, FilterError> {
+        if input.len() > MAX_LEN {
+            return Err(FilterError {
+                input: input.chars().take(60).collect::<String>() + "...",
+                pos: 0,
+                len: 0,
+                message: format!("the filter is {} bytes long; at most {MAX_LEN} are accepted", input.len()),
+            });
+        }
         let toks = tokenize(input);
         if toks.is_empty() {
             return Ok(Filter::Any);
         }
-        let mut p = Parser { input, toks, i: 0 };
+        let mut p = Parser {
+            input,
+            toks,
+            i: 0,
+            depth: 0,
+            terms: 0,
+        };
         let f = p.or()?;
         if let Some(t) = p.toks.get(p.i) {
             return Err(p.err_at(t, "expected 'and', 'or' or the end of the filter"));
@@ -118,11 +177,13 @@ impl Filter {
     pub fn matches(&self, f: &FlowRecord) -> bool {
         match self {
             Filter::Any => true,
-            Filter::And(a, b) => a.matches(f) && b.matches(f),
-            Filter::Or(a, b) => a.matches(f) || b.matches(f),
+            Filter::All(v) => v.iter().all(|c| c.matches(f)),
+            Filter::AnyOf(v) => v.iter().any(|c| c.matches(f)),
             Filter::Not(a) => !a.matches(f),
             Filter::Net(side, n) => side_any(*side, |src| n.contains(if src { &f.src } else { &f.dst })),
+            Filter::Hosts(side, set) => side_any(*side, |src| set.contains(&IpNet::canonical(if src { &f.src } else { &f.dst }))),
             Filter::Port(side, op, p) => side_any(*side, |src| op.test(if src { f.src_port } else { f.dst_port } as u64, *p as u64)),
+            Filter::Ports(side, set) => side_any(*side, |src| set.contains(if src { f.src_port } else { f.dst_port })),
             Filter::Proto(p) => f.proto == *p,
             Filter::Number(n, op, v) => {
                 let x = match n {
@@ -137,8 +198,85 @@ impl Filter {
             Filter::Interface(side, idx) => side_any(*side, |src| if src { f.in_if } else { f.out_if } == *idx),
             Filter::Direction(d) => f.direction == *d,
             Filter::Family(v4) => f.src.is_ipv4() == *v4,
+            Filter::Clamped => f.time_clamped(),
         }
     }
+}
+
+/// A single host (a /32 or /128 network) and its side, if `f` is one.
+fn host_term(f: &Filter) -> Option<(Side, IpAddr)> {
+    match f {
+        Filter::Net(side, n) if n.is_host() => Some((*side, n.addr())),
+        _ => None,
+    }
+}
+
+/// An equality port term and its side, if `f` is one.
+fn port_term(f: &Filter) -> Option<(Side, u16)> {
+    match f {
+        Filter::Port(side, Op::Eq, p) => Some((*side, *p)),
+        _ => None,
+    }
+}
+
+/// Fold many host/port alternatives into sets: `a or b or c` over hosts of one
+/// side becomes one [`Filter::Hosts`] (likewise ports). Few terms stay as they are.
+fn fold_alternatives(children: Vec<Filter>) -> Vec<Filter> {
+    const MIN_SET: usize = 8;
+    let sides = [Side::Src, Side::Dst, Side::Either];
+    let count_hosts = |s: Side| children.iter().filter(|c| host_term(c).is_some_and(|h| h.0 == s)).count();
+    let count_ports = |s: Side| children.iter().filter(|c| port_term(c).is_some_and(|h| h.0 == s)).count();
+    let host_sides: Vec<Side> = sides.iter().copied().filter(|s| count_hosts(*s) >= MIN_SET).collect();
+    let port_sides: Vec<Side> = sides.iter().copied().filter(|s| count_ports(*s) >= MIN_SET).collect();
+    if host_sides.is_empty() && port_sides.is_empty() {
+        return children;
+    }
+    let mut hosts: Vec<(Side, HashSet<IpAddr>)> = host_sides.iter().map(|s| (*s, HashSet::new())).collect();
+    let mut ports: Vec<(Side, PortSet)> = port_sides.iter().map(|s| (*s, PortSet::new())).collect();
+    let mut rest = Vec::new();
+    for c in children {
+        if let Some((side, ip)) = host_term(&c)
+            && let Some(h) = hosts.iter_mut().find(|h| h.0 == side)
+        {
+            h.1.insert(ip);
+        } else if let Some((side, p)) = port_term(&c)
+            && let Some(s) = ports.iter_mut().find(|s| s.0 == side)
+        {
+            s.1.insert(p);
+        } else {
+            rest.push(c);
+        }
+    }
+    rest.extend(hosts.into_iter().map(|(s, h)| Filter::Hosts(s, h)));
+    rest.extend(ports.into_iter().map(|(s, p)| Filter::Ports(s, p)));
+    rest
+}
+
+/// `and` children: negated host/port terms fold like alternatives
+/// (`not a and not b` = `not (a or b)`).
+fn fold_conjunction(children: Vec<Filter>) -> Vec<Filter> {
+    let (negated, mut rest): (Vec<Filter>, Vec<Filter>) = children.into_iter().partition(|c| match c {
+        Filter::Not(inner) => host_term(inner).is_some() || port_term(inner).is_some(),
+        _ => false,
+    });
+    if negated.len() < 8 {
+        rest.extend(negated);
+        return rest;
+    }
+    let inner: Vec<Filter> = negated
+        .into_iter()
+        .filter_map(|c| match c {
+            Filter::Not(inner) => Some(*inner),
+            _ => None,
+        })
+        .collect();
+    let folded = fold_alternatives(inner);
+    rest.push(Filter::Not(Box::new(if folded.len() == 1 {
+        folded.into_iter().next().unwrap_or(Filter::Any)
+    } else {
+        Filter::AnyOf(folded)
+    })));
+    rest
 }
 
 fn side_any(side: Side, test: impl Fn(bool) -> bool) -> bool {
@@ -195,6 +333,10 @@ struct Parser<'a> {
     input: &'a str,
     toks: Vec<Tok<'a>>,
     i: usize,
+    /// Current nesting of parentheses and `not`.
+    depth: usize,
+    /// Terms parsed so far.
+    terms: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -235,29 +377,61 @@ impl<'a> Parser<'a> {
     }
 
     fn or(&mut self) -> Result<Filter, FilterError> {
-        let mut left = self.and()?;
+        let mut children = vec![self.and()?];
         while self.peek_is("or") || self.peek_is("||") {
             self.i += 1;
-            let right = self.and()?;
-            left = Filter::Or(Box::new(left), Box::new(right));
+            children.push(self.and()?);
         }
-        Ok(left)
+        if children.len() == 1 {
+            return Ok(children.pop().unwrap_or(Filter::Any));
+        }
+        let mut children = fold_alternatives(children);
+        Ok(if children.len() == 1 {
+            children.pop().unwrap_or(Filter::Any)
+        } else {
+            Filter::AnyOf(children)
+        })
     }
 
     fn and(&mut self) -> Result<Filter, FilterError> {
-        let mut left = self.not()?;
+        let mut children = vec![self.not()?];
         while self.peek_is("and") || self.peek_is("&&") {
             self.i += 1;
-            let right = self.not()?;
-            left = Filter::And(Box::new(left), Box::new(right));
+            children.push(self.not()?);
         }
-        Ok(left)
+        if children.len() == 1 {
+            return Ok(children.pop().unwrap_or(Filter::Any));
+        }
+        let mut children = fold_conjunction(children);
+        Ok(if children.len() == 1 {
+            children.pop().unwrap_or(Filter::Any)
+        } else {
+            Filter::All(children)
+        })
+    }
+
+    /// Enter one level of nesting at token `t`, refusing past [`MAX_DEPTH`].
+    fn enter(&mut self, t: &Tok<'_>) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err_at(
+                t,
+                &format!("the filter nests deeper than {MAX_DEPTH} levels of parentheses and 'not'"),
+            ));
+        }
+        Ok(())
     }
 
     fn not(&mut self) -> Result<Filter, FilterError> {
         if self.peek_is("not") || self.peek().is_some_and(|t| t.text == "!") {
-            self.i += 1;
-            return Ok(Filter::Not(Box::new(self.not()?)));
+            let t = self.next("'not'")?;
+            self.enter(&t)?;
+            let inner = self.not()?;
+            self.depth -= 1;
+            return Ok(match inner {
+                Filter::Not(x) => *x,
+                x => Filter::Not(Box::new(x)),
+            });
         }
         self.primary()
     }
@@ -288,9 +462,15 @@ impl<'a> Parser<'a> {
 
     fn primary(&mut self) -> Result<Filter, FilterError> {
         let t = self.next("a filter term (host, net, port, proto, bytes, packets, ...)")?;
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(self.err_at(&t, &format!("the filter has more than {MAX_TERMS} terms")));
+        }
         let word = t.text.to_ascii_lowercase();
         if word == "(" {
+            self.enter(&t)?;
             let f = self.or()?;
+            self.depth -= 1;
             let close = self.next("')'")?;
             if close.text != ")" {
                 return Err(self.err_at(&close, "expected ')'"));
@@ -311,6 +491,7 @@ impl<'a> Parser<'a> {
         match word.as_str() {
             "host" | "ip" | "net" | "port" | "if" => self.sided(Side::Either, &t, ""),
             "any" => Ok(Filter::Any),
+            "clamped" => Ok(Filter::Clamped),
             "ipv4" | "inet" => Ok(Filter::Family(true)),
             "ipv6" | "inet6" => Ok(Filter::Family(false)),
             "proto" => {
@@ -365,7 +546,7 @@ impl<'a> Parser<'a> {
             }
             w => match proto_number(w) {
                 Some(p) => Ok(Filter::Proto(p)),
-                None => Err(self.err_at(&t, "expected a filter term (src, dst, host, net, port, proto, bytes, packets, duration, flags, exporter, if, direction, ipv4, ipv6, not, '(')")),
+                None => Err(self.err_at(&t, "expected a filter term (src, dst, host, net, port, proto, bytes, packets, duration, flags, exporter, if, direction, ipv4, ipv6, clamped, not, '(')")),
             },
         }
     }
@@ -489,6 +670,50 @@ mod tests {
         assert!(e.to_string().contains("expected ')'"));
         let e = Filter::parse("net 10.0.0.0/40").unwrap_err();
         assert!(e.to_string().contains("near \"10.0.0.0/40\""));
+    }
+
+    #[test]
+    fn deep_and_long_filters_are_bounded_and_fast() {
+        let deep = format!("{}tcp{}", "(".repeat(20_000), ")".repeat(20_000));
+        let e = Filter::parse(&deep).unwrap_err().to_string();
+        assert!(e.contains("deeper than 64 levels"), "{e}");
+        let nots = format!("{}tcp", "not ".repeat(20_000));
+        assert!(Filter::parse(&nots).unwrap_err().to_string().contains("deeper than"));
+        // 6000 alternatives and 5000 negations: one set lookup each.
+        let ors: Vec<String> = (0..6000u32)
+            .map(|i| format!("host 10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255))
+            .collect();
+        let f = Filter::parse(&ors.join(" or ")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&f, Filter::Hosts(Side::Either, s) if s.len() == 6000), "{f:?}");
+        let mut flow = flow();
+        flow.src = "10.0.23.100".parse().unwrap_or(flow.src);
+        assert!(f.matches(&flow));
+        let ands: Vec<String> = (0..5000u32).map(|i| format!("not port {}", i + 1)).collect();
+        let g = Filter::parse(&format!("tcp and {}", ands.join(" and "))).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(&g, Filter::All(v) if v.len() == 2), "{g:?}");
+        assert!(!g.matches(&flow), "port 443 is among the negated ports");
+        let started = std::time::Instant::now();
+        for _ in 0..100_000 {
+            std::hint::black_box(f.matches(&flow) && g.matches(&flow));
+        }
+        // Set lookups: far below the 6000 comparisons per flow a chain would need.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let many: Vec<&str> = std::iter::repeat_n("tcp", MAX_TERMS + 1).collect();
+        assert!(
+            Filter::parse(&many.join(" or "))
+                .unwrap_err()
+                .to_string()
+                .contains("more than 100000 terms")
+        );
+    }
+
+    #[test]
+    fn double_negation_and_clamped() {
+        assert_eq!(Filter::parse("not not tcp").ok(), Some(Filter::Proto(6)));
+        let mut f = flow();
+        assert!(!Filter::parse("clamped").unwrap_or(Filter::Any).matches(&f));
+        f.marks = crate::flow::MARK_TIME_CLAMPED;
+        assert!(Filter::parse("clamped and tcp").unwrap_or(Filter::Any).matches(&f));
     }
 
     proptest::proptest! {

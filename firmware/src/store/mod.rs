@@ -111,7 +111,11 @@ fn never_initialized(file: &std::fs::File) -> bool {
 /// damaged pages instead of returning an error) into a damage error, so a
 /// damaged file is moved aside instead of taking the process down.
 pub fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    quiet_guarded_panics();
+    let outer = IN_GUARD.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_GUARD.with(|g| g.set(outer));
+    match r {
         Ok(r) => r,
         Err(p) => {
             let msg = p
@@ -125,6 +129,26 @@ pub fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Resul
             })
         }
     }
+}
+
+thread_local! {
+    static IN_GUARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A panic inside [`guard`] becomes a damage error with its own message: the
+/// default hook's "thread panicked" text and backtrace would only alarm.
+fn quiet_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_GUARD.with(|g| g.get()) {
+                tracing::debug!("redb panicked on damaged data: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Whether an error means the file's content is damaged (as opposed to the

@@ -57,14 +57,14 @@ impl StoreWriter {
         any
     }
 
-    /// Make room for a growth of `need` bytes: within the budget (down to the
-    /// low watermark) and on the file system (with slack, so a disk filled by
-    /// others is not met again at the next commit). Returns whether anything was
-    /// deleted.
+    /// Make room for a growth of `need` bytes: within the capacity (down to
+    /// the low watermark; the capacity already shrinks with a disk that others
+    /// fill) and, should the file system still refuse, until it has the room.
+    /// Returns whether anything was deleted.
     pub(super) fn make_room(&mut self, need: u64, protect: Option<SegmentId>) -> bool {
         let target = self.low_watermark().min(self.capacity().saturating_sub(need));
         let mut any = self.evict_to(target, protect);
-        let want_free = need.saturating_mul(2).max(self.quota.used() / 20);
+        let want_free = need + super::quota::FS_RESERVE;
         while self.quota.fs_available().is_some_and(|a| a < want_free) {
             if !self.evict_one(protect) {
                 break;

@@ -717,11 +717,7 @@ impl StoreWriter {
     }
 
     /// Write blocks into the span's open segment; on failure, which segment (if one was reached).
-    fn try_commit_span(
-        &mut self,
-        span: u64,
-        blocks: &[(block::BlockHeader, Vec<u8>)],
-    ) -> Result<SegmentId, StoreError> {
+    fn try_commit_span(&mut self, span: u64, blocks: &[(block::BlockHeader, Vec<u8>)]) -> Result<SegmentId, StoreError> {
         let span_ms = self.cfg.segment_span_ms;
         let dir = self.dir.clone();
         // A refused create or open is attributed to the file it was for.

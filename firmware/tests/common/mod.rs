@@ -2,6 +2,8 @@
 //! ingesting through the real pipeline, reading everything back.
 #![allow(dead_code)]
 
+pub mod v5;
+
 use flowwarden::config::Config;
 use flowwarden::flow::FlowRecord;
 use flowwarden::pipeline::{Backpressure, Pipeline, PipelineReport};
@@ -120,6 +122,21 @@ impl Running {
 
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGTERM; returns the exit status and what it printed on stdout after the ready line.
+    pub fn stop_output(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let rx = self.take_stdout();
+        let (status, _) = self.stop();
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        (status, lines)
+    }
+
+    fn take_stdout(&mut self) -> std::sync::mpsc::Receiver<String> {
+        std::mem::replace(&mut self.stdout, std::sync::mpsc::channel().1)
     }
 
     /// SIGTERM; returns the exit status and how long the shutdown took.
