@@ -24,13 +24,38 @@ pub enum CaptureError {
     },
     #[error("{path}: not a pcap or pcapng file ({detail})")]
     Format { path: PathBuf, detail: String },
-    #[error("{path}: corrupt after {frames} frames at byte {offset}: {detail}")]
+    #[error("{path}: damaged after {} frames, at byte {offset}: {detail} (the frames before it were read)", stats.frames)]
     Corrupt {
         path: PathBuf,
-        frames: u64,
+        /// What was read before the damage.
+        stats: CaptureStats,
         offset: u64,
         detail: String,
     },
+}
+
+impl CaptureError {
+    /// What was read before the error (nothing if the file could not be opened).
+    pub fn stats(&self) -> CaptureStats {
+        match self {
+            CaptureError::Corrupt { stats, .. } => stats.clone(),
+            _ => CaptureStats::default(),
+        }
+    }
+}
+
+/// A pcap-parser error in words (its debug form dumps raw bytes).
+fn describe<I>(e: &PcapError<I>) -> String {
+    match e {
+        PcapError::Eof => "the file is empty".into(),
+        PcapError::BufferTooSmall => "a block is larger than 1 MiB".into(),
+        PcapError::UnexpectedEof | PcapError::Incomplete(_) => "the file ends in the middle of a block (truncated)".into(),
+        PcapError::ReadError => "the file could not be read".into(),
+        PcapError::HeaderNotRecognized => "its first bytes are neither a pcap nor a pcapng header".into(),
+        PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+            format!("a block does not follow the format ({})", kind.description())
+        }
+    }
 }
 
 /// One UDP datagram found in a capture.
@@ -151,7 +176,7 @@ pub fn read_capture(path: &Path, mut on_datagram: impl FnMut(Datagram<'_>)) -> R
     })?;
     let mut reader = create_reader(1 << 20, file).map_err(|e| CaptureError::Format {
         path: path.to_path_buf(),
-        detail: format!("{e:?}"),
+        detail: describe(&e),
     })?;
     let mut stats = CaptureStats::default();
     let mut legacy_linktype = Linktype::ETHERNET;
@@ -221,18 +246,18 @@ pub fn read_capture(path: &Path, mut on_datagram: impl FnMut(Datagram<'_>)) -> R
                 if let Err(e) = reader.refill() {
                     return Err(CaptureError::Corrupt {
                         path: path.to_path_buf(),
-                        frames: stats.frames,
+                        stats,
                         offset: consumed,
-                        detail: format!("{e:?}"),
+                        detail: describe(&e),
                     });
                 }
             }
             Err(e) => {
                 return Err(CaptureError::Corrupt {
                     path: path.to_path_buf(),
-                    frames: stats.frames,
+                    stats,
                     offset: consumed,
-                    detail: format!("{e:?}"),
+                    detail: describe(&e),
                 });
             }
         }

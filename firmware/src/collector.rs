@@ -12,6 +12,7 @@ use crate::pipeline::{Backpressure, Pipeline, PipelineError, PipelineReport};
 use crate::timefmt::now_ms;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,6 +126,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&[SocketAddr]),
 ) -> Result<PipelineReport, CollectorError> {
+    // The data directory first: a second appliance on it is named before any socket is taken.
+    let mut pipeline = Pipeline::open(&cfg, &data_dir, Backpressure::Drop)?;
     let rcvbuf = cfg.collector.receive_buffer.resolve(0).max(4096) as usize;
     let explicit = !listen.is_empty();
     let addrs = if explicit { listen } else { cfg.collector.listen.clone() };
@@ -140,7 +143,6 @@ pub async fn run(
     if bound.is_empty() {
         return Err(CollectorError::NoListener);
     }
-    let mut pipeline = Pipeline::open(&cfg, &data_dir, Backpressure::Drop)?;
     let forward_shared = pipeline.forward.clone();
     let counters = Arc::new(SocketCounters::default());
     let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
@@ -204,7 +206,8 @@ pub async fn run(
         stop_rx.clone(),
     );
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
-    println!("{ready}");
+    // A closed stdout (the reader of `run | head` gone) must not stop the appliance.
+    let _ = writeln!(std::io::stdout(), "{ready}");
     tracing::info!("{ready}");
     on_ready(&addrs);
     shutdown.await;
@@ -247,7 +250,7 @@ pub async fn run(
             losses.join(", ")
         }
     );
-    println!("{stopped}");
+    let _ = writeln!(std::io::stdout(), "{stopped}");
     tracing::info!("{stopped}");
     Ok(report)
 }

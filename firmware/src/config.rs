@@ -81,18 +81,48 @@ impl SizeSpec {
     }
 }
 
+impl std::fmt::Display for SizeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SizeSpec::Bytes(b) => write!(f, "{} ({b} bytes)", crate::units::bytes(b)),
+            SizeSpec::Percent(p) => write!(f, "{p} % of the data file system"),
+        }
+    }
+}
+
+/// What a size key accepts, for error messages.
+const SIZE_FORMS: &str = "a size: a number of bytes like 67108864, or a string like \"64MiB\", \"2GB\" or \"85%\"";
+
 impl<'de> Deserialize<'de> for SizeSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SizeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(SIZE_FORMS)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<SizeSpec, E> {
+                Ok(SizeSpec::Bytes(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<SizeSpec, E> {
+                u64::try_from(n)
+                    .map(SizeSpec::Bytes)
+                    .map_err(|_| E::custom(format!("{n} is negative; expected {SIZE_FORMS}")))
+            }
+            fn visit_i128<E: serde::de::Error>(self, n: i128) -> Result<SizeSpec, E> {
+                Err(E::custom(format!("{n} is too large; expected {SIZE_FORMS}")))
+            }
+            fn visit_u128<E: serde::de::Error>(self, n: u128) -> Result<SizeSpec, E> {
+                Err(E::custom(format!("{n} is too large; expected {SIZE_FORMS}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<SizeSpec, E> {
+                Err(E::custom(format!("{n} is not a whole number of bytes; expected {SIZE_FORMS}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SizeSpec, E> {
+                SizeSpec::parse(s).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(SizeSpec::Bytes(n)),
-            Raw::S(s) => SizeSpec::parse(&s).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -276,7 +306,7 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: plain_message(e.message().trim()),
             }
         })?;
         cfg.validate(text, path)?;
@@ -319,6 +349,29 @@ impl Config {
         if !(10.0..100.0).contains(&s.low_watermark_percent) {
             return Err(bad("storage", "low_watermark_percent", "must be in [10, 100)".into()));
         }
+        if let Some(age) = s.max_age
+            && age.ms() < 3_600_000
+        {
+            return Err(bad(
+                "storage",
+                "max_age",
+                format!(
+                    "{} would delete almost every flow as soon as it is stored; use at least 1h, or leave max_age out (no age cap)",
+                    crate::units::duration_ms(age.ms())
+                ),
+            ));
+        }
+        for (key, span) in [
+            ("minute_rollup_retention", s.minute_rollup_retention),
+            ("hour_rollup_retention", s.hour_rollup_retention),
+        ] {
+            if span.ms() < 3_600_000 {
+                return Err(bad("storage", key, "must be at least 1h".into()));
+            }
+        }
+        if !(10..=60_000).contains(&s.commit_interval.ms()) {
+            return Err(bad("storage", "commit_interval", "must be between 10ms and 60s".into()));
+        }
         if let SizeSpec::Bytes(b) = s.budget
             && b < 4 * 1024 * 1024
         {
@@ -334,7 +387,10 @@ impl Config {
             return Err(bad(
                 "storage",
                 "compression_level",
-                "must be between -7 (fastest) and 19, not 0".into(),
+                format!(
+                    "{} is not a zstd level: use 1 to 19 (higher: smaller, slower) or -7 to -1 (faster)",
+                    s.compression_level
+                ),
             ));
         }
         if !(1.0..=90.0).contains(&s.rollup_budget_percent) {
@@ -365,10 +421,87 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that are legal but probably not what was meant (check-config
+    /// prints them; `run` logs them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let SizeSpec::Bytes(b) = self.storage.budget
+            && b < 64 << 20
+        {
+            w.push(format!(
+                "storage.budget: {} holds little history (hours at most for a busy branch)",
+                crate::units::bytes(b)
+            ));
+        }
+        if let Some(age) = self.storage.max_age
+            && age.ms() < 86_400_000
+        {
+            w.push(format!(
+                "storage.max_age: flows older than {} are deleted even when the disk has room",
+                crate::units::duration_ms(age.ms())
+            ));
+        }
+        if self.detect.enabled && self.detect.suppress_window.ms() == 0 {
+            w.push("detect.suppress_window = \"0s\": every repeat of a detection is a new alert".into());
+        }
+        if self.collector.max_clock_skew.ms() > 30 * 86_400_000 {
+            w.push(format!(
+                "collector.max_clock_skew: {} lets flows dated far from their export time into the store (meant for replays of old captures)",
+                crate::units::duration_ms(self.collector.max_clock_skew.ms())
+            ));
+        }
+        let spools: u64 = self.forward.iter().map(|f| f.spool_bytes()).sum();
+        if let SizeSpec::Bytes(b) = self.storage.budget
+            && spools > b / 4
+        {
+            w.push(format!(
+                "forward: the spools may grow to {} together, more than a quarter of storage.budget ({}); flows are evicted to make room for them",
+                crate::units::bytes(spools),
+                crate::units::bytes(b)
+            ));
+        }
+        if self.network.internal.is_empty() {
+            w.push(
+                "network.internal is empty: no flow is inbound or outbound, and the detectors cannot tell the branch from the internet"
+                    .into(),
+            );
+        }
+        w
+    }
+
     /// The override for an exporter address, if any.
     pub fn exporter_override(&self, ip: IpAddr) -> Option<&ExporterOverride> {
         self.exporters.iter().find(|e| e.address == ip)
     }
+}
+
+/// serde's wording for people: Rust type names become what the key expects.
+fn plain_message(m: &str) -> String {
+    let mut out = m.to_string();
+    // "invalid type: integer `N` as i128, expected X": the number does not fit.
+    if let Some(rest) = out.strip_prefix("invalid type: integer `")
+        && let Some((n, tail)) = rest.split_once("` as i128")
+    {
+        out = format!("{n} is too large{}", tail.replacen(", expected", "; expected", 1));
+    }
+    for (rust, words) in [
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected usize", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(i) = out.find(rust)
+            && !out[i + rust.len()..].starts_with(|c: char| c.is_alphanumeric())
+        {
+            out.replace_range(i..i + rust.len(), words);
+        }
+    }
+    out
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -519,6 +652,28 @@ sampling_mode = "force"
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("forward[0].facility"), "{e}");
+    }
+
+    #[test]
+    fn messages_say_what_is_expected_in_words() {
+        let e = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        let m = e("[[forward]]\nname = \"a\"\naddress = \"h:1\"\ntransport = \"udp\"\nspool_max_bytes = -1\n");
+        assert!(m.contains("-1 is negative; expected a size"), "{m}");
+        let m = e("[[forward]]\nname = \"a\"\naddress = \"h:1\"\ntransport = \"udp\"\nspool_max_bytes = 12345678901234567890123\n");
+        assert!(m.contains("12345678901234567890123 is too large"), "{m}");
+        assert!(!m.contains("i128"), "{m}");
+        let m = e("[collector]\nmax_exporters = 99999999999999999999999\n");
+        assert!(m.contains("is too large; expected a whole number"), "{m}");
+        let m = e("[collector]\nmax_exporters = \"many\"\n");
+        assert!(m.contains("expected a whole number"), "{m}");
+        let m = e("[storage]\ncompression_level = 99\n");
+        assert!(m.contains("99 is not a zstd level"), "{m}");
+        let m = e("[storage]\nmax_age = \"0s\"\n");
+        assert!(m.contains(":2: storage.max_age"), "{m}");
+        let m = e("[[forward]]\nname = \"a\"\naddress = \"siem.example\"\ntransport = \"udp\"\n");
+        assert!(m.contains("has no port"), "{m}");
+        assert_eq!(SizeSpec::Percent(85.0).to_string(), "85 % of the data file system");
+        assert_eq!(SizeSpec::Bytes(24_000_000).to_string(), "22.9 MiB (24000000 bytes)");
     }
 
     #[test]

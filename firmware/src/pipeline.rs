@@ -302,6 +302,9 @@ impl Pipeline {
     }
 }
 
+/// How often the detectors' learning state is published while flows arrive.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Updates without alerts or state still carry counters every this many batches.
 const COUNTERS_EVERY: u64 = 32;
 
@@ -317,11 +320,17 @@ fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wt
         tracing::debug!("cannot lower the detector thread's priority: {e}");
     }
     let mut batches = 0u64;
+    // The learning state is published at the first batch and then every STATUS_EVERY.
+    let mut last_status: Option<std::time::Instant> = None;
     while let Ok(msg) = rx.recv() {
         match msg {
             DetectMsg::Flows(b) => {
                 engine.process(&b);
                 batches += 1;
+                if last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+                    engine.publish_status();
+                    last_status = Some(std::time::Instant::now());
+                }
                 let u = engine.take_update();
                 if (!u.is_empty() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(StoreMsg::Detect(u)).is_err() {
                     tracing::error!("store writer gone: detector stops");

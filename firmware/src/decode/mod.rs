@@ -300,9 +300,7 @@ impl Decoder {
         if let Some(err) = result.error {
             self.totals.malformed += 1;
             e.malformed += 1;
-            let mut msg = err.to_string();
-            msg.truncate(200);
-            e.last_error = Some(msg);
+            e.last_error = Some(plain_error(&err.to_string()));
         }
     }
 
@@ -631,6 +629,34 @@ impl Decoder {
     }
 }
 
+/// A parser error for people: netflow_parser embeds the raw input bytes
+/// (`input: [12, 209, ...]`); they become a length, and the text is cut to 200
+/// characters on a character boundary.
+pub fn plain_error(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(256));
+    let mut rest = msg;
+    while let Some(i) = rest.find("input: [") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "input: [".len()..];
+        match after.find(']') {
+            Some(j) => {
+                let n = after[..j].split(',').filter(|x| !x.trim().is_empty()).count();
+                out.push_str(&format!("input: {n} bytes"));
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push_str("input: (bytes)");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    if out.chars().count() > 200 {
+        out = out.chars().take(199).collect::<String>() + "…";
+    }
+    out
+}
+
 impl RecordBuilder {
     /// Fill from a fixed-format v5/v7 record.
     #[allow(clippy::too_many_arguments)]
@@ -662,5 +688,22 @@ impl RecordBuilder {
         self.apply(14, &V::DataNumber(N::U16(output)));
         self.apply(22, &V::DataNumber(N::U32(first)));
         self.apply(21, &V::DataNumber(N::U32(last)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_errors_lose_their_raw_bytes() {
+        let e = plain_error("Partial parse error: V9 parse error: Parsing Error: Error { input: [12, 209, 0, 28], code: Eof }");
+        assert_eq!(
+            e,
+            "Partial parse error: V9 parse error: Parsing Error: Error { input: 4 bytes, code: Eof }"
+        );
+        let long = format!("x: Error {{ input: [{}", "1, ".repeat(500));
+        assert_eq!(plain_error(&long), "x: Error { input: (bytes)");
+        assert!(plain_error(&"é".repeat(300)).chars().count() <= 200);
     }
 }

@@ -326,19 +326,19 @@ impl Beacon {
             last_seen_ms: last,
             severity: severity(Kind::Beaconing, m),
             summary: format!(
-                "{} connected to {}:{}/{} {} times, every {:.0} s (±{:.0} %), over {:.1} h; beacon score {:.2}",
+                "{} connected to {}:{}/{} {} times, every {} (±{:.0} %), over {}; beacon score {:.2}",
                 k.src,
                 k.dst,
                 k.port,
                 pname,
                 pts.len(),
-                period_s,
+                crate::units::duration_s(period_s),
                 if sc.period_ms > 0.0 {
                     100.0 * sc.jitter_mad_ms / sc.period_ms
                 } else {
                     0.0
                 },
-                (last - first) as f64 / 3_600_000.0,
+                crate::units::duration_ms(last - first),
                 total
             ),
             attack,

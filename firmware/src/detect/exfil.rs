@@ -60,18 +60,7 @@ pub struct HourContext<'a> {
 }
 
 fn fmt_bytes(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = b;
-    let mut i = 0;
-    while v >= 1000.0 && i < UNITS.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
+    crate::units::bytes(b.max(0.0) as u64)
 }
 
 impl Exfil {

@@ -428,6 +428,18 @@ impl Engine {
         self.persist();
     }
 
+    /// Publish the learning state now (the detector thread calls this every
+    /// few seconds while flows arrive, so `detectors` shows a live box's state
+    /// without waiting for an hour to close).
+    pub fn publish_status(&mut self) {
+        if self.meta.clock == 0 {
+            return;
+        }
+        if let Ok(b) = serde_json::to_vec(&self.status()) {
+            self.out_state.push(("status".into(), b));
+        }
+    }
+
     fn persist(&mut self) {
         self.out_state.extend(self.baselines.take_dirty());
         if let Ok(b) = postcard::to_stdvec(&self.meta) {

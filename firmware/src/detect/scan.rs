@@ -262,6 +262,7 @@ impl Scan {
         let total = s.suspicious;
         let unanswered = s.failed;
         let secs = (s.last_suspicious_ms.saturating_sub(s.first_ms)) / 1000;
+        let during = crate::units::duration_ms(secs * 1000);
         let pname = proto_name(top_proto).map(str::to_string).unwrap_or_else(|| top_proto.to_string());
         let (dst, dst_port, shape, summary) = if vertical {
             let h = top_host.map(|h| h.to_string()).unwrap_or_default();
@@ -269,7 +270,7 @@ impl Scan {
                 top_host,
                 None,
                 "vertical",
-                format!("{src} probed {host_ports} ports of {h} ({unanswered} targets unanswered in all) over {secs} s"),
+                format!("{src} probed {host_ports} ports of {h} ({unanswered} targets unanswered in all) over {during}"),
             )
         } else {
             (
@@ -277,7 +278,7 @@ impl Scan {
                 if top_proto == 1 || top_proto == 58 { None } else { Some(top_port) },
                 "horizontal",
                 format!(
-                    "{src} probed {port_hosts} hosts on {} ({unanswered} targets unanswered in all) over {secs} s",
+                    "{src} probed {port_hosts} hosts on {} ({unanswered} targets unanswered in all) over {during}",
                     if top_proto == 1 || top_proto == 58 {
                         pname.clone()
                     } else {

@@ -317,6 +317,25 @@ pub fn validate(d: &DetectConfig) -> Result<(), (&'static str, &'static str, Str
             "threshold, prevalence and down_weight must be in [0, 1]".into(),
         ));
     }
+    if !(3_600_000..=7 * 86_400_000).contains(&d.beacon.window.ms()) {
+        return Err((
+            "detect.beacon",
+            "window",
+            "must be between 1h and 7d (beacons are found among repeats inside it)".into(),
+        ));
+    }
+    if d.sessions.idle_timeout.ms() < 10_000 {
+        return Err(("detect.sessions", "idle_timeout", "must be at least 10s".into()));
+    }
+    if d.max_clock_jump.ms() < 3_600_000 {
+        return Err(("detect", "max_clock_jump", "must be at least 1h".into()));
+    }
+    if !(60_000..=86_400_000).contains(&d.scan.window.ms()) {
+        return Err(("detect.scan", "window", "must be between 1m and 1d".into()));
+    }
+    if d.scan.source_idle.ms() < d.scan.window.ms() {
+        return Err(("detect.scan", "source_idle", "must not be shorter than the scan window".into()));
+    }
     if d.beacon.min_connections < 4 {
         return Err(("detect.beacon", "min_connections", "must be at least 4".into()));
     }
@@ -416,5 +435,7 @@ mod tests {
         assert!(e("[detect.baseline]\nlearning_period = \"60d\"\n").contains("learning_period"));
         assert!(e("[detect.sessions]\nreply_wait = \"10m\"\n").contains("reply_wait"));
         assert!(e("[detect]\nbogus = 1\n").contains("unknown field `bogus`"));
+        assert!(e("[detect.beacon]\nwindow = \"0s\"\n").contains("detect.beacon.window: must be between 1h and 7d"));
+        assert!(e("[detect.scan]\nwindow = \"0s\"\n").contains("detect.scan.window"));
     }
 }

@@ -279,7 +279,7 @@ impl Spike {
                 .collect()
         };
         let secs = self.cfg.bucket.ms() / 1000;
-        let rate = f.x * 8.0 / secs.max(1) as f64 / 1e6;
+        let bps = |bytes: f64| crate::units::bits_per_second(bytes * 8.0 / secs.max(1) as f64);
         Candidate {
             kind: Kind::Spike,
             group: Some(group),
@@ -291,19 +291,19 @@ impl Spike {
             last_seen_ms: start + self.cfg.bucket.ms(),
             severity: severity(Kind::Spike, m),
             summary: format!(
-                "{} traffic of {} at {:.1} Mbit/s, {} the expected {:.1} Mbit/s for this hour ({} of the last {} buckets of {} s above the band)",
+                "{} traffic of {} at {}, {} the expected {} for this hour ({} of the last {} buckets of {} above the band)",
                 f.dir.as_str(),
                 f.key.label(),
-                rate,
+                bps(f.x),
                 if ratio.is_finite() {
                     format!("{ratio:.0}x")
                 } else {
                     "far above".into()
                 },
-                f.expected * 8.0 / secs.max(1) as f64 / 1e6,
+                bps(f.expected),
                 f.hits,
                 self.cfg.persist_n,
-                secs
+                crate::units::duration_ms(self.cfg.bucket.ms())
             ),
             attack: vec!["T1498".to_string()],
             evidence: evidence! {

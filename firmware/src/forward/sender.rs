@@ -396,8 +396,10 @@ pub async fn test_destination(d: &Destination) -> Result<String, String> {
     d.encode(&env, &mut stream, &mut dg);
     conn.send(&d.cfg, &stream, &dg).await?;
     conn.confirm(&d.cfg).await?;
+    let udp = d.cfg.transport == Transport::Udp;
     let mut line = format!(
-        "delivered a test event to {} over {}",
+        "{} a test event to {} over {}",
+        if udp { "sent" } else { "delivered" },
         conn.peer,
         match (&conn.tls_version, &conn.tls_cipher) {
             (Some(v), Some(c)) => format!("TLS ({v}, {c})"),
@@ -407,8 +409,11 @@ pub async fn test_destination(d: &Destination) -> Result<String, String> {
     if let Some(na) = conn.server_cert_not_after_ms {
         line.push_str(&format!("; server certificate valid until {}", crate::timefmt::rfc3339_ms(na)));
     }
-    if d.cfg.transport == Transport::Udp {
-        line.push_str(" (udp: sent, delivery cannot be confirmed)");
+    if udp {
+        line.push_str(&format!(
+            "; UDP cannot confirm delivery: no ICMP port unreachable came back within {} ms, which is all it can tell",
+            conn.confirm_wait.as_millis()
+        ));
     }
     line.push_str(&format!(" in {} ms", t0.elapsed().as_millis()));
     conn.close().await;

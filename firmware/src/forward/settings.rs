@@ -79,7 +79,7 @@ impl Format {
 pub struct ForwardConfig {
     /// Label in logs, state and metrics; also the spool's key (keep it stable).
     pub name: String,
-    /// `host:port`, `[v6]:port` or a bare host (port 6514 for tls, 514 otherwise).
+    /// `host:port` or `[v6]:port` (the port is required).
     pub address: String,
     #[serde(default = "d_transport")]
     pub transport: Transport,
@@ -198,6 +198,15 @@ impl ForwardConfig {
     }
 }
 
+/// Whether an address names its port (`host:port`, `[v6]:port`).
+fn has_port(s: &str) -> bool {
+    let s = s.trim();
+    match s.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').is_some_and(|(_, tail)| tail.starts_with(':')),
+        None => s.matches(':').count() == 1,
+    }
+}
+
 /// Split `host:port`, `[v6]:port`, `v6` or `host`.
 pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
     let s = s.trim();
@@ -242,6 +251,19 @@ pub fn validate(list: &[ForwardConfig]) -> Result<(), (usize, &'static str, Stri
         }
         if let Err(m) = f.host_port() {
             return err("address", m);
+        }
+        if !has_port(&f.address) {
+            let (host, _) = f.host_port().unwrap_or_default();
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            return err(
+                "address",
+                format!(
+                    "{:?} has no port; write it out, e.g. \"{host}:{}\" ({} syslog's usual port)",
+                    f.address,
+                    if f.transport == Transport::Tls { 6514 } else { 514 },
+                    f.transport.as_str()
+                ),
+            );
         }
         if !FACILITIES.contains(&f.facility.as_str()) {
             return err(

@@ -51,16 +51,33 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     let resolver = hickory_resolver::Resolver::builder_tokio()
         .map_err(|e| format!("cannot resolve {host:?}: no usable resolver configuration (/etc/resolv.conf): {e}"))?
         .build();
-    let ips = resolver
-        .lookup_ip(host)
-        .await
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
+    let ips = resolver.lookup_ip(host).await.map_err(|e| resolve_failure(host, &e))?;
     let out: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
     if out.is_empty() {
         return Err(format!("cannot resolve {host:?}: no addresses"));
     }
     Ok(out)
 }
+
+/// A failed lookup in words (hickory's messages print its query structs).
+fn resolve_failure(host: &str, e: &hickory_resolver::ResolveError) -> String {
+    if e.is_nx_domain() {
+        return format!("cannot resolve {host:?}: no such name (the DNS servers of /etc/resolv.conf say it does not exist)");
+    }
+    if e.is_no_records_found() {
+        return format!("cannot resolve {host:?}: the name has no IPv4 or IPv6 address (no A or AAAA record)");
+    }
+    let text = e.to_string();
+    if text.contains("timed out") || text.contains("timeout") {
+        return format!("cannot resolve {host:?}: the DNS servers of /etc/resolv.conf did not answer");
+    }
+    // Whatever else: the first clause, without the structs that follow it.
+    let first = text.split(" for Query").next().unwrap_or(&text);
+    format!("cannot resolve {host:?}: {first}")
+}
+
+/// How long a UDP send waits for the receiving host's ICMP port unreachable.
+const UDP_CONFIRM_WAIT: Duration = Duration::from_millis(200);
 
 fn io_reason(e: &std::io::Error, f: &ForwardConfig) -> String {
     if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
@@ -111,7 +128,8 @@ async fn connect_one(
             tls_version: None,
             tls_cipher: None,
             server_cert_not_after_ms: None,
-            confirm_wait: Duration::ZERO,
+            // Long enough for an ICMP port unreachable from the receiving host to come back.
+            confirm_wait: UDP_CONFIRM_WAIT,
         });
     }
     let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
@@ -190,9 +208,30 @@ impl Conn {
         res.map_err(|e| format!("write failed: {}", io_reason(&e, f)))
     }
 
-    /// Read for the confirmation window: silence = delivered.
+    /// Read for the confirmation window: silence = delivered. Over UDP the
+    /// only answer possible is the receiving host's ICMP port unreachable,
+    /// which a connected socket reports as a refused read.
     pub async fn confirm(&mut self, f: &ForwardConfig) -> Result<(), String> {
         let wait = self.confirm_wait;
+        let peer = self.peer;
+        if let Stream::Udp(s) = &self.stream {
+            // The error an ICMP message leaves on the socket (SO_ERROR); a
+            // pending recv is not woken by it, so look for it while waiting.
+            let t0 = Instant::now();
+            loop {
+                match s.take_error() {
+                    Ok(Some(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Err(format!("{peer} answered ICMP port unreachable: nothing listens on that UDP port"));
+                    }
+                    Ok(Some(e)) => return Err(format!("udp: {e}")),
+                    Ok(None) | Err(_) => {}
+                }
+                if t0.elapsed() >= wait {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let mut buf = [0u8; 512];
         let read = async {
             match &mut self.stream {

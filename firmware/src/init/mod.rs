@@ -70,10 +70,19 @@ macro_rules! say {
     ($($t:tt)*) => { eprintln!("flowwarden-init: {}", format!($($t)*)) };
 }
 
+/// Written by `cargo xtask image`: version, board, commit, kernel package.
+const RELEASE_FILE: &str = "/etc/flowwarden/release";
+
 /// Entry point when running as PID 1. Never returns.
 pub fn main() -> ! {
     let boot = Instant::now();
     say!("flowwarden {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    // What the image was built from (board, commit, the kernel xtask chose and why).
+    if let Ok(text) = std::fs::read_to_string(RELEASE_FILE) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            say!("release: {line}");
+        }
+    }
     let outcome = std::panic::catch_unwind(|| boot_and_supervise(boot));
     let why = match outcome {
         Ok(Ok(())) => "supervisor stopped".to_string(),

@@ -63,6 +63,8 @@ pub struct Totals {
     pub flows: u64,
     pub bytes: u64,
     pub packets: u64,
+    /// Of the flows, those whose times were clamped at ingest.
+    pub clamped: u64,
 }
 
 fn broken_pipe(e: &std::io::Error) -> bool {
@@ -80,6 +82,10 @@ pub fn list(
     let mut totals = Totals::default();
     let mut err = None;
     output::flow_header(format, out)?;
+    if limit == Some(0) {
+        output::flow_footer(format, &totals, out)?;
+        return Ok((totals, ScanStats::default()));
+    }
     let stats = reader.scan(scope.from, scope.to, |f| {
         if !scope.filter.matches(f) {
             return ControlFlow::Continue(());
@@ -91,6 +97,7 @@ pub fn list(
         totals.flows += 1;
         totals.bytes += f.bytes;
         totals.packets += f.packets;
+        totals.clamped += u64::from(f.time_clamped());
         if limit.is_some_and(|l| totals.flows >= l) {
             ControlFlow::Break(())
         } else {

@@ -3,8 +3,10 @@
 //! `start end src dst src_port dst_port proto bytes packets tcp_flags in_if out_if exporter sampling_rate`.
 
 use super::{Row, Totals};
+use crate::cli::table::{Align, Table};
 use crate::flow::{FlowRecord, proto_name, tcp_flags_string};
 use crate::timefmt::rfc3339_ms;
+use crate::units;
 use std::io::{self, Write};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,8 +22,17 @@ pub fn flow_header(format: Format, out: &mut dyn Write) -> io::Result<()> {
     match format {
         Format::Table => writeln!(
             out,
-            "{:<23} {:>9} {:<5} {:>45} {:>45} {:<8} {:>10} {:>12} {:>6}",
-            "Date first seen (UTC)", "Duration", "Proto", "Src IP Addr:Port", "Dst IP Addr:Port", "Flags", "Packets", "Bytes", "Rate"
+            "{:<23} {:>9} {:<5} {:>45} {:>45} {:<8} {:>10} {:>10} {:>12} {:>7}",
+            "Date first seen (UTC)",
+            "Duration",
+            "Proto",
+            "Src IP Addr:Port",
+            "Dst IP Addr:Port",
+            "Flags",
+            "Packets",
+            "Bytes",
+            "Rate",
+            "Sampled"
         ),
         Format::Csv => writeln!(out, "{CSV_HEADER}"),
         Format::Jsonl => Ok(()),
@@ -76,9 +87,20 @@ pub fn flow_row(format: Format, f: &FlowRecord, out: &mut dyn Write) -> io::Resu
         Format::Table => {
             let t = rfc3339_ms(f.start_ms);
             let proto = proto_name(f.proto).map(|p| p.to_uppercase()).unwrap_or_else(|| f.proto.to_string());
+            // Mean bit rate over the flow's duration, as nfdump's bps (none for an instant flow).
+            let rate = match f.duration_ms() {
+                0 => "-".to_string(),
+                ms => units::bits_per_second(f.bytes as f64 * 8000.0 / ms as f64),
+            };
+            let sampled = if f.sampling_rate > 1 {
+                format!("1:{}", f.sampling_rate)
+            } else {
+                "-".into()
+            };
+            let mark = if f.time_clamped() { "*" } else { "" };
             writeln!(
                 out,
-                "{} {} {:>9.3} {:<5} {:>45} {:>45} {:<8} {:>10} {:>12} {:>6}",
+                "{} {}{mark} {:>9.3} {:<5} {:>45} {:>45} {:<8} {:>10} {:>10} {:>12} {:>7}",
                 &t[0..10],
                 &t[11..23],
                 f.duration_ms() as f64 / 1000.0,
@@ -87,8 +109,9 @@ pub fn flow_row(format: Format, f: &FlowRecord, out: &mut dyn Write) -> io::Resu
                 endpoint(&f.dst, f.dst_port),
                 tcp_flags_string(f.tcp_flags),
                 f.packets,
-                f.bytes,
-                f.sampling_rate
+                units::bytes(f.bytes),
+                rate,
+                sampled
             )
         }
     }
@@ -96,7 +119,21 @@ pub fn flow_row(format: Format, f: &FlowRecord, out: &mut dyn Write) -> io::Resu
 
 pub fn flow_footer(format: Format, t: &Totals, out: &mut dyn Write) -> io::Result<()> {
     if format == Format::Table {
-        writeln!(out, "Summary: {} flows, {} bytes, {} packets", t.flows, t.bytes, t.packets)?;
+        writeln!(
+            out,
+            "Summary: {} flows, {} ({} bytes), {} packets",
+            t.flows,
+            units::bytes(t.bytes),
+            t.bytes,
+            t.packets
+        )?;
+        if t.clamped > 0 {
+            writeln!(
+                out,
+                "{} flows marked * had implausible times (the exporter's clock) and are dated at their export time",
+                t.clamped
+            )?;
+        }
     }
     Ok(())
 }
@@ -106,28 +143,34 @@ pub fn rows(format: Format, label: &str, rows: &[Row], totals: &Totals, out: &mu
     let share = |v: u64, of: u64| if of == 0 { 0.0 } else { v as f64 * 100.0 / of as f64 };
     match format {
         Format::Table => {
-            writeln!(
-                out,
-                "{:<47} {:>10} {:>7} {:>12} {:>7} {:>16} {:>7}",
-                label, "Flows", "%", "Packets", "%", "Bytes", "%"
-            )?;
+            let mut t = Table::new(&[
+                (label, Align::Left),
+                ("Flows", Align::Right),
+                ("%", Align::Right),
+                ("Packets", Align::Right),
+                ("%", Align::Right),
+                ("Bytes", Align::Right),
+                ("%", Align::Right),
+            ]);
             for r in rows {
-                writeln!(
-                    out,
-                    "{:<47} {:>10} {:>6.1}% {:>12} {:>6.1}% {:>16} {:>6.1}%",
-                    r.key,
-                    r.flows,
-                    share(r.flows, totals.flows),
-                    r.packets,
-                    share(r.packets, totals.packets),
-                    r.bytes,
-                    share(r.bytes, totals.bytes)
-                )?;
+                t.row(vec![
+                    r.key.clone(),
+                    r.flows.to_string(),
+                    format!("{:.1}", share(r.flows, totals.flows)),
+                    r.packets.to_string(),
+                    format!("{:.1}", share(r.packets, totals.packets)),
+                    units::bytes(r.bytes),
+                    format!("{:.1}", share(r.bytes, totals.bytes)),
+                ]);
             }
+            t.write(out)?;
             writeln!(
                 out,
-                "Summary: {} flows, {} bytes, {} packets",
-                totals.flows, totals.bytes, totals.packets
+                "Summary: {} flows, {} ({} bytes), {} packets",
+                totals.flows,
+                units::bytes(totals.bytes),
+                totals.bytes,
+                totals.packets
             )
         }
         Format::Jsonl => {

@@ -41,6 +41,12 @@ pub enum StoreError {
     },
     #[error("{path}: schema version {found} is not supported (this build reads version {expected})")]
     Schema { path: PathBuf, found: u64, expected: u64 },
+    #[error(
+        "data directory {} is in use by another flowwarden ({holder}): stop it, or use another --data-dir \
+         (query, exporters, alerts and the other read commands work beside it)",
+        dir.display()
+    )]
+    InUse { dir: PathBuf, holder: String },
     #[error("{path}: damaged block {key:?}: {source}")]
     Block {
         path: PathBuf,
@@ -221,6 +227,48 @@ fn open_readonly_unguarded(path: &Path) -> Result<ReadOnlyDatabase, StoreError> 
             }
         }
         r => r.map_err(|e| StoreError::db(path, e)),
+    }
+}
+
+/// The one-writer lock of a data directory: `DATA/writer.lock`, held (flock)
+/// by the process that writes, naming it for whoever else tries.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: std::fs::File,
+}
+
+impl WriterLock {
+    pub fn take(dir: &DataDir) -> Result<WriterLock, StoreError> {
+        use rustix::fs::{FlockOperation, flock};
+        use std::io::{Read, Seek, Write};
+        let path = dir.root().join("writer.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.lines().collect::<Vec<_>>().join(", ");
+            return Err(StoreError::InUse {
+                dir: dir.root().to_path_buf(),
+                holder: if holder.is_empty() { "pid unknown".into() } else { holder },
+            });
+        }
+        let args: Vec<String> = std::env::args().collect();
+        let text = format!(
+            "pid {}\ncommand {}\nsince {}\n",
+            std::process::id(),
+            args.join(" "),
+            crate::timefmt::rfc3339_ms(crate::timefmt::now_ms())
+        );
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        file.write_all(text.as_bytes()).map_err(|e| StoreError::io(&path, e))?;
+        Ok(WriterLock { _file: file })
     }
 }
 

@@ -117,6 +117,8 @@ pub struct LoadedState {
 
 /// The writer itself (driven by [`run_writer`] or directly in tests).
 pub struct StoreWriter {
+    /// Held while this writer lives: one writer per data directory.
+    _lock: super::WriterLock,
     pub(super) dir: DataDir,
     pub(super) cfg: WriterSettings,
     pub(super) quota: Arc<Quota>,
@@ -178,6 +180,7 @@ impl StoreWriter {
     /// Open the data directory for writing and load persisted state.
     pub fn open(dir: DataDir, cfg: WriterSettings) -> Result<(StoreWriter, LoadedState), StoreError> {
         std::fs::create_dir_all(dir.flows()).map_err(|e| StoreError::io(&dir.flows(), e))?;
+        let lock = super::WriterLock::take(&dir)?;
         let quota = Quota::new(cfg.budget, Some(dir.root().to_path_buf()));
         let (catalog, recovered) = Catalog::load(&dir)?;
         for (path, len) in dir.files().map_err(|e| StoreError::io(dir.root(), e))? {
@@ -186,6 +189,7 @@ impl StoreWriter {
         let counters = Arc::new(StoreCounters::default());
         counters.files_damaged.store(recovered.len() as u64, Ordering::Relaxed);
         let mut w = StoreWriter {
+            _lock: lock,
             dir,
             cfg,
             quota,

@@ -46,10 +46,11 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&cache)?;
 
-    // Kernel, pinned.
-    let deb = fetch_pinned(&cache, &board)?;
-    let kdir = extract(&deb, &cache.join(format!("{}_{}", board.kernel.package, board.kernel.version)))?;
-    let kver = board.kernel.package.trim_start_matches("linux-image-").to_string();
+    // Kernel: the pinned one, or the newest of its series once Debian dropped it.
+    let kernel = crate::kernel::fetch(&cache, &board)?;
+    let deb = kernel.deb.clone();
+    let kdir = extract(&deb, &cache.join(format!("{}_{}", kernel.package, kernel.version)))?;
+    let kver = kernel.release().to_string();
     let vmlinuz = kdir.join("boot").join(format!("vmlinuz-{kver}"));
     if !vmlinuz.exists() {
         bail!("{} has no boot/vmlinuz-{kver}", deb.display());
@@ -126,11 +127,10 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
     );
     cpio.file("etc/flowwarden/system.toml", 0o644, system_toml.as_bytes());
     let release = format!(
-        "flowwarden {}\nboard {board_name}\ncommit {}\nkernel {} {}\n",
+        "flowwarden {}\nboard {board_name}\ncommit {}\n{}\n",
         env!("CARGO_PKG_VERSION"),
         git_commit(root),
-        board.kernel.package,
-        board.kernel.version
+        kernel.release_line()
     );
     cpio.file("etc/flowwarden/release", 0o644, release.as_bytes());
     cpio.file("etc/resolv.conf", 0o644, b"");
@@ -342,44 +342,13 @@ fn git_commit(root: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn sha256(path: &Path) -> Result<String> {
+pub fn sha256(path: &Path) -> Result<String> {
     let o = Command::new("sha256sum").arg(path).output().context("sha256sum")?;
     Ok(String::from_utf8_lossy(&o.stdout)
         .split_whitespace()
         .next()
         .unwrap_or("")
         .to_string())
-}
-
-/// The board's kernel .deb, downloaded once into the cache and checked against its sha256.
-fn fetch_pinned(cache: &Path, board: &Board) -> Result<PathBuf> {
-    let k = &board.kernel;
-    let deb = cache.join(format!("{}_{}_{}.deb", k.package, k.version, board.deb_arch()));
-    if !deb.exists() {
-        eprintln!(
-            "xtask: downloading {} {} ({}) with apt-get download",
-            k.package,
-            k.version,
-            board.deb_arch()
-        );
-        let spec = format!("{}:{}={}", k.package, board.deb_arch(), k.version);
-        run(Command::new("apt-get").args(["download", "-q", &spec]).current_dir(cache)).with_context(|| {
-            format!(
-                "{spec} is not on the configured Debian mirrors any more (security updates replace old kernels): \
-                 pick the current one with `apt-cache show {}` and put its Version and SHA256 in board/{}/board.toml",
-                k.package, board.name
-            )
-        })?;
-    }
-    let got = sha256(&deb)?;
-    if !got.eq_ignore_ascii_case(&k.sha256) {
-        bail!(
-            "{}: sha256 {got}, board.toml pins {}; delete the file to download again",
-            deb.display(),
-            k.sha256
-        );
-    }
-    Ok(deb)
 }
 
 /// The current version of a helper package (GRUB modules, static e2fsck), cached.

@@ -14,7 +14,9 @@ mod build;
 mod cpio;
 mod eval;
 mod image;
+mod kernel;
 mod qemu;
+mod readme;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -104,28 +106,59 @@ pub fn apt_ensure(wanted: &[(&str, &str)], arm64: bool) -> Result<()> {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    if no_color() {
+        c.env("CARGO_TERM_COLOR", "never");
+    }
     c
+}
+
+/// NO_COLOR (https://no-color.org): set and not empty.
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// Run one named step of a longer job, printing how long it took (and, when it
+/// fails, which step failed).
+pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    eprintln!("xtask: == {name}");
+    match f() {
+        Ok(v) => {
+            eprintln!("xtask: == {name}: ok in {:.0} s", t.elapsed().as_secs_f64());
+            Ok(v)
+        }
+        Err(e) => {
+            eprintln!("xtask: == {name}: FAILED after {:.0} s", t.elapsed().as_secs_f64());
+            Err(e.context(format!("step {name:?} failed")))
+        }
+    }
 }
 
 fn ci() -> Result<()> {
     let t0 = Instant::now();
-    deps()?;
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--profile", "ci", "--", "-D", "warnings"]))?;
-    run(cargo().args(["test", "--workspace", "--profile", "ci", "--no-fail-fast"]))?;
+    step("deps", deps)?;
+    step("fmt", || run(cargo().args(["fmt", "--all", "--", "--check"])))?;
+    step("clippy", || {
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--profile", "ci", "--", "-D", "warnings"]))
+    })?;
+    step("test", || {
+        run(cargo().args(["test", "--workspace", "--profile", "ci", "--no-fail-fast"]))
+    })?;
+    // The README's first command, exactly as written (builds the release binary once).
+    step("readme run command", || {
+        readme::check(&root(), std::time::Duration::from_secs(1800))
+    })?;
     // Detection targets on one tuning and one held-out seed (the full table: `cargo xtask eval`).
-    let t = Instant::now();
-    eval::eval(&root(), &["--quick".into(), "--profile".into(), "ci".into()])?;
-    eprintln!("xtask: eval --quick took {:.0} s", t.elapsed().as_secs_f64());
+    step("eval --quick", || {
+        eval::eval(&root(), &["--quick".into(), "--profile".into(), "ci".into()])
+    })?;
     for board in QEMU_BOARDS {
-        let t = Instant::now();
-        qemu::qemu_test(&root(), board)?;
-        eprintln!("xtask: qemu-test {board} took {:.0} s", t.elapsed().as_secs_f64());
+        step(&format!("qemu-test {board}"), || qemu::qemu_test(&root(), board))?;
     }
     // Hardware boards are not booted here, but their images must build (module lists
-    // resolve against the pinned kernel); the binaries are already built above.
+    // resolve against the board's kernel); the binaries are already built above.
     for board in HARDWARE_BOARDS {
-        image::image(&root(), board)?;
+        step(&format!("image {board}"), || image::image(&root(), board).map(|_| ()))?;
     }
     eprintln!("xtask: ci passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
@@ -149,6 +182,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("deps") => deps(),
+        Some("readme") => readme::check(&root(), std::time::Duration::from_secs(1800)),
         Some("bench") => {
             deps()?;
             bench::bench(&root(), &args[1..])

@@ -332,6 +332,8 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     )?;
     vm.wait_for("flowwarden-init: time: ", 0, Duration::from_secs(1))?;
     vm.wait_for("data partition /dev/vda4 mounted on /data", 0, Duration::from_secs(1))?;
+    // The release file names the kernel xtask chose (the pin, or the newest of its series).
+    vm.wait_for("flowwarden-init: release: kernel linux-image-", 0, Duration::from_secs(1))?;
 
     // 2. Flows in, read back through the guest.
     let sent1 = 6000u64;

@@ -1,0 +1,157 @@
+//! The command line's arguments (a contract: other tools and checks rely on
+//! these commands and flags; the help text says what each expects).
+
+use crate::query::{By, Format, TopKey};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "flowwarden", version, about = "NetFlow/IPFIX security monitoring appliance")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the live collector, detectors and SIEM forwarding until SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (TOML; `flowwarden check-config FILE` validates it). Default: built-in settings.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where flows, roll-ups and state are kept. Default: the config's data_dir, else
+        /// /var/lib/flowwarden as root or ~/.local/share/flowwarden.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// UDP address to listen on (repeatable; replaces the configured listeners).
+        #[arg(long = "listen", value_name = "ADDR:PORT")]
+        listen: Vec<SocketAddr>,
+        /// Feed a synthetic branch office with injected attacks through the live pipeline.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Replay NetFlow/IPFIX export packets from pcap/pcapng files, on event time.
+    Ingest {
+        /// Configuration file (TOML). Default: built-in settings.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory to store into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Capture files (pcap or pcapng) holding export datagrams.
+        #[arg(required = true, value_name = "FILE.pcap")]
+        files: Vec<PathBuf>,
+    },
+    /// List, rank or chart stored flows.
+    Query {
+        /// Data directory to read (works while `run` writes to it).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Start (inclusive): RFC 3339 (2026-11-27T18:00:00Z), 'YYYY-MM-DD[ HH:MM[:SS]]' UTC,
+        /// Unix seconds, or a span back from now (-2h, -30m, -7d).
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+        from: Option<String>,
+        /// End, exclusive (same forms as --from).
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+        to: Option<String>,
+        /// Filter expression, e.g. "src net 10.0.0.0/8 and dst port 443".
+        #[arg(long, default_value = "", value_name = "EXPR")]
+        filter: String,
+        /// Output: an aligned table for people, JSON lines or CSV for tools.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Rank by this key instead of listing flows.
+        #[arg(long, value_enum)]
+        top: Option<TopKey>,
+        /// Metric that --top ranks by.
+        #[arg(long, value_enum, default_value = "bytes")]
+        by: By,
+        /// Rows for --top (default 10) or flows for a listing (default all; 0 lists none).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Time series with this bucket instead of listing flows.
+        #[arg(long, value_enum, conflicts_with = "top")]
+        series: Option<Bucket>,
+    },
+    /// Per-exporter health: what each router sent, what was lost and why.
+    Exporters {
+        /// Data directory to read.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// List stored alerts.
+    Alerts {
+        /// Data directory to read.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only alerts seen at or after this time (same forms as query --from, e.g. -2h).
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+        since: Option<String>,
+        /// Only this kind: exfiltration, beaconing, scan, spike.
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: AlertFormat,
+    },
+    /// Detector learning state and counters.
+    Detectors {
+        /// Data directory to read.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// Send a test event to every [[forward]] destination and report per destination.
+    ForwardTest {
+        /// Configuration file with the [[forward]] destinations.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Each SIEM destination's state: connection, last success/error, spool depth, drops.
+    ForwardStatus {
+        /// Data directory to read.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// Validate a configuration file; print what it sets and any warnings.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Print version information.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Bucket {
+    #[value(name = "1m")]
+    Minute,
+    #[value(name = "1h")]
+    Hour,
+}
+
+impl Bucket {
+    pub fn ms(self) -> u64 {
+        match self {
+            Bucket::Minute => 60_000,
+            Bucket::Hour => 3_600_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlertFormat {
+    Table,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableOrJson {
+    Table,
+    Json,
+}

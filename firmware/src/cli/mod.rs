@@ -1,0 +1,160 @@
+//! The command line: the edge of the program, where errors become messages
+//! and exit codes.
+//!
+//! `run`, `ingest`, `query`, `exporters`, `alerts`, `detectors`, `forward-test`,
+//! `forward-status`, `check-config`, `version` ([`args`]). Every command writes
+//! through one buffered stdout handle; a reader that goes away (`| head`) ends
+//! the program quietly with success, as Unix tools do. Tables for people go
+//! through [`table`]; sizes, rates and durations through [`crate::units`].
+
+pub mod args;
+mod ingest;
+mod query;
+mod run;
+mod status;
+pub mod table;
+
+pub use args::{AlertFormat, Bucket, Cli, Command, TableOrJson};
+
+use crate::config::Config;
+use anyhow::{Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Where `run` keeps data when neither flag nor config says.
+pub fn default_data_dir() -> PathBuf {
+    if rustix::process::getuid().is_root() {
+        PathBuf::from("/var/lib/flowwarden")
+    } else {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/share/flowwarden"))
+            .unwrap_or_else(|| PathBuf::from("flowwarden-data"))
+    }
+}
+
+/// A data directory a reading command needs: it must exist and be a directory.
+fn existing_data_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("{} is a file, not a data directory (--data-dir)", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{}: no such data directory (--data-dir names where `run` or `ingest` stored flows)",
+            dir.display()
+        ),
+        Err(e) => bail!("{}: cannot read the data directory: {e}", dir.display()),
+    }
+}
+
+/// A data directory a writing command may create: not a file.
+fn writable_data_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => bail!(
+            "{} is a file, not a directory: give --data-dir a directory (it is created if missing)",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an error comes from writing into a pipe whose reader has gone.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+pub fn main_with(cli: Cli) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let r = dispatch(cli, &mut out);
+    let flushed = out.flush();
+    r?;
+    Ok(flushed?)
+}
+
+fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+            demo,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let dir = data_dir.or_else(|| cfg.data_dir.clone()).unwrap_or_else(default_data_dir);
+            writable_data_dir(&dir)?;
+            run::run(cfg, dir, listen, demo)
+        }
+        Command::Ingest { config, data_dir, files } => {
+            let cfg = load_config(config.as_deref())?;
+            writable_data_dir(&data_dir)?;
+            ingest::ingest(&cfg, &data_dir, &files, out)
+        }
+        Command::Query {
+            data_dir,
+            from,
+            to,
+            filter,
+            format,
+            top,
+            by,
+            limit,
+            series,
+        } => {
+            existing_data_dir(&data_dir)?;
+            let q = query::QueryArgs {
+                from,
+                to,
+                filter,
+                format,
+                top,
+                by,
+                limit,
+                series,
+            };
+            query::query(&data_dir, q, out)
+        }
+        Command::Exporters { data_dir, format } => {
+            existing_data_dir(&data_dir)?;
+            status::exporters(&data_dir, format, out)
+        }
+        Command::Alerts {
+            data_dir,
+            since,
+            kind,
+            format,
+        } => {
+            existing_data_dir(&data_dir)?;
+            status::alerts(&data_dir, since.as_deref(), kind.as_deref(), format, out)
+        }
+        Command::Detectors { data_dir, format } => {
+            existing_data_dir(&data_dir)?;
+            status::detectors(&data_dir, format, out)
+        }
+        Command::ForwardTest { config } => run::forward_test(&config, out),
+        Command::ForwardStatus { data_dir, format } => {
+            existing_data_dir(&data_dir)?;
+            status::forward_status(&data_dir, format, out)
+        }
+        Command::CheckConfig { file } => status::check_config(&file, out),
+        Command::Version => {
+            writeln!(
+                out,
+                "flowwarden {} ({} {}, store schema {})",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                std::env::consts::OS,
+                crate::store::schema::SCHEMA_VERSION
+            )?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `flowwarden query`: list, rank (`--top`) or chart (`--series`) stored flows.
+
+use super::args::Bucket;
+use crate::query::{self, By, Filter, Format, Scope, TopKey};
+use crate::store::DataDir;
+use crate::store::reader::Reader;
+use crate::timefmt::{now_ms, parse_time, rfc3339_ms};
+use anyhow::{Result, bail};
+use std::io::Write;
+use std::path::Path;
+
+pub struct QueryArgs {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub filter: String,
+    pub format: Format,
+    pub top: Option<TopKey>,
+    pub by: By,
+    pub limit: Option<u64>,
+    pub series: Option<Bucket>,
+}
+
+pub fn query(data_dir: &Path, a: QueryArgs, out: &mut dyn Write) -> Result<()> {
+    let now = now_ms();
+    let from = a.from.map(|t| parse_time(&t, now)).transpose()?.unwrap_or(0);
+    let to = a.to.map(|t| parse_time(&t, now)).transpose()?.unwrap_or(u64::MAX);
+    if from >= to {
+        bail!("--from ({}) must be before --to ({})", rfc3339_ms(from), rfc3339_ms(to));
+    }
+    let filter = Filter::parse(&a.filter).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let reader = Reader::new(DataDir::new(data_dir));
+    let scope = Scope { from, to, filter };
+    let stats = if let Some(key) = a.top {
+        let (rows, totals, overflow, stats) = query::top(&reader, &scope, key, a.by, a.limit.unwrap_or(10) as usize)?;
+        let label = match key {
+            TopKey::Src => "src",
+            TopKey::Dst => "dst",
+            TopKey::DstPort => "dst_port",
+            TopKey::Proto => "proto",
+            TopKey::Conversation => "conversation",
+        };
+        query::output::rows(a.format, label, &rows, &totals, out)?;
+        if overflow > 0 {
+            eprintln!("note: {overflow} flows had keys beyond the aggregation limit and are not ranked");
+        }
+        stats
+    } else if let Some(b) = a.series {
+        let (buckets, stats) = query::series(&reader, &scope, b.ms())?;
+        let rows: Vec<query::Row> = buckets
+            .iter()
+            .map(|(t, c)| query::Row {
+                key: rfc3339_ms(*t),
+                flows: c.0,
+                packets: c.1,
+                bytes: c.2,
+            })
+            .collect();
+        let totals = query::Totals {
+            flows: rows.iter().map(|r| r.flows).sum(),
+            packets: rows.iter().map(|r| r.packets).sum(),
+            bytes: rows.iter().map(|r| r.bytes).sum(),
+            clamped: 0,
+        };
+        query::output::rows(a.format, "start", &rows, &totals, out)?;
+        stats
+    } else {
+        query::list(&reader, &scope, a.format, a.limit, out)?.1
+    };
+    if stats.damaged > 0 {
+        eprintln!(
+            "note: {} damaged segments could not be read and are not in these results",
+            stats.damaged
+        );
+    }
+    Ok(())
+}
