@@ -48,31 +48,8 @@ pub enum Command {
         /// Data directory to read (works while `run` writes to it).
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
-        /// Start (inclusive): RFC 3339 (2026-11-27T18:00:00Z), 'YYYY-MM-DD[ HH:MM[:SS]]' UTC,
-        /// Unix seconds, or a span back from now (-2h, -30m, -7d).
-        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
-        from: Option<String>,
-        /// End, exclusive (same forms as --from).
-        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
-        to: Option<String>,
-        /// Filter expression, e.g. "src net 10.0.0.0/8 and dst port 443".
-        #[arg(long, default_value = "", value_name = "EXPR")]
-        filter: String,
-        /// Output: an aligned table for people, JSON lines or CSV for tools.
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
-        /// Rank by this key instead of listing flows.
-        #[arg(long, value_enum)]
-        top: Option<TopKey>,
-        /// Metric that --top ranks by.
-        #[arg(long, value_enum, default_value = "bytes")]
-        by: By,
-        /// Rows for --top (default 10) or flows for a listing (default all; 0 lists none).
-        #[arg(long, value_name = "N")]
-        limit: Option<u64>,
-        /// Time series with this bucket instead of listing flows.
-        #[arg(long, value_enum, conflicts_with = "top")]
-        series: Option<Bucket>,
+        #[command(flatten)]
+        query: QueryArgs,
     },
     /// Per-exporter health: what each router sent, what was lost and why.
     Exporters {
@@ -125,6 +102,36 @@ pub enum Command {
     },
     /// Print version information.
     Version,
+}
+
+/// What `query` selects and how it shows it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryArgs {
+    /// Start (inclusive): RFC 3339 (2026-11-27T18:00:00Z), 'YYYY-MM-DD[ HH:MM[:SS]]' UTC,
+    /// Unix seconds, or a span back from now (-2h, -30m, -7d).
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub from: Option<String>,
+    /// End, exclusive (same forms as --from).
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+    pub to: Option<String>,
+    /// Filter expression, e.g. "src net 10.0.0.0/8 and dst port 443".
+    #[arg(long, default_value = "", value_name = "EXPR")]
+    pub filter: String,
+    /// Output: an aligned table for people, JSON lines or CSV for tools.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Rank by this key instead of listing flows.
+    #[arg(long, value_enum)]
+    pub top: Option<TopKey>,
+    /// Metric that --top ranks by.
+    #[arg(long, value_enum, default_value = "bytes")]
+    pub by: By,
+    /// Rows for --top (default 10) or flows for a listing (default all; 0 lists none).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Time series with this bucket instead of listing flows.
+    #[arg(long, value_enum, conflicts_with = "top")]
+    pub series: Option<Bucket>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,7 +14,7 @@ mod run;
 mod status;
 pub mod table;
 
-pub use args::{AlertFormat, Bucket, Cli, Command, TableOrJson};
+pub use args::{AlertFormat, Bucket, Cli, Command, QueryArgs, TableOrJson};
 
 use crate::config::Config;
 use anyhow::{Result, bail};
@@ -98,29 +98,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             writable_data_dir(&data_dir)?;
             ingest::ingest(&cfg, &data_dir, &files, out)
         }
-        Command::Query {
-            data_dir,
-            from,
-            to,
-            filter,
-            format,
-            top,
-            by,
-            limit,
-            series,
-        } => {
+        Command::Query { data_dir, query } => {
             existing_data_dir(&data_dir)?;
-            let q = query::QueryArgs {
-                from,
-                to,
-                filter,
-                format,
-                top,
-                by,
-                limit,
-                series,
-            };
-            query::query(&data_dir, q, out)
+            query::query(&data_dir, query, out)
         }
         Command::Exporters { data_dir, format } => {
             existing_data_dir(&data_dir)?;

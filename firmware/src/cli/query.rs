@@ -1,24 +1,13 @@
 //! `flowwarden query`: list, rank (`--top`) or chart (`--series`) stored flows.
 
-use super::args::Bucket;
-use crate::query::{self, By, Filter, Format, Scope, TopKey};
+use super::args::QueryArgs;
+use crate::query::{self, Filter, Scope, TopKey};
 use crate::store::DataDir;
 use crate::store::reader::Reader;
 use crate::timefmt::{now_ms, parse_time, rfc3339_ms};
 use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::Path;
-
-pub struct QueryArgs {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub filter: String,
-    pub format: Format,
-    pub top: Option<TopKey>,
-    pub by: By,
-    pub limit: Option<u64>,
-    pub series: Option<Bucket>,
-}
 
 pub fn query(data_dir: &Path, a: QueryArgs, out: &mut dyn Write) -> Result<()> {
     let now = now_ms();

@@ -43,19 +43,7 @@ impl DataDir {
 
     /// Files in the damaged folder, oldest first (by name, which ends in a time stamp), with sizes.
     pub fn list_damaged(&self) -> std::io::Result<Vec<(PathBuf, u64)>> {
-        let mut out = Vec::new();
-        let dir = match std::fs::read_dir(self.damaged()) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for entry in dir {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_file() {
-                out.push((entry.path(), meta.len()));
-            }
-        }
+        let mut out = files_in(&self.damaged())?;
         // Oldest first by the time stamp after the last dot.
         out.sort_by(|a, b| {
             let stamp = |p: &PathBuf| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
@@ -80,20 +68,13 @@ impl DataDir {
 
     /// All segments on disk, oldest first, with their sizes.
     pub fn list_segments(&self) -> std::io::Result<Vec<(SegmentId, u64)>> {
-        let mut out = Vec::new();
-        let dir = match std::fs::read_dir(self.flows()) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for entry in dir {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".redb")).and_then(SegmentId::parse) else {
-                continue;
-            };
-            out.push((id, entry.metadata()?.len()));
-        }
+        let mut out: Vec<(SegmentId, u64)> = files_in(&self.flows())?
+            .into_iter()
+            .filter_map(|(p, len)| {
+                let name = p.file_name()?.to_str()?;
+                Some((SegmentId::parse(name.strip_suffix(".redb")?)?, len))
+            })
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -102,6 +83,24 @@ impl DataDir {
     pub fn total_bytes(&self) -> std::io::Result<u64> {
         Ok(self.files()?.iter().map(|f| f.1).sum())
     }
+}
+
+/// The regular files directly in `dir` with their lengths (none if it does not exist).
+fn files_in(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            out.push((entry.path(), meta.len()));
+        }
+    }
+    Ok(out)
 }
 
 /// A segment: the time span its flows start in, and a sequence number
