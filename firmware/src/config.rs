@@ -221,7 +221,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             budget: SizeSpec::Percent(85.0),
-            low_watermark_percent: 90.0,
+            low_watermark_percent: 95.0,
             max_age: None,
             segment_span: Span(3_600_000),
             commit_interval: Span(1000),

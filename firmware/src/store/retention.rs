@@ -26,6 +26,12 @@ impl StoreWriter {
     /// one, and apply the age cap.
     pub(super) fn retention(&mut self) {
         if self.quota.used() > self.high_watermark() {
+            tracing::debug!(
+                "{} bytes in use, past the high watermark {}: down to {}",
+                self.quota.used(),
+                self.high_watermark(),
+                self.low_watermark()
+            );
             self.evict_to(self.low_watermark(), None);
         }
         if let Some(age) = self.cfg.max_age_ms {
@@ -63,6 +69,7 @@ impl StoreWriter {
     /// Returns whether anything was deleted.
     pub(super) fn make_room(&mut self, need: u64, protect: Option<SegmentId>) -> bool {
         let target = self.low_watermark().min(self.capacity().saturating_sub(need));
+        tracing::debug!("making room for {need} bytes: {} in use, down to {target}", self.quota.used());
         let mut any = self.evict_to(target, protect);
         let want_free = need + super::quota::FS_RESERVE;
         while self.quota.fs_available().is_some_and(|a| a < want_free) {

@@ -177,31 +177,129 @@ fn flag<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
         .with_context(|| format!("missing {name} VALUE"))
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("ci") => ci(),
-        Some("deps") => deps(),
-        Some("readme") => readme::check(&root(), std::time::Duration::from_secs(1800)),
-        Some("bench") => {
-            deps()?;
-            bench::bench(&root(), &args[1..])
+const USAGE: &str = "usage: cargo xtask <command>
+  ci                          everything CI runs (deps, fmt, clippy, tests, README run command, eval --quick, QEMU)
+  deps                        install the Debian test peers
+  readme                      run the README's run command, wait for ready, stop it
+  bench [--quick]             benchmarks beside nfcapd (BENCHMARKS.md)
+  eval [--quick] [--profile P]   detection quality on flowgen scenarios and real captures
+  build --arch x86_64|aarch64 static binary for a firmware image
+  image --board NAME          disk image for a board
+  qemu-test --board NAME      boot the board's image under QEMU and test it";
+
+/// Refuse flags a command does not know; `allowed` lists (flag, takes a value).
+fn check_flags(command: &str, args: &[String], allowed: &[(&str, bool)]) -> Result<()> {
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        match allowed.iter().find(|(f, _)| f == a) {
+            Some((_, true)) => {
+                if args.get(i + 1).is_none_or(|v| v.starts_with("--")) {
+                    bail!("cargo xtask {command}: {a} needs a value\n{USAGE}");
+                }
+                i += 2;
+            }
+            Some((_, false)) => i += 1,
+            None => {
+                let known: Vec<&str> = allowed.iter().map(|f| f.0).collect();
+                bail!(
+                    "cargo xtask {command}: unknown argument {a:?} (it takes {})\n{USAGE}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                );
+            }
         }
-        Some("eval") => eval::eval(&root(), &args[1..]),
-        Some("build") => {
-            let bin = build::build(&root(), flag(&args, "--arch")?)?;
+    }
+    Ok(())
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    let (command, rest) = match args.split_first() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => bail!("no command\n{USAGE}"),
+    };
+    match command {
+        "ci" => {
+            check_flags(command, rest, &[])?;
+            ci()
+        }
+        "deps" => {
+            check_flags(command, rest, &[])?;
+            deps()
+        }
+        "readme" => {
+            check_flags(command, rest, &[])?;
+            readme::check(&root(), std::time::Duration::from_secs(1800))
+        }
+        "bench" => {
+            check_flags(command, rest, &[("--quick", false)])?;
+            deps()?;
+            bench::bench(&root(), rest)
+        }
+        "eval" => {
+            check_flags(command, rest, &[("--quick", false), ("--profile", true)])?;
+            eval::eval(&root(), rest)
+        }
+        "build" => {
+            check_flags(command, rest, &[("--arch", true)])?;
+            let bin = build::build(&root(), flag(rest, "--arch")?)?;
             println!("{}", bin.display());
             Ok(())
         }
-        Some("image") => {
-            let img = image::image(&root(), flag(&args, "--board")?)?;
+        "image" => {
+            check_flags(command, rest, &[("--board", true)])?;
+            let img = image::image(&root(), flag(rest, "--board")?)?;
             println!("{}", img.display());
             Ok(())
         }
-        Some("qemu-test") => qemu::qemu_test(&root(), flag(&args, "--board")?),
-        _ => {
-            eprintln!("usage: cargo xtask <ci|bench|eval [--quick]|deps|build --arch A|image --board B|qemu-test --board B>");
-            std::process::exit(2);
+        "qemu-test" => {
+            check_flags(command, rest, &[("--board", true)])?;
+            qemu::qemu_test(&root(), flag(rest, "--board")?)
         }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+/// Errors are printed as a chain of causes (the failed step first), never as a
+/// panic with a backtrace; the exit status is 1.
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(
+            check_flags(
+                "eval",
+                &v(&["--quick", "--profile", "ci"]),
+                &[("--quick", false), ("--profile", true)]
+            )
+            .is_ok()
+        );
+        let e = check_flags("eval", &v(&["--quik"]), &[("--quick", false)])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("unknown argument \"--quik\""), "{e}");
+        let e = check_flags("image", &v(&["--board"]), &[("--board", true)])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--board needs a value"), "{e}");
+        assert!(dispatch(&v(&["frobnicate"])).is_err());
     }
 }
