@@ -36,114 +36,9 @@ pub enum ConfigError {
     },
 }
 
-/// Size given as bytes (`536870912`, `"512MiB"`, `"2G"`) or a share of the
-/// data file system (`"85%"`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SizeSpec {
-    Bytes(u64),
-    Percent(f64),
-}
-
-impl SizeSpec {
-    /// Resolve against the size of the file system holding the data.
-    pub fn resolve(&self, filesystem_bytes: u64) -> u64 {
-        match *self {
-            SizeSpec::Bytes(b) => b,
-            SizeSpec::Percent(p) => (filesystem_bytes as f64 * p / 100.0) as u64,
-        }
-    }
-
-    fn parse(s: &str) -> Result<SizeSpec, String> {
-        let s = s.trim();
-        if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| format!("{s:?} is not a percentage"))?;
-            if !(v > 0.0 && v <= 100.0) {
-                return Err(format!("{s:?}: a percentage must be in (0, 100]"));
-            }
-            return Ok(SizeSpec::Percent(v));
-        }
-        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-        let (n, unit) = s.split_at(split);
-        let n: f64 = n.parse().map_err(|_| format!("{s:?} is not a size"))?;
-        let mul: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "k" | "kb" => 1e3,
-            "kib" => 1024.0,
-            "m" | "mb" => 1e6,
-            "mib" => 1024.0 * 1024.0,
-            "g" | "gb" => 1e9,
-            "gib" => 1024.0 * 1024.0 * 1024.0,
-            "t" | "tb" => 1e12,
-            "tib" => 1024f64.powi(4),
-            u => return Err(format!("unknown size unit {u:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)")),
-        };
-        Ok(SizeSpec::Bytes((n * mul) as u64))
-    }
-}
-
-impl std::fmt::Display for SizeSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            SizeSpec::Bytes(b) => write!(f, "{} ({b} bytes)", crate::units::bytes(b)),
-            SizeSpec::Percent(p) => write!(f, "{p} % of the data file system"),
-        }
-    }
-}
-
-/// What a size key accepts, for error messages.
-const SIZE_FORMS: &str = "a size: a number of bytes like 67108864, or a string like \"64MiB\", \"2GB\" or \"85%\"";
-
-impl<'de> Deserialize<'de> for SizeSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = SizeSpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(SIZE_FORMS)
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<SizeSpec, E> {
-                Ok(SizeSpec::Bytes(n))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<SizeSpec, E> {
-                u64::try_from(n)
-                    .map(SizeSpec::Bytes)
-                    .map_err(|_| E::custom(format!("{n} is negative; expected {SIZE_FORMS}")))
-            }
-            fn visit_i128<E: serde::de::Error>(self, n: i128) -> Result<SizeSpec, E> {
-                Err(E::custom(format!("{n} is too large; expected {SIZE_FORMS}")))
-            }
-            fn visit_u128<E: serde::de::Error>(self, n: u128) -> Result<SizeSpec, E> {
-                Err(E::custom(format!("{n} is too large; expected {SIZE_FORMS}")))
-            }
-            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<SizeSpec, E> {
-                Err(E::custom(format!("{n} is not a whole number of bytes; expected {SIZE_FORMS}")))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SizeSpec, E> {
-                SizeSpec::parse(s).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A duration written as `"90s"`, `"5m"`, `"2h"`, `"30d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(pub u64);
-
-impl Span {
-    pub fn ms(self) -> u64 {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::timefmt::parse_span_ms(&s)
-            .map(Span)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a duration (like 90s, 5m, 2h, 30d)")))
-    }
-}
+pub use crate::decode::settings::{ExporterOverride, SamplingMode};
+pub use crate::store::settings::StorageConfig;
+pub use crate::units::{SizeSpec, Span};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -191,52 +86,6 @@ impl Default for CollectorConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// Byte budget for everything under the data directory.
-    pub budget: SizeSpec,
-    /// After eviction, use falls to this share of the budget (percent).
-    pub low_watermark_percent: f64,
-    /// Optional age cap for raw flows.
-    pub max_age: Option<Span>,
-    /// Time span of one flow segment file.
-    pub segment_span: Span,
-    /// Commit at least this often.
-    pub commit_interval: Span,
-    /// Flows per compressed block.
-    pub block_flows: usize,
-    /// zstd level for flow blocks (1: measured 12.3 B/flow at 515 k flows/s on one core; 3: 11.5 B/flow at 449 k/s).
-    pub compression_level: i32,
-    /// Retention of per-minute roll-ups.
-    pub minute_rollup_retention: Span,
-    /// Retention of per-hour roll-ups.
-    pub hour_rollup_retention: Span,
-    /// Entries kept per top-N roll-up.
-    pub top_entries: usize,
-    /// Share of the budget (percent) the roll-up file may use; past it the
-    /// oldest roll-ups go first, before their retention.
-    pub rollup_budget_percent: f64,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            budget: SizeSpec::Percent(85.0),
-            low_watermark_percent: 95.0,
-            max_age: None,
-            segment_span: Span(3_600_000),
-            commit_interval: Span(1000),
-            block_flows: 8192,
-            compression_level: 1,
-            minute_rollup_retention: Span(35 * 86_400_000),
-            hour_rollup_retention: Span(400 * 86_400_000),
-            top_entries: 100,
-            rollup_budget_percent: 20.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     /// Networks that are "inside" the branch.
     pub internal: Vec<IpNet>,
@@ -248,29 +97,6 @@ impl Default for NetworkConfig {
             internal: IpNet::default_internal(),
         }
     }
-}
-
-/// How a configured sampling rate combines with what the exporter announces.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SamplingMode {
-    /// Used when the exporter announces no rate.
-    #[default]
-    Default,
-    /// Always used, whatever the exporter announces.
-    Force,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ExporterOverride {
-    /// Exporter IP address (any source port).
-    pub address: IpAddr,
-    pub sampling_rate: Option<u32>,
-    #[serde(default)]
-    pub sampling_mode: SamplingMode,
-    /// Human label shown in the exporters table.
-    pub name: Option<String>,
 }
 
 /// The whole configuration.
@@ -467,6 +293,18 @@ impl Config {
             );
         }
         w
+    }
+
+    /// The decoder's share of the configuration.
+    pub fn decoder_settings(&self) -> crate::decode::settings::DecoderSettings {
+        crate::decode::settings::DecoderSettings {
+            max_exporters: self.collector.max_exporters,
+            pending_per_exporter: self.collector.pending_per_exporter,
+            pending_ttl_ms: self.collector.pending_ttl.ms(),
+            internal: self.network.internal.clone(),
+            overrides: self.exporters.clone(),
+            max_clock_skew_ms: self.collector.max_clock_skew.ms(),
+        }
     }
 
     /// The override for an exporter address, if any.

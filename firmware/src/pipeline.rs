@@ -1,26 +1,39 @@
-//! The shared pipeline behind `run` and `ingest`: decoder → bounded channels →
-//! store writer thread and detector thread.
+//! The topology: the one module that builds the threads and channels of the
+//! data flow and hands out the shared handles; the stages know none of each
+//! other.
 //!
-//! Datagrams go into a [`Decoder`]; flows are grouped into [`FlowBatch`]es and
-//! handed (as the same `Arc`) to the writer and to the detection engine over
-//! bounded channels. Live collection never waits on either: a full channel
-//! drops the batch and counts it. Offline ingest blocks instead, so a replay
-//! loses nothing. Template changes and exporter health are sent along so the
-//! state database stays current; the detector thread sends its alerts and
-//! learned state to the writer (waiting for room: alerts are never dropped).
+//! [`Pipeline::open`] opens the store (its writer thread), reads back what the
+//! decoder and the detectors persisted, starts the detector thread, and joins
+//! detection to forwarding: the detector's alert rows hand their alerts to the
+//! forwarding outbox inside the same state transaction. Datagrams go into a
+//! [`Decoder`]; flows are grouped into [`FlowBatch`]es and handed (as the same
+//! `Arc`) to the writer and to the detection engine over bounded channels.
+//! Live collection never waits on either: a full channel drops the batch and
+//! counts it. Offline ingest blocks instead, so a replay loses nothing.
+//! [`run_live`] wires the collector's sockets, the decoder thread and the SIEM
+//! senders around a pipeline for `flowwarden run`.
 
+use crate::collector::{self, SocketCounters};
 use crate::config::Config;
+use crate::decode::rows::DecoderRows;
 use crate::decode::{DecodeError, DecodeTotals, Decoder};
 use crate::detect::Engine;
+use crate::detect::rows::DetectRows;
 use crate::flow::{FlowBatch, FlowRecord};
+use crate::forward::spool::Outbox;
+use crate::store::reader::Reader;
+use crate::store::rows::{CounterRows, StateRows};
 use crate::store::writer::{StoreMsg, StoreWriter, WriterSettings, run_writer};
 use crate::store::{DataDir, StoreCounters, StoreError, resolve_budget};
+use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -29,9 +42,18 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    #[error("cannot start the store writer thread: {0}")]
+    #[error(transparent)]
+    Collector(#[from] crate::collector::CollectorError),
+    #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }
+
+/// Datagrams queued between the sockets and the decoder.
+const DATAGRAM_QUEUE: usize = 65_536;
+/// How often partial batches and exporter health go to the store.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often kernel drop counters are read.
+const KERNEL_STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// When a full store queue is met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +140,10 @@ impl Pipeline {
         if mode == Backpressure::Block {
             settings.commit_max_flows = 262_144;
         }
-        let (mut writer, loaded) = StoreWriter::open(DataDir::new(data_dir), settings)?;
+        let dir = DataDir::new(data_dir);
+        let mut writer = StoreWriter::open(dir.clone(), settings)?;
+        // What the stages persisted, read back beside the writer.
+        let reader = Reader::new(dir.clone());
         // Alerts are spooled for every configured SIEM destination as they are stored.
         let forward = Arc::new(crate::forward::spool::ForwardShared::new());
         let dests = cfg
@@ -129,21 +154,28 @@ impl Pipeline {
                 max_bytes: f.spool_bytes(),
             })
             .collect();
-        writer.set_forwarding(dests, forward.clone())?;
+        let outbox = Outbox::default();
+        let book = crate::forward::spool::SpoolBook::load(&dir.state(), dests, forward.clone(), outbox.clone())?;
+        writer.add_participant(Box::new(book));
         let store_counters = writer.counters.clone();
-        let decoder = Decoder::new(cfg, loaded.templates, loaded.exporters)?;
+        let decoder = Decoder::new(
+            &cfg.decoder_settings(),
+            crate::decode::rows::load_templates(&reader)?,
+            crate::decode::rows::load_exporters(&reader)?,
+        )?;
+        let detect_loaded = crate::detect::rows::load(&reader)?;
         let (tx, rx) = sync_channel(cfg.collector.queue_batches);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(writer, rx))
             .map_err(PipelineError::Thread)?;
         let (detect_tx, detector) = if cfg.detect.enabled {
-            let engine = Engine::new(cfg, loaded.detect);
+            let engine = Engine::new(cfg.detect.clone(), cfg.network.internal.clone(), detect_loaded);
             let (dtx, drx) = sync_channel(cfg.collector.queue_batches);
             let wtx = tx.clone();
             let h = std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || run_detector(engine, drx, wtx))
+                .spawn(move || run_detector(engine, drx, wtx, outbox))
                 .map_err(PipelineError::Thread)?;
             (Some(dtx), Some(h))
         } else {
@@ -208,15 +240,21 @@ impl Pipeline {
     /// Hand over the partial batch, template changes and exporter health.
     pub fn flush(&mut self) {
         self.send_batch();
-        let changes = self.decoder.template_changes();
-        if !changes.is_empty() {
-            // State must not be lost to a momentarily full queue: wait for room.
+        let templates = self.decoder.template_changes();
+        if !templates.is_empty() {
+            // Templates must not be lost to a momentarily full queue: wait for room.
             if let Some(tx) = &self.tx {
-                let _ = tx.send(StoreMsg::Templates(changes));
+                let _ = tx.send(StoreMsg::Rows(Box::new(DecoderRows {
+                    templates,
+                    exporters: None,
+                })));
             }
         }
         let snapshot = self.decoder.exporter_snapshot();
-        let _ = self.send(StoreMsg::Exporters(snapshot));
+        let _ = self.send(StoreMsg::Rows(Box::new(DecoderRows {
+            templates: Vec::new(),
+            exporters: Some(snapshot),
+        })));
     }
 
     /// Hand named stage counters to the state file (dropped, not waited for, if the queue is full).
@@ -233,7 +271,7 @@ impl Pipeline {
             "pipeline.flows_dropped_detect_queue".into(),
             self.counters.detect_flows_dropped.load(Ordering::Relaxed),
         ));
-        let _ = self.send(StoreMsg::Counters(counters));
+        let _ = self.send(StoreMsg::Rows(Box::new(CounterRows(counters))));
     }
 
     /// Flush and wait until the writer has committed everything sent so far.
@@ -267,7 +305,10 @@ impl Pipeline {
             let _ = h.join();
         }
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(StoreMsg::Exporters(self.decoder.exporter_snapshot()));
+            let _ = tx.send(StoreMsg::Rows(Box::new(DecoderRows {
+                templates: self.decoder.template_changes(),
+                exporters: Some(self.decoder.exporter_snapshot()),
+            })));
         }
         if let Some(h) = self.writer.take() {
             let _ = h.join();
@@ -302,6 +343,125 @@ impl Pipeline {
     }
 }
 
+/// `flowwarden run`: the pipeline behind the collector's sockets, the decoder
+/// thread between them, and the SIEM senders, until `shutdown` resolves;
+/// returns what was stored. `on_ready` gets the bound addresses once the
+/// sockets listen (the demo sends there).
+pub async fn run_live(
+    cfg: Config,
+    data_dir: PathBuf,
+    listen: Vec<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&[SocketAddr]),
+) -> Result<PipelineReport, PipelineError> {
+    // The data directory first: a second appliance on it is named before any socket is taken.
+    let mut pipeline = Pipeline::open(&cfg, &data_dir, Backpressure::Drop)?;
+    let rcvbuf = cfg.collector.receive_buffer.resolve(0).max(4096) as usize;
+    let explicit = !listen.is_empty();
+    let addrs = if explicit { listen } else { cfg.collector.listen.clone() };
+    let bound = collector::bind_all(&addrs, explicit, rcvbuf)?;
+    let forward_shared = pipeline.forward.clone();
+    let counters = Arc::new(SocketCounters::default());
+    let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
+    let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
+
+    let dec_counters = counters.clone();
+    let decoder = std::thread::Builder::new()
+        .name("decoder".into())
+        .spawn(move || {
+            let mut last_flush = Instant::now();
+            let mut last_kernel = Instant::now();
+            let mut reported_drops = 0;
+            loop {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok((src, arrival, data)) => pipeline.datagram(src, arrival, &data),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                if last_flush.elapsed() >= FLUSH_EVERY {
+                    pipeline.flush();
+                    pipeline.send_counters(collector::socket_counters(&dec_counters));
+                    last_flush = Instant::now();
+                }
+                if last_kernel.elapsed() >= KERNEL_STATS_EVERY {
+                    let drops = collector::kernel_drops(&inodes);
+                    dec_counters.kernel_drops.store(drops, Ordering::Relaxed);
+                    if drops > reported_drops {
+                        tracing::warn!(
+                            "kernel dropped {} datagrams in socket buffers (total {drops})",
+                            drops - reported_drops
+                        );
+                        reported_drops = drops;
+                    }
+                    last_kernel = Instant::now();
+                }
+            }
+            dec_counters.kernel_drops.store(collector::kernel_drops(&inodes), Ordering::Relaxed);
+            pipeline.send_counters(collector::socket_counters(&dec_counters));
+            pipeline.finish()
+        })
+        .map_err(PipelineError::Thread)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
+    let (tasks, summary) = collector::spawn_receivers(bound, tx, counters.clone(), stop_rx.clone())?;
+    // SIEM senders: one per [[forward]] destination, fed from the spools.
+    let senders = crate::forward::spawn_all(
+        &cfg.forward,
+        &crate::store::DataDir::new(&data_dir),
+        forward_shared,
+        stop_rx.clone(),
+    );
+    let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
+    // A closed stdout (the reader of `run | head` gone) must not stop the appliance.
+    let _ = writeln!(std::io::stdout(), "{ready}");
+    tracing::info!("{ready}");
+    on_ready(&addrs);
+    shutdown.await;
+    tracing::info!("shutting down: draining received datagrams");
+    let _ = stop_tx.send(true);
+    // Senders report their last state before the writer's final commit.
+    for s in senders {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let report = tokio::task::spawn_blocking(move || decoder.join())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let losses: Vec<String> = [
+        (counters.queue_drops.load(Ordering::Relaxed), "datagrams in the decoder queue"),
+        (
+            counters.kernel_drops.load(Ordering::Relaxed),
+            "datagrams in the kernel's socket buffers",
+        ),
+        (report.flows_dropped_queue, "flows in the store queue"),
+        (report.flows_dropped_store, "flows the store could not write"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    let stopped = format!(
+        "flowwarden: stopped: {} datagrams; {} flows stored; {} flows evicted (oldest, budget); {} flows kept; lost: {}",
+        counters.datagrams.load(Ordering::Relaxed),
+        report.flows_committed,
+        report.flows_evicted,
+        report.flows_kept,
+        if losses.is_empty() {
+            "nothing".to_string()
+        } else {
+            losses.join(", ")
+        }
+    );
+    let _ = writeln!(std::io::stdout(), "{stopped}");
+    tracing::info!("{stopped}");
+    Ok(report)
+}
+
 /// How often the detectors' learning state is published while flows arrive.
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -313,8 +473,40 @@ const COUNTERS_EVERY: u64 = 32;
 /// the socket buffers. Offline ingest blocks on the queue, so it loses nothing.
 const DETECTOR_NICE: i32 = 19;
 
+/// Detection's rows joined to forwarding: the alerts are stored and handed to
+/// the outbox in the same state transaction.
+struct AlertRows {
+    rows: DetectRows,
+    counters: CounterRows,
+    outbox: Outbox,
+}
+
+impl StateRows for AlertRows {
+    fn stage(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        self.rows.stage(txn)?;
+        self.counters.stage(txn)?;
+        let alerts: Vec<crate::alert::Alert> = self.rows.alerts.iter().map(|a| a.alert.clone()).collect();
+        self.outbox.push(&alerts);
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        self.rows.committed();
+    }
+}
+
 /// The detector thread: batches in, alerts and state out to the writer.
-fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wtx: SyncSender<StoreMsg>) {
+fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wtx: SyncSender<StoreMsg>, outbox: Outbox) {
+    let evicted = Arc::new(AtomicU64::new(0));
+    let rows = |u: crate::detect::DetectUpdate, evicted: &Arc<AtomicU64>| -> StoreMsg {
+        let mut counters = u.counters;
+        counters.push(("detect.alerts_evicted".into(), evicted.load(Ordering::Relaxed)));
+        StoreMsg::Rows(Box::new(AlertRows {
+            rows: DetectRows::new(u.alerts, u.state, evicted.clone()),
+            counters: CounterRows(counters),
+            outbox: outbox.clone(),
+        }))
+    };
     // On Linux PRIO_PROCESS with a thread id sets that thread's nice value only.
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), DETECTOR_NICE) {
         tracing::debug!("cannot lower the detector thread's priority: {e}");
@@ -332,17 +524,17 @@ fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wt
                     last_status = Some(std::time::Instant::now());
                 }
                 let u = engine.take_update();
-                if (!u.is_empty() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(StoreMsg::Detect(u)).is_err() {
+                if (!u.is_empty() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(rows(u, &evicted)).is_err() {
                     tracing::error!("store writer gone: detector stops");
                     return;
                 }
             }
             DetectMsg::Sync(reply) => {
-                let _ = wtx.send(StoreMsg::Detect(engine.take_update()));
+                let _ = wtx.send(rows(engine.take_update(), &evicted));
                 let _ = reply.send(());
             }
         }
     }
     engine.finish();
-    let _ = wtx.send(StoreMsg::Detect(engine.take_update()));
+    let _ = wtx.send(rows(engine.take_update(), &evicted));
 }

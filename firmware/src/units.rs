@@ -1,6 +1,10 @@
-//! Numbers for people: sizes, rates and durations in one format everywhere a
-//! person reads them (tables, summaries, alert text, logs). JSON and CSV keep
-//! exact numbers; only human-facing text goes through here. A leaf module.
+//! Units, both ways: numbers for people (sizes, rates and durations in one
+//! format everywhere a person reads them: tables, summaries, alert text, logs;
+//! JSON and CSV keep exact numbers), and the sizes and spans people write in
+//! the configuration ([`SizeSpec`], [`Span`]). A leaf module: every stage's
+//! settings use these without importing the configuration.
+
+use serde::Deserialize;
 
 /// A byte count in binary units: `512 B`, `1.5 KiB`, `23.1 MiB`, `214.2 GiB`.
 pub fn bytes(n: u64) -> String {
@@ -80,6 +84,115 @@ pub fn percent(part: u64, whole: u64) -> String {
         return "-".into();
     }
     format!("{:.1} %", part as f64 * 100.0 / whole as f64)
+}
+
+/// Size given as bytes (`536870912`, `"512MiB"`, `"2G"`) or a share of the
+/// data file system (`"85%"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SizeSpec {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl SizeSpec {
+    /// Resolve against the size of the file system holding the data.
+    pub fn resolve(&self, filesystem_bytes: u64) -> u64 {
+        match *self {
+            SizeSpec::Bytes(b) => b,
+            SizeSpec::Percent(p) => (filesystem_bytes as f64 * p / 100.0) as u64,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<SizeSpec, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(format!("{s:?}: a percentage must be in (0, 100]"));
+            }
+            return Ok(SizeSpec::Percent(v));
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: f64 = n.parse().map_err(|_| format!("{s:?} is not a size"))?;
+        let mul: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "kib" => 1024.0,
+            "m" | "mb" => 1e6,
+            "mib" => 1024.0 * 1024.0,
+            "g" | "gb" => 1e9,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            "t" | "tb" => 1e12,
+            "tib" => 1024f64.powi(4),
+            u => return Err(format!("unknown size unit {u:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)")),
+        };
+        Ok(SizeSpec::Bytes((n * mul) as u64))
+    }
+}
+
+impl std::fmt::Display for SizeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SizeSpec::Bytes(b) => write!(f, "{} ({b} bytes)", bytes(b)),
+            SizeSpec::Percent(p) => write!(f, "{p} % of the data file system"),
+        }
+    }
+}
+
+/// What a size key accepts, for error messages.
+const SIZE_FORMS: &str = "a size: a number of bytes like 67108864, or a string like \"64MiB\", \"2GB\" or \"85%\"";
+
+impl<'de> Deserialize<'de> for SizeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SizeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(SIZE_FORMS)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<SizeSpec, E> {
+                Ok(SizeSpec::Bytes(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<SizeSpec, E> {
+                u64::try_from(n)
+                    .map(SizeSpec::Bytes)
+                    .map_err(|_| E::custom(format!("{n} is negative; expected {SIZE_FORMS}")))
+            }
+            fn visit_i128<E: serde::de::Error>(self, n: i128) -> Result<SizeSpec, E> {
+                Err(E::custom(format!("{n} is too large; expected {SIZE_FORMS}")))
+            }
+            fn visit_u128<E: serde::de::Error>(self, n: u128) -> Result<SizeSpec, E> {
+                Err(E::custom(format!("{n} is too large; expected {SIZE_FORMS}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<SizeSpec, E> {
+                Err(E::custom(format!("{n} is not a whole number of bytes; expected {SIZE_FORMS}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SizeSpec, E> {
+                SizeSpec::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written as `"90s"`, `"5m"`, `"2h"`, `"30d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub u64);
+
+impl Span {
+    pub fn ms(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::timefmt::parse_span_ms(&s)
+            .map(Span)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a duration (like 90s, 5m, 2h, 30d)")))
+    }
 }
 
 #[cfg(test)]

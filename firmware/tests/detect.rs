@@ -52,7 +52,7 @@ fn ingest(cfg: &Config, dir: &Path, office: &Office, from: u64, to: u64, exporte
 }
 
 fn alerts(dir: &Path) -> Vec<Alert> {
-    let (stored, bad) = Reader::new(DataDir::new(dir)).alerts().unwrap_or_else(|e| panic!("{e}"));
+    let (stored, bad) = flowwarden::detect::rows::load_alerts(&Reader::new(DataDir::new(dir))).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bad, 0);
     let mut v: Vec<Alert> = stored.into_iter().map(|s| s.alert).collect();
     v.sort_by(|a, b| (a.first_seen_ms, &a.id).cmp(&(b.first_seen_ms, &b.id)));

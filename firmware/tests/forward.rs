@@ -300,7 +300,7 @@ fn make_alerts(cfg: &Config, dir: &Path, from: u64, srcs: &[u8]) {
 }
 
 fn stored_alerts(dir: &Path) -> Vec<Alert> {
-    let (v, bad) = Reader::new(DataDir::new(dir)).alerts().unwrap_or_else(|e| panic!("{e}"));
+    let (v, bad) = flowwarden::detect::rows::load_alerts(&Reader::new(DataDir::new(dir))).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bad, 0);
     v.into_iter().map(|s| s.alert).collect()
 }

@@ -30,7 +30,7 @@ fn corpus() -> Vec<(SocketAddr, Vec<u8>)> {
 #[test]
 fn truncations_and_bit_flips_never_panic() {
     let cfg = common::test_config();
-    let mut dec = Decoder::new(&cfg, Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let mut dec = Decoder::new(&cfg.decoder_settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
     let dgrams = corpus();
     assert!(dgrams.len() > 500);
@@ -79,7 +79,7 @@ fn set(id: u16, body: &[u8]) -> Vec<u8> {
 #[test]
 fn template_flood_stays_bounded() {
     let cfg = common::test_config();
-    let mut dec = Decoder::new(&cfg, Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let mut dec = Decoder::new(&cfg.decoder_settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     let src: SocketAddr = "203.0.113.9:4739".parse().unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
     // 60,000 distinct template ids, 40 per message.
@@ -100,7 +100,7 @@ fn template_flood_stays_bounded() {
     // And many exporters: the table is capped and evictions counted.
     let mut small = common::test_config();
     small.collector.max_exporters = 100;
-    let mut dec = Decoder::new(&small, Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let mut dec = Decoder::new(&small.decoder_settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     let (_, d) = &datagrams(&["conformance/logstash/ctx_netflow_5_valid_01.pcap"])[0];
     for i in 0..10_000u32 {
         let src = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 2055));
@@ -113,7 +113,7 @@ fn template_flood_stays_bounded() {
 #[test]
 fn reused_template_id_uses_the_new_layout() {
     let cfg = common::test_config();
-    let mut dec = Decoder::new(&cfg, Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let mut dec = Decoder::new(&cfg.decoder_settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     let src: SocketAddr = "203.0.113.10:4739".parse().unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
     // Layout A: src(4) dst(4) octets(4).

@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 const HOUR: u64 = 3_600_000;
-/// 2026-09-21T11:00:00Z: an hour boundary before the box's clock.
+/// 2026-09-27T11:00:00Z: an hour boundary before the box's clock.
 const START: u64 = 1_790_506_800_000;
 
 fn os(s: &str) -> &OsStr {

@@ -14,7 +14,7 @@ const START: u64 = 1_793_577_600_000; // Monday 2026-11-02 00:00 UTC
 
 fn decode_all(version: Version, flows: &[flowgen::Flow]) -> (Vec<FlowRecord>, flowwarden::decode::DecodeTotals) {
     let cfg = common::test_config();
-    let mut dec = Decoder::new(&cfg, Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let mut dec = Decoder::new(&cfg.decoder_settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
     let mut exp = Exporter::new(version, START - DAY);
     let exporter: SocketAddr = "192.0.2.10:40000".parse().unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
@@ -113,7 +113,7 @@ fn sequence_gaps_are_counted_as_lost_records() {
     let flows = office().flows(START + 10 * 3_600_000, START + 11 * 3_600_000);
     for version in [Version::V5, Version::V9, Version::Ipfix] {
         let cfg = common::test_config();
-        let mut dec = Decoder::new(&cfg, Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        let mut dec = Decoder::new(&cfg.decoder_settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
         let mut exp = Exporter::new(version, START - DAY);
         exp.template_every = 1; // every datagram self-contained, so a lost one loses only its data
         let exporter: SocketAddr = "192.0.2.11:40000".parse().unwrap_or_else(|e| panic!("{e}"));

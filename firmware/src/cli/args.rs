@@ -132,6 +132,9 @@ pub struct QueryArgs {
     /// Time series with this bucket instead of listing flows.
     #[arg(long, value_enum, conflicts_with = "top")]
     pub series: Option<Bucket>,
+    /// Say on stderr where the answer came from: the roll-ups, or a scan of the raw flows and why.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

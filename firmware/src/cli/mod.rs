@@ -5,14 +5,13 @@
 //! `forward-status`, `check-config`, `version` ([`args`]). Every command writes
 //! through one buffered stdout handle; a reader that goes away (`| head`) ends
 //! the program quietly with success, as Unix tools do. Tables for people go
-//! through [`table`]; sizes, rates and durations through [`crate::units`].
+//! through [`crate::table`]; sizes, rates and durations through [`crate::units`].
 
 pub mod args;
 mod ingest;
 mod query;
 mod run;
 mod status;
-pub mod table;
 
 pub use args::{AlertFormat, Bucket, Cli, Command, QueryArgs, TableOrJson};
 

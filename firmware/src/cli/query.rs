@@ -19,8 +19,27 @@ pub fn query(data_dir: &Path, a: QueryArgs, out: &mut dyn Write) -> Result<()> {
     let filter = Filter::parse(&a.filter).map_err(|e| anyhow::anyhow!("{e}"))?;
     let reader = Reader::new(DataDir::new(data_dir));
     let scope = Scope { from, to, filter };
+    let explain = |plan: &str| {
+        if a.explain {
+            eprintln!("plan: {plan}");
+        }
+    };
     let stats = if let Some(key) = a.top {
-        let (rows, totals, overflow, stats) = query::top(&reader, &scope, key, a.by, a.limit.unwrap_or(10) as usize)?;
+        let limit = a.limit.unwrap_or(10) as usize;
+        let (rows, totals, stats) = match query::rollups::top(&reader, &scope, key, a.by, limit)? {
+            Ok((rows, totals)) => {
+                explain("roll-ups (per-hour top lists and per-minute totals)");
+                (rows, totals, Default::default())
+            }
+            Err(why) => {
+                explain(&format!("raw flows ({why})"));
+                let (rows, totals, overflow, stats) = query::top(&reader, &scope, key, a.by, limit)?;
+                if overflow > 0 {
+                    eprintln!("note: {overflow} flows had keys beyond the aggregation limit and are not ranked");
+                }
+                (rows, totals, stats)
+            }
+        };
         let label = match key {
             TopKey::Src => "src",
             TopKey::Dst => "dst",
@@ -29,12 +48,18 @@ pub fn query(data_dir: &Path, a: QueryArgs, out: &mut dyn Write) -> Result<()> {
             TopKey::Conversation => "conversation",
         };
         query::output::rows(a.format, label, &rows, &totals, out)?;
-        if overflow > 0 {
-            eprintln!("note: {overflow} flows had keys beyond the aggregation limit and are not ranked");
-        }
         stats
     } else if let Some(b) = a.series {
-        let (buckets, stats) = query::series(&reader, &scope, b.ms())?;
+        let (buckets, stats) = match query::rollups::series(&reader, &scope, b.ms())? {
+            Ok(buckets) => {
+                explain("roll-ups (per-minute rows)");
+                (buckets, Default::default())
+            }
+            Err(why) => {
+                explain(&format!("raw flows ({why})"));
+                query::series(&reader, &scope, b.ms())?
+            }
+        };
         let rows: Vec<query::Row> = buckets
             .iter()
             .map(|(t, c)| query::Row {
@@ -53,6 +78,7 @@ pub fn query(data_dir: &Path, a: QueryArgs, out: &mut dyn Write) -> Result<()> {
         query::output::rows(a.format, "start", &rows, &totals, out)?;
         stats
     } else {
+        explain("raw flows (a listing shows each flow)");
         query::list(&reader, &scope, a.format, a.limit, out)?.1
     };
     if stats.damaged > 0 {

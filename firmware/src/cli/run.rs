@@ -40,7 +40,7 @@ pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Re
                 None => tracing::error!("demo: no listener to send to"),
             }
         };
-        let res = crate::collector::run(cfg, dir, listen, shutdown, on_ready).await;
+        let res = crate::pipeline::run_live(cfg, dir, listen, shutdown, on_ready).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(h) = demo_thread {
             let _ = h.join();

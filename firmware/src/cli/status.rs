@@ -3,10 +3,10 @@
 //! one duration format); JSON with exact numbers for tools.
 
 use super::args::{AlertFormat, TableOrJson};
-use super::table::{Align, Table};
 use crate::config::Config;
 use crate::store::DataDir;
 use crate::store::reader::Reader;
+use crate::table::{Align, Table};
 use crate::timefmt::{now_ms, parse_time, rfc3339_ms};
 use crate::units;
 use anyhow::{Context, Result};
@@ -45,7 +45,7 @@ fn offset_text(ms: i64) -> String {
 
 pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> Result<()> {
     let reader = Reader::new(DataDir::new(data_dir));
-    let list = reader.exporters()?;
+    let list = crate::decode::rows::load_exporters(&reader)?;
     let counters = reader.counters()?;
     match format {
         TableOrJson::Json => {
@@ -146,7 +146,7 @@ pub fn alerts(data_dir: &Path, since: Option<&str>, kind: Option<&str>, format: 
         None => None,
     };
     let reader = Reader::new(DataDir::new(data_dir));
-    let (stored, bad) = reader.alerts()?;
+    let (stored, bad) = crate::detect::rows::load_alerts(&reader)?;
     let mut list: Vec<crate::alert::Alert> = stored
         .into_iter()
         .map(|s| s.alert)
@@ -194,7 +194,7 @@ pub fn alerts(data_dir: &Path, since: Option<&str>, kind: Option<&str>, format: 
 
 pub fn detectors(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> Result<()> {
     let reader = Reader::new(DataDir::new(data_dir));
-    let status = reader.detect_status()?;
+    let status = crate::detect::rows::load_status(&reader)?;
     let counters: Vec<(String, u64)> = reader.counters()?.into_iter().filter(|(k, _)| k.starts_with("detect.")).collect();
     match format {
         TableOrJson::Json => {

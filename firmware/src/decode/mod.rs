@@ -10,13 +10,14 @@ pub mod clock;
 pub mod exporters;
 pub mod fastpath;
 pub mod normalize;
+pub mod rows;
 pub mod sampling;
+pub mod settings;
 pub mod templates;
 #[cfg(test)]
 mod testwire;
 pub mod varlen;
 
-use crate::config::{Config, SamplingMode};
 use crate::flow::{Direction, FlowRecord};
 use crate::net::IpNet;
 use exporters::{ExporterStats, ExporterTable};
@@ -25,6 +26,7 @@ use netflow_parser::variable_versions::PendingFlowsConfig;
 use netflow_parser::{NetflowPacket, NetflowParser};
 use normalize::{RecordBuilder, TimeContext, ipfix_ie};
 use sampling::{SamplingTable, v5_rate};
+use settings::{DecoderSettings, ExporterOverride, SamplingMode};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -107,7 +109,7 @@ pub struct Decoder {
     sampling: SamplingTable,
     system_init: HashMap<(SocketAddr, u32), u64>,
     internal: Vec<IpNet>,
-    overrides: Vec<crate::config::ExporterOverride>,
+    overrides: Vec<ExporterOverride>,
     max_streams: usize,
     /// Sampling rate applied to the most recent flow (shown per exporter).
     last_rate: u32,
@@ -138,19 +140,19 @@ struct Override {
 
 impl Decoder {
     /// Build a decoder. `templates` and `saved` come from the state database.
-    pub fn new(cfg: &Config, templates: Vec<(String, Vec<u8>)>, saved: Vec<ExporterStats>) -> Result<Decoder, DecodeError> {
+    pub fn new(cfg: &DecoderSettings, templates: Vec<(String, Vec<u8>)>, saved: Vec<ExporterStats>) -> Result<Decoder, DecodeError> {
         let templates = Arc::new(PersistentTemplates::new(templates, MAX_PERSISTED_TEMPLATES));
-        let mut pending = PendingFlowsConfig::with_ttl(64, Duration::from_millis(cfg.collector.pending_ttl.ms()));
-        pending.max_entries_per_template = cfg.collector.pending_per_exporter.max(1);
+        let mut pending = PendingFlowsConfig::with_ttl(64, Duration::from_millis(cfg.pending_ttl_ms));
+        pending.max_entries_per_template = cfg.pending_per_exporter.max(1);
         pending.max_total_bytes = PENDING_BYTES_PER_SOURCE;
         let builder = NetflowParser::builder()
             .with_cache_size(TEMPLATES_PER_SOURCE)
             .with_pending_flows(pending)
             .with_template_store(templates.clone());
         let parser = AutoScopedParser::try_with_builder(builder)
-            .and_then(|p| p.with_max_sources(cfg.collector.max_exporters))
+            .and_then(|p| p.with_max_sources(cfg.max_exporters))
             .map_err(|e| DecodeError::Parser(e.to_string()))?;
-        let mut exporters = ExporterTable::new(cfg.collector.max_exporters);
+        let mut exporters = ExporterTable::new(cfg.max_exporters);
         exporters.restore(saved);
         Ok(Decoder {
             parser,
@@ -159,16 +161,16 @@ impl Decoder {
             fast: fastpath::FastPath::new(MAX_PERSISTED_TEMPLATES),
             fast_records: 0,
             exporters,
-            sampling: SamplingTable::new(cfg.collector.max_exporters * 4),
+            sampling: SamplingTable::new(cfg.max_exporters * 4),
             system_init: HashMap::new(),
-            internal: cfg.network.internal.clone(),
-            overrides: cfg.exporters.clone(),
-            max_streams: cfg.collector.max_exporters * 4,
+            internal: cfg.internal.clone(),
+            overrides: cfg.overrides.clone(),
+            max_streams: cfg.max_exporters * 4,
             last_rate: 1,
             arrival_ms: 0,
             now_ms: 0,
             clock: crate::timefmt::now_ms,
-            max_skew_ms: cfg.collector.max_clock_skew.ms(),
+            max_skew_ms: cfg.max_clock_skew_ms,
             totals: DecodeTotals::default(),
         })
     }

@@ -16,6 +16,7 @@
 pub mod baseline;
 pub mod beacon;
 pub mod exfil;
+pub mod rows;
 pub mod scan;
 pub mod sessions;
 pub mod settings;
@@ -24,7 +25,6 @@ pub mod stats;
 pub mod suppress;
 
 use crate::alert::{Alert, Kind};
-use crate::config::Config;
 use crate::flow::{Direction, FlowRecord};
 use crate::net::IpNet;
 use baseline::{Baselines, HOUR_MS, Metric, SeriesKey};
@@ -122,10 +122,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(cfg: &Config, loaded: DetectLoaded) -> Engine {
-        let d = cfg.detect.clone();
+    /// An engine with its settings, the site's internal networks and what was persisted.
+    pub fn new(d: DetectConfig, internal: Vec<IpNet>, loaded: DetectLoaded) -> Engine {
         let mut e = Engine {
-            internal: cfg.network.internal.clone(),
+            internal,
             learning_hours: d.baseline.learning_period.ms().div_ceil(HOUR_MS),
             capacity_hours: d.baseline.history_days as usize * 24,
             meta: Meta::default(),

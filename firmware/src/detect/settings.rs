@@ -6,8 +6,8 @@
 //! `[[detect.allow]]` entries suppress matching alerts (counted).
 
 use crate::alert::Kind;
-use crate::config::{SizeSpec, Span};
 use crate::net::IpNet;
+use crate::units::{SizeSpec, Span};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -6,7 +6,7 @@
 //! names the destination and the key, and checks what can be checked without
 //! the network (files exist and parse, fingerprint form, sizes).
 
-use crate::config::{SizeSpec, Span};
+use crate::units::{SizeSpec, Span};
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -1,11 +1,13 @@
 //! The durable per-destination spool (at-least-once delivery).
 //!
-//! Writer side (inside the store writer's state transaction, so an alert and
-//! its spool entries commit together): [`SpoolBook::enqueue`] appends an entry
-//! per destination with the next sequence number and, past the destination's
-//! byte cap, deletes the oldest entries (counted; the sender turns the hole into
-//! a gap event); [`SpoolBook::apply`] deletes what the senders confirmed and
-//! stores their reported state. Sender side: [`SpoolReader`] reads the entries
+//! Writer side: [`SpoolBook`] is a [`StateParticipant`] of the store's state
+//! transaction. Detection's alert rows, staged first in the same transaction,
+//! hand their alerts to the [`Outbox`]; the book then appends an entry per
+//! destination with the next sequence number and, past the destination's byte
+//! cap, deletes the oldest entries (counted; the sender turns the hole into a
+//! gap event), deletes what the senders confirmed and stores their reported
+//! state — so an alert is never stored without its spool entries or the other
+//! way round, and the store knows nothing of either. Sender side: [`SpoolReader`] reads the entries
 //! after a sequence number through a read-only open of the state file. [`ForwardShared`] carries confirmations and state from the senders
 //! to the writer (bounded: one slot per destination) and wakes senders after a
 //! commit that spooled something.
@@ -13,11 +15,13 @@
 use super::event::SpoolEntry;
 use crate::store::StoreError;
 use crate::store::reader::with_table;
-use crate::store::schema::{FORWARD_STATE, SPOOL, SPOOL_META};
-use redb::{ReadableDatabase, ReadableTable, TableError, WriteTransaction};
+use crate::store::rows::StateParticipant;
+use crate::store::schema::{FORWARD_STATE, SPOOL, SPOOL_META, STATE_META};
+use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 /// Per-destination bookkeeping kept beside the entries.
@@ -120,10 +124,57 @@ impl ForwardShared {
     }
 }
 
+/// Where alerts to spool are handed over (by the alert rows, inside the state
+/// transaction): (alert id, encoded entry), the latest per alert kept.
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    entries: Arc<Mutex<Vec<Handed>>>,
+}
+
+/// An alert id and its encoded spool entry.
+type Handed = (String, Vec<u8>);
+
+impl Outbox {
+    /// Queue these alerts (new or updated) for every destination.
+    pub fn push(&self, alerts: &[crate::alert::Alert]) {
+        let at_ms = crate::timefmt::now_ms();
+        let mut g = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for a in alerts {
+            let entry = SpoolEntry {
+                at_ms,
+                event: super::event::Event::Alert(a.clone()),
+            };
+            if let Ok(bytes) = serde_json::to_vec(&entry) {
+                g.push((a.id.clone(), bytes));
+            }
+        }
+    }
+
+    /// Take the entries, an alert updated several times only in its latest version.
+    fn take(&self) -> Vec<Vec<u8>> {
+        let all = std::mem::take(&mut *self.entries.lock().unwrap_or_else(|p| p.into_inner()));
+        let last: HashMap<&str, usize> = all.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
+        all.iter()
+            .enumerate()
+            .filter(|(i, (id, _))| last.get(id.as_str()) == Some(i))
+            .map(|(_, (_, e))| e.clone())
+            .collect()
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.lock().map(|g| g.is_empty()).unwrap_or(true)
+    }
+}
+
 /// The writer's view of every spool: metas in memory, changed only on commit.
 #[derive(Debug)]
 pub struct SpoolBook {
     dests: Vec<SpoolDest>,
+    outbox: Outbox,
     metas: HashMap<String, SpoolMeta>,
     shared: std::sync::Arc<ForwardShared>,
     /// Metas changed by the transaction being built (swapped in on commit).
@@ -140,22 +191,19 @@ fn db_err(e: impl Into<redb::Error>) -> redb::Error {
 }
 
 impl SpoolBook {
-    /// Load the metas of `dests` (new destinations start at sequence 1).
-    pub fn load(state: &redb::Database, dests: Vec<SpoolDest>, shared: std::sync::Arc<ForwardShared>) -> Result<SpoolBook, redb::Error> {
-        let txn = state.begin_read().map_err(db_err)?;
-        let mut metas = HashMap::new();
-        match txn.open_table(SPOOL_META) {
-            Ok(t) => {
-                for row in t.iter().map_err(db_err)? {
-                    let (k, v) = row.map_err(db_err)?;
-                    if let Ok(m) = postcard::from_bytes::<SpoolMeta>(v.value()) {
-                        metas.insert(k.value().to_string(), m);
-                    }
+    /// Load the metas of `dests` from the state file (new destinations start
+    /// at sequence 1); alerts handed to `outbox` are spooled.
+    pub fn load(state_path: &Path, dests: Vec<SpoolDest>, shared: Arc<ForwardShared>, outbox: Outbox) -> Result<SpoolBook, StoreError> {
+        let mut metas: HashMap<String, SpoolMeta> = with_table(state_path, SPOOL_META, |t| {
+            let mut out = HashMap::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if let Ok(m) = postcard::from_bytes::<SpoolMeta>(v.value()) {
+                    out.insert(k.value().to_string(), m);
                 }
             }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(db_err(e)),
-        }
+            Ok(out)
+        })?;
         for d in &dests {
             metas.entry(d.name.clone()).or_insert(SpoolMeta {
                 next_seq: 1,
@@ -164,6 +212,7 @@ impl SpoolBook {
         }
         Ok(SpoolBook {
             dests,
+            outbox,
             metas,
             shared,
             staged: None,
@@ -174,11 +223,6 @@ impl SpoolBook {
         })
     }
 
-    /// Whether a commit has work for the spool even without new alerts.
-    pub fn has_work(&self) -> bool {
-        self.shared.has_pending()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.dests.is_empty()
     }
@@ -186,7 +230,7 @@ impl SpoolBook {
     /// Stage `entries` (already encoded) for every destination, then the senders'
     /// confirmations and states, inside `txn`. Call [`Self::committed`] or
     /// [`Self::failed`] after the commit.
-    pub fn stage(&mut self, txn: &WriteTransaction, entries: &[Vec<u8>]) -> Result<(), redb::Error> {
+    fn stage_entries(&mut self, txn: &WriteTransaction, entries: &[Vec<u8>]) -> Result<(), redb::Error> {
         let mut metas = self.metas.clone();
         let pending = self.shared.take();
         let mut dropped = 0;
@@ -263,7 +307,7 @@ impl SpoolBook {
     }
 
     /// The staged transaction committed.
-    pub fn committed(&mut self) {
+    fn on_committed(&mut self) {
         if let Some(m) = self.staged.take() {
             self.metas = m;
         }
@@ -275,13 +319,42 @@ impl SpoolBook {
     }
 
     /// The staged transaction failed: keep the confirmations for the next try.
-    pub fn failed(&mut self) {
+    fn on_failed(&mut self) {
         self.staged = None;
         self.staged_spooled = false;
         self.staged_dropped = 0;
         if let Some(p) = self.staged_pending.take() {
             self.shared.put_back(p);
         }
+    }
+}
+
+impl StateParticipant for SpoolBook {
+    fn has_work(&self) -> bool {
+        self.shared.has_pending() || !self.outbox.is_empty()
+    }
+
+    fn stage(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        let entries = if self.dests.is_empty() {
+            self.outbox.clear();
+            Vec::new()
+        } else {
+            self.outbox.take()
+        };
+        self.stage_entries(txn, &entries)?;
+        let dropped = self.dropped + self.staged_dropped;
+        txn.open_table(STATE_META)?.insert("forward.spool_dropped", dropped)?;
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        self.on_committed();
+    }
+
+    fn failed(&mut self) {
+        // The alert rows hand their alerts over again when the commit is retried.
+        self.outbox.clear();
+        self.on_failed();
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod filter;
 pub mod output;
+pub mod rollups;
 
 use crate::flow::FlowRecord;
 use crate::store::StoreError;
@@ -123,7 +124,7 @@ pub struct Row {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Key {
+pub(crate) enum Key {
     Ip(IpAddr),
     Port(u8, u16),
     Proto(u8),
@@ -147,7 +148,7 @@ fn key_of(k: TopKey, f: &FlowRecord) -> Key {
     }
 }
 
-fn render(k: &Key) -> String {
+pub(crate) fn render(k: &Key) -> String {
     let proto = |p: u8| crate::flow::proto_name(p).map(str::to_string).unwrap_or_else(|| p.to_string());
     match k {
         Key::Ip(ip) => ip.to_string(),
@@ -163,7 +164,8 @@ pub fn top(reader: &Reader, scope: &Scope, key: TopKey, by: By, limit: usize) ->
     let mut totals = Totals::default();
     let mut overflow = 0u64;
     let stats = reader.scan(scope.from, scope.to, |f| {
-        if scope.filter.matches(f) {
+        // Aggregates count the flows that started in range (as the roll-ups do).
+        if f.start_ms >= scope.from && f.start_ms < scope.to && scope.filter.matches(f) {
             totals.flows += 1;
             totals.bytes += f.bytes;
             totals.packets += f.packets;
@@ -215,7 +217,9 @@ pub type Counts = (u64, u64, u64);
 pub fn series(reader: &Reader, scope: &Scope, bucket_ms: u64) -> Result<(BTreeMap<u64, Counts>, ScanStats), QueryError> {
     let mut buckets: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
     let stats = reader.scan(scope.from, scope.to, |f| {
-        if scope.filter.matches(f) {
+        // Flows count in the bucket they started in, and only if they started in range
+        // (as the roll-ups count them).
+        if f.start_ms >= scope.from && f.start_ms < scope.to && scope.filter.matches(f) {
             let b = buckets.entry(f.start_ms - f.start_ms % bucket_ms).or_default();
             b.0 += 1;
             b.1 += f.packets;

@@ -3,8 +3,8 @@
 //! `start end src dst src_port dst_port proto bytes packets tcp_flags in_if out_if exporter sampling_rate`.
 
 use super::{Row, Totals};
-use crate::cli::table::{Align, Table};
 use crate::flow::{FlowRecord, proto_name, tcp_flags_string};
+use crate::table::{Align, Table};
 use crate::timefmt::rfc3339_ms;
 use crate::units;
 use std::io::{self, Write};

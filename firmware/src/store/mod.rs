@@ -13,8 +13,10 @@ pub mod reader;
 pub mod retention;
 pub mod rollup;
 pub mod rollup_space;
+pub mod rows;
 pub mod schema;
 pub mod segments;
+pub mod settings;
 pub mod writer;
 
 use redb::{ConcurrencyMode, Database, ReadOnlyDatabase};
@@ -313,10 +315,8 @@ pub struct StoreCounters {
     pub flows_too_old: AtomicU64,
     pub rollup_overflow: AtomicU64,
     pub state_failures: AtomicU64,
-    /// Oldest alerts deleted to keep the alert table within its cap.
-    pub alerts_evicted: AtomicU64,
-    /// Spool entries deleted unsent because a destination's spool was full (this process).
-    pub spool_dropped: AtomicU64,
+    /// State rows dropped because state commits kept failing.
+    pub state_rows_dropped: AtomicU64,
 }
 
 impl StoreCounters {
@@ -327,7 +327,7 @@ impl StoreCounters {
 
 /// Budget in bytes for a data directory: `spec` resolved against the size of
 /// the file system that holds it.
-pub fn resolve_budget(spec: crate::config::SizeSpec, dir: &Path) -> Result<u64, StoreError> {
+pub fn resolve_budget(spec: crate::units::SizeSpec, dir: &Path) -> Result<u64, StoreError> {
     let fs_size = match rustix::fs::statvfs(dir) {
         Ok(s) => s.f_blocks.saturating_mul(s.f_frsize),
         Err(e) => return Err(StoreError::io(dir, e.into())),

@@ -5,9 +5,8 @@
 //! and only then decompressed; flows stream to a callback in storage order
 //! (chronological within a block, blocks ordered by their first start).
 
-use super::schema::{BLOCKS, EXPORTERS, HOUR_TOP, MINUTE, STATE_META};
+use super::schema::{BLOCKS, HOUR_TOP, MINUTE, STATE_META};
 use super::{DataDir, StoreError, block, open_readonly};
-use crate::decode::exporters::ExporterStats;
 use crate::flow::FlowRecord;
 use crate::store::rollup::TopEntry;
 use redb::{ReadableDatabase, ReadableTable, TableError};
@@ -18,6 +17,9 @@ const LOOKBACK_MS: u64 = 2 * 86_400_000;
 
 /// A per-minute roll-up row: (minute start, key, bytes, packets, flows).
 pub type MinuteRow = (u64, Vec<u8>, u64, u64, u64);
+
+/// An hour and its stored top list (None: none stored).
+pub type HourTops = (u64, Option<Vec<TopEntry>>);
 
 /// What a scan touched.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -136,39 +138,26 @@ impl Reader {
         Ok(ControlFlow::Continue(()))
     }
 
-    /// Exporter health as last persisted by the writer.
-    pub fn exporters(&self) -> Result<Vec<ExporterStats>, StoreError> {
-        with_table(&self.dir.state(), EXPORTERS, |t| {
+    /// Every row of one `&str -> &[u8]` table of the state file (stages decode their own).
+    pub fn state_rows(&self, table: redb::TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        with_table(&self.dir.state(), table, |t| {
             let mut out = Vec::new();
             for row in t.iter()? {
-                if let Ok(s) = postcard::from_bytes::<ExporterStats>(row?.1.value()) {
-                    out.push(s);
-                }
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value().to_vec()));
             }
             Ok(out)
         })
     }
 
-    /// Stored alerts (undecodable rows are skipped and counted in the second value).
-    pub fn alerts(&self) -> Result<(Vec<crate::detect::StoredAlert>, u64), StoreError> {
-        with_table(&self.dir.state(), super::schema::ALERTS, |t| {
-            let mut out = Vec::new();
-            let mut bad = 0;
-            for row in t.iter()? {
-                match serde_json::from_slice(row?.1.value()) {
-                    Ok(a) => out.push(a),
-                    Err(_) => bad += 1,
-                }
-            }
-            Ok((out, bad))
-        })
+    /// One row of a state table.
+    pub fn state_row(&self, table: redb::TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        with_table(&self.dir.state(), table, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())))
     }
 
-    /// Detector learning state as last persisted.
-    pub fn detect_status(&self) -> Result<Option<crate::detect::EngineStatus>, StoreError> {
-        with_table(&self.dir.state(), super::schema::DETECT_STATE, |t| {
-            Ok(t.get("status")?.and_then(|v| serde_json::from_slice(v.value()).ok()))
-        })
+    /// Where the state file is (for stages that read their tables themselves).
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
     }
 
     /// Named stage counters kept in the state file (collector, pipeline, store).
@@ -199,6 +188,36 @@ impl Reader {
             }
             Ok(out)
         })
+    }
+
+    /// The stored top lists of these hours for one kind and metric (None: no list stored).
+    pub fn hour_tops(&self, hours: &[u64], kind: u8, metric: u8) -> Result<Vec<HourTops>, StoreError> {
+        with_table(&self.dir.rollups(), HOUR_TOP, |t| {
+            let mut out = Vec::with_capacity(hours.len());
+            for &h in hours {
+                let list = t.get((h, kind, metric))?.and_then(|v| postcard::from_bytes(v.value()).ok());
+                out.push((h, list));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The roll-up file's metadata (`store::rollup::meta` keys).
+    pub fn rollup_meta(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        with_table(&self.dir.rollups(), super::schema::ROLLUP_META, |t| {
+            let mut out = std::collections::BTreeMap::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.insert(k.value().to_string(), v.value());
+            }
+            Ok(out)
+        })
+    }
+
+    /// Start of the oldest segment's span (None: no flows stored).
+    pub fn oldest_span(&self) -> Result<Option<u64>, StoreError> {
+        let segs = self.dir.list_segments().map_err(|e| StoreError::io(&self.dir.flows(), e))?;
+        Ok(segs.first().map(|s| s.0.span_start))
     }
 
     /// The stored top list of one hour.

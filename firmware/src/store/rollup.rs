@@ -9,7 +9,7 @@
 
 use crate::fasthash::FxHashMap;
 use crate::flow::FlowRecord;
-use crate::store::schema::{HOUR_TOP, MINUTE, dim, metric, top};
+use crate::store::schema::{HOUR_TOP, MINUTE, ROLLUP_META, dim, metric, top};
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,8 +56,14 @@ struct MinuteKey {
 struct HourTop {
     src: FxHashMap<IpAddr, Counts>,
     dst: FxHashMap<IpAddr, Counts>,
+    /// Both directions of a conversation together (the smaller address first), as `query` ranks them.
     conversation: FxHashMap<(IpAddr, IpAddr), Counts>,
     dst_port: FxHashMap<(u8, u16), Counts>,
+    /// Flows folded in (the lists are current when this equals the hour's minute totals).
+    flows: u64,
+    /// Per top kind: its lists cannot be exact (its map was full, or flows
+    /// arrived after the hour was written and forgotten).
+    inexact: [bool; 4],
     dirty: bool,
 }
 
@@ -66,8 +72,26 @@ struct HourTop {
 pub struct RollupAgg {
     minutes: FxHashMap<MinuteKey, Counts>,
     hours: BTreeMap<u64, HourTop>,
+    /// Hours before this were written and forgotten: flows for them now are late.
+    forgotten_before: u64,
     /// Contributions not counted in an hour top because its map was full.
     pub hour_overflow: u64,
+}
+
+/// Roll-up metadata keys (in `rollup_meta`): the first minute and hour whose
+/// rows are complete (older ones were trimmed or expired), and per hour the
+/// flows its top lists cover or that they are inexact.
+pub mod meta {
+    pub const MINUTES_FROM: &str = "minutes_from";
+    pub const HOURS_FROM: &str = "hours_from";
+    /// The length of a full top list when the lists were written.
+    pub const TOP_ENTRIES: &str = "top_entries";
+    pub fn hour_flows(hour: u64) -> String {
+        format!("hour_flows/{hour}")
+    }
+    pub fn inexact(hour: u64, kind: u8) -> String {
+        format!("inexact/{hour}/{kind}")
+    }
 }
 
 pub fn ip_key(ip: &IpAddr) -> Vec<u8> {
@@ -117,8 +141,9 @@ fn add(c: &mut Counts, f: &FlowRecord) {
     c.2 += 1;
 }
 
+/// Count a flow under `key`; false when the map was full and it was not counted.
 #[inline]
-fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Counts>, key: K, f: &FlowRecord, overflow: &mut u64) {
+fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Counts>, key: K, f: &FlowRecord, overflow: &mut u64) -> bool {
     if let Some(c) = map.get_mut(&key) {
         add(c, f);
     } else if map.len() < HOUR_KEYS_CAP {
@@ -127,7 +152,9 @@ fn bump<K: std::hash::Hash + Eq>(map: &mut FxHashMap<K, Counts>, key: K, f: &Flo
         map.insert(key, c);
     } else {
         *overflow += 1;
+        return false;
     }
+    true
 }
 
 fn conversation_key(a: &IpAddr, b: &IpAddr) -> Vec<u8> {
@@ -151,13 +178,20 @@ impl RollupAgg {
         };
         add(self.minutes.entry(key).or_default(), f);
         let hour = f.start_ms - f.start_ms % 3_600_000;
-        let h = self.hours.entry(hour).or_default();
+        let late = hour < self.forgotten_before;
+        let h = self.hours.entry(hour).or_insert_with(|| HourTop {
+            // Re-created after it was written and forgotten: its lists would cover only the late flows.
+            inexact: [late; 4],
+            ..HourTop::default()
+        });
         h.dirty = true;
+        h.flows += 1;
         let o = &mut self.hour_overflow;
-        bump(&mut h.src, f.src, f, o);
-        bump(&mut h.dst, f.dst, f, o);
-        bump(&mut h.conversation, (f.src, f.dst), f, o);
-        bump(&mut h.dst_port, (f.proto, f.dst_port), f, o);
+        let pair = if f.src <= f.dst { (f.src, f.dst) } else { (f.dst, f.src) };
+        h.inexact[top::SRC as usize] |= !bump(&mut h.src, f.src, f, o);
+        h.inexact[top::DST as usize] |= !bump(&mut h.dst, f.dst, f, o);
+        h.inexact[top::CONVERSATION as usize] |= !bump(&mut h.conversation, pair, f, o);
+        h.inexact[top::DST_PORT as usize] |= !bump(&mut h.dst_port, (f.proto, f.dst_port), f, o);
     }
 
     /// Take the minute deltas as rows per dimension, sorted (oldest minute first).
@@ -207,11 +241,25 @@ impl RollupAgg {
         self.hours.range(..before).any(|(_, t)| t.dirty)
     }
 
-    /// Write the top lists of these hours (rewriting what is stored for them).
+    /// Write the top lists of these hours (rewriting what is stored for them),
+    /// with the flows they cover; an inexact hour is marked so instead.
     pub fn write_hours(&self, txn: &redb::WriteTransaction, top_n: usize, hours: &[u64]) -> Result<(), redb::Error> {
         let mut t = txn.open_table(HOUR_TOP)?;
+        let mut m = txn.open_table(ROLLUP_META)?;
+        m.insert(meta::TOP_ENTRIES, top_n as u64)?;
         for hour in hours {
             let Some(h) = self.hours.get(hour) else { continue };
+            for (kind, inexact) in h.inexact.iter().enumerate() {
+                if *inexact {
+                    m.insert(meta::inexact(*hour, kind as u8).as_str(), 1)?;
+                }
+            }
+            if h.inexact.iter().all(|x| *x) {
+                // Late flows: the lists would cover only them; keep what was written before.
+                m.remove(meta::hour_flows(*hour).as_str())?;
+                continue;
+            }
+            m.insert(meta::hour_flows(*hour).as_str(), h.flows)?;
             let mut put = |kind: u8, lists: [Vec<TopEntry>; 3]| -> Result<(), redb::Error> {
                 for (m, list) in [metric::BYTES, metric::PACKETS, metric::FLOWS].into_iter().zip(lists) {
                     let bytes = postcard::to_stdvec(&list).unwrap_or_default();
@@ -238,8 +286,12 @@ impl RollupAgg {
                 t.dirty = false;
             }
         }
+        let before = self.hours.len();
         self.hours
             .retain(|&hour, t| hour >= floor && (t.dirty || hour + 3_600_000 >= close_before));
+        if self.hours.len() != before {
+            self.forgotten_before = self.forgotten_before.max(close_before.saturating_sub(3_600_000));
+        }
     }
 
     /// Whether there are unwritten hour tops.
@@ -280,6 +332,23 @@ pub fn expire(txn: &redb::WriteTransaction, now: u64, minute_keep: u64, hour_kee
     let hcut = now.saturating_sub(hour_keep);
     txn.open_table(MINUTE)?.retain(|k, _| k.0 >= mcut)?;
     txn.open_table(HOUR_TOP)?.retain(|k, _| k.0 >= hcut)?;
+    mark_complete_from(txn, mcut, hcut)
+}
+
+/// Raise the first minute and hour whose roll-ups are complete (after a trim
+/// or an expiry), and forget the per-hour notes of hours gone.
+pub fn mark_complete_from(txn: &redb::WriteTransaction, minute: u64, hour: u64) -> Result<(), redb::Error> {
+    let mut m = txn.open_table(ROLLUP_META)?;
+    for (key, v) in [(meta::MINUTES_FROM, minute), (meta::HOURS_FROM, hour)] {
+        let old = m.get(key)?.map(|x| x.value()).unwrap_or(0);
+        if v > old {
+            m.insert(key, v)?;
+        }
+    }
+    m.retain(|k, _| {
+        let hour_of = |s: &str| s.split('/').nth(1).and_then(|h| h.parse::<u64>().ok());
+        !(k.starts_with("hour_flows/") || k.starts_with("inexact/")) || hour_of(k).is_none_or(|h| h >= hour)
+    })?;
     Ok(())
 }
 
@@ -315,5 +384,7 @@ pub fn trim_oldest(txn: &redb::WriteTransaction, percent: u64) -> Result<(u64, u
         deleted += before - hours.len()?;
         hour_cut = cut + 3_600_000;
     }
+    drop((minutes, hours));
+    mark_complete_from(txn, minute_cut, hour_cut)?;
     Ok((deleted, minute_cut, hour_cut))
 }

@@ -12,13 +12,11 @@
 use super::catalog::{Catalog, Quarantined};
 use super::quota::{Quota, Refusal};
 use super::rollup::RollupAgg;
-use super::schema::{ALERTS, BLOCKS, DETECT_STATE, EXPORTERS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META, TEMPLATES};
+use super::rows::{CounterRows, StateParticipant, StateRows};
+use super::schema::{BLOCKS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META};
 use super::{DataDir, SegmentId, StoreCounters, StoreError, block, open_writable};
-use crate::decode::exporters::ExporterStats;
-use crate::decode::templates::TemplateChange;
-use crate::detect::{DetectLoaded, DetectUpdate, StoredAlert};
 use crate::flow::{FlowBatch, FlowRecord};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,15 +31,15 @@ const MAX_ATTEMPTS: usize = 4;
 /// Messages to the writer.
 pub enum StoreMsg {
     Flows(FlowBatch),
-    Templates(Vec<TemplateChange>),
-    Exporters(Vec<ExporterStats>),
-    /// Named stage counters (collector drops, ...) to keep in the state file.
-    Counters(Vec<(String, u64)>),
-    /// Alerts, learned baselines and detector counters.
-    Detect(DetectUpdate),
+    /// Rows for the next state commit, from a stage the store does not know
+    /// (templates, exporter health, alerts, baselines, counters).
+    Rows(Box<dyn StateRows>),
     /// Commit now and answer.
     Sync(SyncSender<()>),
 }
+
+/// State rows kept pending while state commits fail, at most (oldest dropped, counted).
+const MAX_PENDING_ROWS: usize = 4096;
 
 /// Resolved writer settings.
 #[derive(Debug, Clone)]
@@ -57,8 +55,6 @@ pub struct WriterSettings {
     pub minute_keep_ms: u64,
     pub hour_keep_ms: u64,
     pub top_n: usize,
-    /// Alerts kept in the state file; beyond it the least recently seen go (counted).
-    pub max_alerts: u64,
     /// Commit early once this many flows are pending: small for live collection
     /// (short stalls, so a burst never outruns the store queue), large for
     /// offline ingest (fewer syncs).
@@ -70,7 +66,7 @@ pub struct WriterSettings {
 
 impl WriterSettings {
     /// From the config and a resolved byte budget.
-    pub fn from_config(s: &crate::config::StorageConfig, budget: u64) -> WriterSettings {
+    pub fn from_config(s: &super::settings::StorageConfig, budget: u64) -> WriterSettings {
         WriterSettings {
             budget,
             low_watermark_percent: s.low_watermark_percent,
@@ -83,7 +79,6 @@ impl WriterSettings {
             minute_keep_ms: s.minute_rollup_retention.ms(),
             hour_keep_ms: s.hour_rollup_retention.ms(),
             top_n: s.top_entries,
-            max_alerts: 100_000,
             commit_max_flows: 65_536,
             rollup_percent: s.rollup_budget_percent,
         }
@@ -104,15 +99,6 @@ enum SpanOutcome {
     EvictedOnArrival,
     /// Could not be stored although they should have been: a loss.
     Lost,
-}
-
-/// State loaded at open for the decoder.
-#[derive(Debug, Default)]
-pub struct LoadedState {
-    pub templates: Vec<(String, Vec<u8>)>,
-    pub exporters: Vec<ExporterStats>,
-    /// Detector state and the alerts still open for suppression.
-    pub detect: DetectLoaded,
 }
 
 /// The writer itself (driven by [`run_writer`] or directly in tests).
@@ -140,17 +126,14 @@ pub struct StoreWriter {
     /// Batches received since the last commit (shared with other stages, never copied).
     pending: Vec<FlowBatch>,
     pending_flows: usize,
-    templates: Vec<TemplateChange>,
-    exporters: Option<Vec<ExporterStats>>,
-    named_counters: Vec<(String, u64)>,
-    detect_alerts: Vec<StoredAlert>,
-    detect_state: Vec<(String, Vec<u8>)>,
+    /// State rows waiting for the next state commit, in arrival order.
+    rows: Vec<Box<dyn StateRows>>,
+    /// Stages that take part in every state commit.
+    participants: Vec<Box<dyn StateParticipant>>,
     agg: RollupAgg,
     pub(super) latest_event: u64,
     last_expire_hour: u64,
     last_hours_write: Instant,
-    /// Forwarding spools fed in the state transaction (None: no destinations).
-    spool: Option<crate::forward::spool::SpoolBook>,
     pub counters: Arc<StoreCounters>,
 }
 
@@ -177,8 +160,9 @@ fn check_schema(db: &Database, path: &std::path::Path, meta: redb::TableDefiniti
 }
 
 impl StoreWriter {
-    /// Open the data directory for writing and load persisted state.
-    pub fn open(dir: DataDir, cfg: WriterSettings) -> Result<(StoreWriter, LoadedState), StoreError> {
+    /// Open the data directory for writing (stages read what they persisted
+    /// through [`super::reader::Reader`] once this returns).
+    pub fn open(dir: DataDir, cfg: WriterSettings) -> Result<StoreWriter, StoreError> {
         std::fs::create_dir_all(dir.flows()).map_err(|e| StoreError::io(&dir.flows(), e))?;
         let lock = super::WriterLock::take(&dir)?;
         let quota = Quota::new(cfg.budget, Some(dir.root().to_path_buf()));
@@ -204,16 +188,12 @@ impl StoreWriter {
             rollup_space: Default::default(),
             pending: Vec::new(),
             pending_flows: 0,
-            templates: Vec::new(),
-            exporters: None,
-            named_counters: Vec::new(),
-            detect_alerts: Vec::new(),
-            detect_state: Vec::new(),
+            rows: Vec::new(),
+            participants: Vec::new(),
             agg: RollupAgg::default(),
             latest_event: 0,
             last_expire_hour: 0,
             last_hours_write: Instant::now(),
-            spool: None,
             counters,
         };
         w.counters.flows_at_open.store(w.catalog.flows(), Ordering::Relaxed);
@@ -223,12 +203,12 @@ impl StoreWriter {
         if w.quota.used() > w.capacity() {
             w.evict_to(w.low_watermark(), None);
         }
-        let loaded = w.load_state()?;
+        w.state_db()?;
         w.rollup_db()?;
         if w.rebuild_rollups {
             w.rebuild_rollups_from_segments();
         }
-        Ok((w, loaded))
+        Ok(w)
     }
 
     /// What the store may occupy: the budget, or less when the file system
@@ -372,54 +352,9 @@ impl StoreWriter {
         );
     }
 
-    fn load_state(&mut self) -> Result<LoadedState, StoreError> {
-        let p = self.dir.state();
-        let db = self.state_db()?;
-        let txn = db.begin_read().map_err(|e| StoreError::db(&p, e))?;
-        let mut out = LoadedState::default();
-        if let Ok(t) = txn.open_table(TEMPLATES) {
-            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
-                let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
-                out.templates.push((k.value().to_string(), v.value().to_vec()));
-            }
-        }
-        if let Ok(t) = txn.open_table(EXPORTERS) {
-            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
-                let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
-                if let Ok(s) = postcard::from_bytes::<ExporterStats>(v.value()) {
-                    out.exporters.push(s);
-                }
-            }
-        }
-        if let Ok(t) = txn.open_table(DETECT_STATE) {
-            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
-                let (k, v) = row.map_err(|e| StoreError::db(&p, e))?;
-                out.detect.state.push((k.value().to_string(), v.value().to_vec()));
-            }
-        }
-        if let Ok(t) = txn.open_table(ALERTS) {
-            for row in t.iter().map_err(|e| StoreError::db(&p, e))? {
-                let (_, v) = row.map_err(|e| StoreError::db(&p, e))?;
-                if let Ok(a) = serde_json::from_slice::<StoredAlert>(v.value()) {
-                    out.detect.alerts.push(a);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Spool every alert (new or updated) for these destinations, in the same
-    /// transaction that stores it, and persist the senders' confirmations and state.
-    pub fn set_forwarding(
-        &mut self,
-        dests: Vec<crate::forward::spool::SpoolDest>,
-        shared: Arc<crate::forward::spool::ForwardShared>,
-    ) -> Result<(), StoreError> {
-        let p = self.dir.state();
-        let db = self.state_db()?;
-        let book = crate::forward::spool::SpoolBook::load(db, dests, shared).map_err(|e| StoreError::db(&p, e))?;
-        self.spool = Some(book);
-        Ok(())
+    /// A stage that takes part in every state commit (the forwarding outbox).
+    pub fn add_participant(&mut self, p: Box<dyn StateParticipant>) {
+        self.participants.push(p);
     }
 
     /// Queue flows for the next commit (copies them; the pipeline uses [`Self::add_batch`]).
@@ -437,24 +372,14 @@ impl StoreWriter {
         self.pending.push(batch);
     }
 
-    pub fn add_templates(&mut self, changes: Vec<TemplateChange>) {
-        self.templates.extend(changes);
-    }
-
-    pub fn set_exporters(&mut self, stats: Vec<ExporterStats>) {
-        self.exporters = Some(stats);
-    }
-
-    /// Named counters for the state file (latest value wins).
-    pub fn set_counters(&mut self, counters: Vec<(String, u64)>) {
-        self.named_counters.extend(counters);
-    }
-
-    /// Queue alerts and detector state for the next state commit.
-    pub fn add_detect(&mut self, u: DetectUpdate) {
-        self.detect_alerts.extend(u.alerts);
-        self.detect_state.extend(u.state);
-        self.named_counters.extend(u.counters);
+    /// Queue rows for the next state commit.
+    pub fn add_rows(&mut self, rows: Box<dyn StateRows>) {
+        if self.rows.len() >= MAX_PENDING_ROWS {
+            // State commits have been failing for long: the oldest rows go, counted.
+            self.rows.remove(0);
+            self.counters.state_rows_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rows.push(rows);
     }
 
     /// This writer's own counters under their state-file names.
@@ -470,7 +395,7 @@ impl StoreWriter {
             ("store.flows_dropped", g(&c.flows_dropped)),
             ("store.flows_too_old", g(&c.flows_too_old)),
             ("store.rollup_overflow", g(&c.rollup_overflow)),
-            ("store.alerts_evicted", g(&c.alerts_evicted)),
+            ("store.state_rows_dropped", g(&c.state_rows_dropped)),
             ("store.flows_evicted", g(&c.flows_evicted)),
             ("store.flows_evicted_age", g(&c.flows_evicted_age)),
             ("store.flows_kept", self.catalog.flows()),
@@ -480,7 +405,6 @@ impl StoreWriter {
             ("store.state_failures", g(&c.state_failures)),
             ("store.files_damaged", g(&c.files_damaged)),
             ("store.disk_full", self.quota.disk_full.load(Ordering::Relaxed)),
-            ("forward.spool_dropped", g(&c.spool_dropped)),
             ("store.bytes_used", self.quota.used()),
             ("store.budget", self.cfg.budget),
             ("store.capacity", self.capacity()),
@@ -923,125 +847,57 @@ impl StoreWriter {
         self.commit_rollups();
     }
 
+    /// Commit the pending state rows, the participants' work and the store's
+    /// own counters in one transaction; on failure recover (make room, move a
+    /// damaged file aside) and retry. Rows that still fail stay pending.
     fn commit_state(&mut self) {
-        if self.templates.is_empty()
-            && self.exporters.is_none()
-            && self.named_counters.is_empty()
-            && self.detect_alerts.is_empty()
-            && self.detect_state.is_empty()
-            && !self.spool.as_ref().is_some_and(|s| s.has_work())
-        {
+        if self.rows.is_empty() && !self.participants.iter().any(|p| p.has_work()) {
             return;
         }
-        // Every alert (new or updated) becomes a spool entry for each destination;
-        // an alert updated several times before this commit is sent once, as it is now.
-        let at_ms = crate::timefmt::now_ms();
-        let spool_entries: Vec<Vec<u8>> = match &self.spool {
-            Some(s) if !s.is_empty() => {
-                let last: HashMap<&str, usize> = self
-                    .detect_alerts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (a.alert.id.as_str(), i))
-                    .collect();
-                self.detect_alerts
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, a)| last.get(a.alert.id.as_str()) == Some(i))
-                    .map(|(_, a)| {
-                        serde_json::to_vec(&crate::forward::event::SpoolEntry {
-                            at_ms,
-                            event: crate::forward::event::Event::Alert(a.alert.clone()),
-                        })
-                        .unwrap_or_default()
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        let mut named = std::mem::take(&mut self.named_counters);
-        named.extend(self.own_counters());
+        let mut own = CounterRows(self.own_counters());
+        let p = self.dir.state();
         for attempt in 1..=MAX_ATTEMPTS {
-            let templates = &self.templates;
-            let exporters = &self.exporters;
-            let named = &named;
-            let alerts = &self.detect_alerts;
-            let detect_state = &self.detect_state;
-            let max_alerts = self.cfg.max_alerts;
-            let mut evicted_alerts = 0;
-            let p = self.dir.state();
-            let spool = &mut self.spool;
-            let spool_entries = &spool_entries;
+            if let Err(e) = self.state_db() {
+                tracing::warn!("cannot open the state file: {e}");
+            }
+            let rows = &mut self.rows;
+            let participants = &mut self.participants;
+            let state = &self.state;
             let res = super::guard(&p, || {
-                let db = match &self.state {
-                    Some(db) => db,
-                    None => return Err(StoreError::io(&p, std::io::Error::other("state closed"))),
-                };
+                let db = state
+                    .as_ref()
+                    .ok_or_else(|| StoreError::io(&p, std::io::Error::other("state closed")))?;
                 let txn = db.begin_write().map_err(|e| StoreError::db(&p, e))?;
-                {
-                    let mut t = txn.open_table(TEMPLATES).map_err(|e| StoreError::db(&p, e))?;
-                    for (k, v) in templates {
-                        match v {
-                            Some(v) => t.insert(k.as_str(), v.as_slice()).map(|_| ()),
-                            None => t.remove(k.as_str()).map(|_| ()),
-                        }
-                        .map_err(|e| StoreError::db(&p, e))?;
-                    }
-                    let mut meta = txn.open_table(STATE_META).map_err(|e| StoreError::db(&p, e))?;
-                    for (k, v) in named {
-                        meta.insert(k.as_str(), *v).map_err(|e| StoreError::db(&p, e))?;
-                    }
-                    if let Some(ex) = exporters {
-                        let mut t = txn.open_table(EXPORTERS).map_err(|e| StoreError::db(&p, e))?;
-                        for s in ex {
-                            let bytes = postcard::to_stdvec(s).unwrap_or_default();
-                            t.insert(s.exporter.as_str(), bytes.as_slice()).map_err(|e| StoreError::db(&p, e))?;
-                        }
-                    }
-                    let mut t = txn.open_table(ALERTS).map_err(|e| StoreError::db(&p, e))?;
-                    for a in alerts {
-                        let bytes = serde_json::to_vec(a).unwrap_or_default();
-                        t.insert(a.alert.id.as_str(), bytes.as_slice()).map_err(|e| StoreError::db(&p, e))?;
-                    }
-                    evicted_alerts = cap_alerts(&mut t, max_alerts).map_err(|e| StoreError::db(&p, e))?;
-                    let mut t = txn.open_table(DETECT_STATE).map_err(|e| StoreError::db(&p, e))?;
-                    for (k, v) in detect_state {
-                        t.insert(k.as_str(), v.as_slice()).map_err(|e| StoreError::db(&p, e))?;
-                    }
+                for r in rows.iter_mut() {
+                    r.stage(&txn).map_err(|e| StoreError::db(&p, e))?;
                 }
-                if let Some(s) = spool.as_mut() {
-                    s.stage(&txn, spool_entries).map_err(|e| StoreError::db(&p, e))?;
+                own.stage(&txn).map_err(|e| StoreError::db(&p, e))?;
+                for x in participants.iter_mut() {
+                    x.stage(&txn).map_err(|e| StoreError::db(&p, e))?;
                 }
                 txn.commit().map_err(|e| StoreError::db(&p, e))
             });
             match res {
                 Ok(()) => {
-                    if let Some(s) = self.spool.as_mut() {
-                        s.committed();
-                        self.counters.spool_dropped.store(s.dropped, Ordering::Relaxed);
+                    for mut r in std::mem::take(&mut self.rows) {
+                        r.committed();
                     }
-                    self.counters.alerts_evicted.fetch_add(evicted_alerts, Ordering::Relaxed);
-                    self.templates.clear();
-                    self.exporters = None;
-                    self.detect_alerts.clear();
-                    self.detect_state.clear();
+                    for x in &mut self.participants {
+                        x.committed();
+                    }
                     return;
                 }
                 Err(e) => {
-                    if let Some(s) = self.spool.as_mut() {
-                        s.failed();
+                    for x in &mut self.participants {
+                        x.failed();
                     }
                     self.state = None;
                     self.counters.reopens.fetch_add(1, Ordering::Relaxed);
-                    let p = self.dir.state();
                     self.recover_file(&p, &e, attempt);
-                    if let Err(e) = self.state_db() {
-                        tracing::warn!("cannot reopen the state file: {e}");
-                    }
                 }
             }
         }
-        tracing::error!("state commit failed {MAX_ATTEMPTS} times; kept in memory for the next commit");
+        tracing::error!("state commit failed {MAX_ATTEMPTS} times; its rows are kept for the next commit");
         self.counters.state_failures.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -1060,29 +916,6 @@ impl StoreWriter {
     }
 }
 
-/// Keep at most `max` alerts: past it, delete the least recently seen tenth
-/// (so the scan that finds them runs rarely). Returns how many were deleted.
-fn cap_alerts(t: &mut redb::Table<&'static str, &'static [u8]>, max: u64) -> Result<u64, redb::StorageError> {
-    let len = t.len()?;
-    if len <= max {
-        return Ok(0);
-    }
-    let mut all: Vec<(u64, String)> = Vec::with_capacity(len as usize);
-    for row in t.iter()? {
-        let (k, v) = row?;
-        let seen = serde_json::from_slice::<StoredAlert>(v.value())
-            .map(|a| a.alert.last_seen_ms)
-            .unwrap_or(0);
-        all.push((seen, k.value().to_string()));
-    }
-    all.sort_unstable();
-    let n = len - max * 9 / 10;
-    for (_, id) in all.iter().take(n as usize) {
-        t.remove(id.as_str())?;
-    }
-    Ok(n)
-}
-
 /// Drive a writer from a channel until every sender is gone.
 pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounters> {
     let mut deadline = Instant::now() + w.cfg.commit_interval;
@@ -1096,10 +929,7 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
                     deadline = Instant::now() + w.cfg.commit_interval;
                 }
             }
-            Ok(StoreMsg::Templates(t)) => w.add_templates(t),
-            Ok(StoreMsg::Exporters(e)) => w.set_exporters(e),
-            Ok(StoreMsg::Counters(c)) => w.set_counters(c),
-            Ok(StoreMsg::Detect(u)) => w.add_detect(u),
+            Ok(StoreMsg::Rows(r)) => w.add_rows(r),
             Ok(StoreMsg::Sync(reply)) => {
                 w.commit();
                 let _ = reply.send(());
@@ -1114,51 +944,4 @@ pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounte
     let counters = w.counters.clone();
     w.finish();
     counters
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::alert::{Alert, Kind};
-
-    #[test]
-    fn alert_table_is_capped_oldest_first() {
-        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let db = Database::create(d.path().join("s.redb")).unwrap_or_else(|e| panic!("{e}"));
-        let txn = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
-        {
-            let mut t = txn.open_table(ALERTS).unwrap_or_else(|e| panic!("{e}"));
-            for i in 0..30u64 {
-                let a = StoredAlert {
-                    group: format!("g{i}"),
-                    alert: Alert {
-                        id: format!("fw-{i:02}"),
-                        kind: Kind::Scan,
-                        severity: 4,
-                        src: std::net::IpAddr::from([10, 0, 0, 1]),
-                        dst: None,
-                        dst_port: None,
-                        first_seen_ms: i,
-                        // Not in id order: eviction goes by last_seen.
-                        last_seen_ms: (i * 7) % 30,
-                        count: 1,
-                        summary: String::new(),
-                        attack: vec![],
-                        evidence: Default::default(),
-                    },
-                };
-                let bytes = serde_json::to_vec(&a).unwrap_or_default();
-                t.insert(a.alert.id.as_str(), bytes.as_slice()).unwrap_or_else(|e| panic!("{e}"));
-            }
-            assert_eq!(cap_alerts(&mut t, 40).unwrap_or_else(|e| panic!("{e}")), 0);
-            assert_eq!(cap_alerts(&mut t, 20).unwrap_or_else(|e| panic!("{e}")), 12);
-            assert_eq!(t.len().unwrap_or_else(|e| panic!("{e}")), 18);
-            for row in t.iter().unwrap_or_else(|e| panic!("{e}")) {
-                let (_, v) = row.unwrap_or_else(|e| panic!("{e}"));
-                let a: StoredAlert = serde_json::from_slice(v.value()).unwrap_or_else(|e| panic!("{e}"));
-                assert!(a.alert.last_seen_ms >= 12, "{a:?}");
-            }
-        }
-        txn.commit().unwrap_or_else(|e| panic!("{e}"));
-    }
 }

@@ -94,6 +94,11 @@ pub fn hours(seed: u64, start_ms: u64, hours: u64, per_hour: u64) -> Vec<(u64, V
 
 /// A classic pcap (Ethernet, IPv4, UDP from 192.0.2.1:40000 to 2055) of the datagrams.
 pub fn write_pcap(path: &std::path::Path, datagrams: &[(u64, Vec<u8>)]) {
+    write_pcap_from(path, [192, 0, 2, 1], datagrams)
+}
+
+/// [`write_pcap`] from another exporter address (port 40000).
+pub fn write_pcap_from(path: &std::path::Path, exporter: [u8; 4], datagrams: &[(u64, Vec<u8>)]) {
     let mut f = Vec::new();
     f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     f.extend_from_slice(&2u16.to_le_bytes());
@@ -107,7 +112,8 @@ pub fn write_pcap(path: &std::path::Path, datagrams: &[(u64, Vec<u8>)]) {
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&[0x08, 0x00]);
         frame.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0, 0, 64, 17, 0, 0]);
-        frame.extend_from_slice(&[192, 0, 2, 1, 127, 0, 0, 1]);
+        frame.extend_from_slice(&exporter);
+        frame.extend_from_slice(&[127, 0, 0, 1]);
         frame.extend_from_slice(&40_000u16.to_be_bytes());
         frame.extend_from_slice(&2055u16.to_be_bytes());
         frame.extend_from_slice(&(udp_len as u16).to_be_bytes());

@@ -1,7 +1,8 @@
-//! The one table renderer for people: column widths from the content, numbers
-//! right-aligned, two spaces between columns, no trailing blanks. Every
-//! human-readable listing of the CLI goes through it (the streaming flow
-//! listing of `query` keeps fixed widths, since it cannot look ahead).
+//! The one table renderer for people (a leaf): column widths from the
+//! content, numbers right-aligned, two spaces between columns, no trailing
+//! blanks. Every human-readable listing of the CLI and the query output goes
+//! through it (the streaming flow listing of `query` keeps fixed widths, since
+//! it cannot look ahead).
 
 use std::io::{self, Write};
 
