@@ -8,6 +8,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod decode;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod detect;
 pub mod fasthash;

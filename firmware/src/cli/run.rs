@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Result<()> {
+    if demo && !cfg!(feature = "demo") {
+        bail!("--demo: this build has no demo (firmware images are built without it; use a laptop build)");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,16 +32,19 @@ pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Re
         };
         tracing::info!("data directory {}", dir.display());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut demo_thread = None;
+        let mut demo_thread: Option<std::thread::JoinHandle<()>> = None;
         let on_ready = |addrs: &[SocketAddr]| {
             if !demo {
                 return;
             }
+            #[cfg(feature = "demo")]
             match crate::demo::target(addrs).map(|to| crate::demo::spawn(to, stop.clone())) {
                 Some(Ok(h)) => demo_thread = Some(h),
                 Some(Err(e)) => tracing::error!("cannot start the demo sender: {e}"),
                 None => tracing::error!("demo: no listener to send to"),
             }
+            #[cfg(not(feature = "demo"))]
+            let _ = (addrs, &stop, &mut demo_thread);
         };
         let res = crate::pipeline::run_live(cfg, dir, listen, shutdown, on_ready).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -27,6 +27,8 @@ pub fn build(root: &Path, arch: &str) -> Result<PathBuf> {
         "flowwarden",
         "--bin",
         "flowwarden",
+        // The image leaves out flowgen and `run --demo`.
+        "--no-default-features",
         "--target",
         triple,
     ]);
