@@ -90,19 +90,6 @@ pub fn kernel_drops(inodes: &[u64]) -> u64 {
 /// A received datagram: sender, arrival time (UTC ms), payload.
 pub type Datagram = (SocketAddr, u64, Vec<u8>);
 
-/// The socket side's counters under their state-file names.
-pub fn socket_counters(c: &SocketCounters) -> Vec<(String, u64)> {
-    vec![
-        ("collector.datagrams".into(), c.datagrams.load(Ordering::Relaxed)),
-        (
-            "collector.datagrams_dropped_decoder_queue".into(),
-            c.queue_drops.load(Ordering::Relaxed),
-        ),
-        ("collector.datagrams_dropped_kernel".into(), c.kernel_drops.load(Ordering::Relaxed)),
-        ("collector.updated_ms".into(), now_ms()),
-    ]
-}
-
 /// Bind every listener (a host without IPv6 still collects on IPv4 with the
 /// default listeners; an explicit listener that fails is an error).
 pub fn bind_all(addrs: &[SocketAddr], explicit: bool, rcvbuf: usize) -> Result<Vec<Bound>, CollectorError> {

@@ -212,7 +212,7 @@ impl Registry {
     }
 }
 
-/// Every metric flowwarden exports (the README's table is generated from the same list).
+/// Every metric flowwarden exports (the README's table lists the same).
 pub mod defs {
     use super::{Def, Kind};
 
@@ -222,6 +222,13 @@ pub mod defs {
         };
     }
 
+    def!(
+        SNAPSHOT_TIME,
+        "flowwarden_snapshot_timestamp_seconds",
+        Gauge,
+        [],
+        "When this snapshot of the metrics was taken (Unix seconds)"
+    );
     def!(
         COLLECTOR_DATAGRAMS,
         "flowwarden_collector_datagrams_total",
@@ -283,7 +290,7 @@ pub mod defs {
         "flowwarden_decode_dropped_total",
         Counter,
         ["reason"],
-        "Data decode could not use, by reason (not_netflow, no_template_expired, non_flow)"
+        "Input decoding could not use, by reason (not_netflow, malformed, no_template_expired, non_flow)"
     );
     def!(
         PIPELINE_DROPPED_FLOWS,
@@ -304,7 +311,7 @@ pub mod defs {
         "flowwarden_store_flows_evicted_total",
         Counter,
         ["reason"],
-        "Flows removed by retention (budget: oldest first; age: the age cap)"
+        "Flows removed by retention (budget: the oldest first; age: the age cap)"
     );
     def!(
         STORE_FLOWS_LOST,
@@ -312,6 +319,13 @@ pub mod defs {
         Counter,
         [],
         "Flows that could not be stored although they should have been"
+    );
+    def!(
+        STORE_FLOWS_TOO_OLD,
+        "flowwarden_store_flows_too_old_total",
+        Counter,
+        [],
+        "Flows refused because they are older than the age cap"
     );
     def!(STORE_FLOWS, "flowwarden_store_flows", Gauge, [], "Flows the store holds now");
     def!(STORE_BYTES, "flowwarden_store_bytes", Gauge, [], "Bytes the store's files occupy");
@@ -330,13 +344,41 @@ pub mod defs {
         "The budget, or less when the file system cannot hold that much"
     );
     def!(STORE_SEGMENTS, "flowwarden_store_segments", Gauge, [], "Flow segment files");
+    def!(
+        STORE_SEGMENTS_EVICTED,
+        "flowwarden_store_segments_evicted_total",
+        Counter,
+        [],
+        "Segment files deleted by retention"
+    );
+    def!(
+        STORE_EVICTED_BYTES,
+        "flowwarden_store_evicted_bytes_total",
+        Counter,
+        [],
+        "Bytes of segment files deleted by retention"
+    );
     def!(STORE_COMMITS, "flowwarden_store_commits_total", Counter, [], "Store commits");
     def!(
         STORE_COMMIT_FAILURES,
         "flowwarden_store_commit_failures_total",
         Counter,
         ["file"],
-        "Commits that failed for another reason than room (segment, state, rollups)"
+        "Commits that failed and were given up (segment: for another reason than room; rollups; state)"
+    );
+    def!(
+        STORE_REOPENS,
+        "flowwarden_store_reopens_total",
+        Counter,
+        [],
+        "Database handles dropped and reopened after a failed commit"
+    );
+    def!(
+        STORE_DISK_FULL,
+        "flowwarden_store_disk_full_total",
+        Counter,
+        [],
+        "Growths refused because the data file system was full"
     );
     def!(
         STORE_FILES_DAMAGED,
@@ -353,6 +395,20 @@ pub mod defs {
         "Roll-up rows deleted early to keep within their share"
     );
     def!(
+        STORE_ROLLUP_OVERFLOW,
+        "flowwarden_store_rollup_overflow_total",
+        Counter,
+        [],
+        "Flows not counted in an hour's top lists because its key map was full"
+    );
+    def!(
+        STORE_STATE_ROWS_DROPPED,
+        "flowwarden_store_state_rows_dropped_total",
+        Counter,
+        [],
+        "State rows dropped because state commits kept failing"
+    );
+    def!(
         DETECT_FLOWS,
         "flowwarden_detect_flows_total",
         Counter,
@@ -360,11 +416,74 @@ pub mod defs {
         "Flows the detectors processed"
     );
     def!(
+        DETECT_CLOCK_FLOWS,
+        "flowwarden_detect_clock_flows_total",
+        Counter,
+        ["kind"],
+        "Flows late for their minute (late) or ahead of the event clock (ahead)"
+    );
+    def!(
+        DETECT_DUPLICATES,
+        "flowwarden_detect_duplicates_total",
+        Counter,
+        [],
+        "Copies of a flow from a second exporter, counted once"
+    );
+    def!(
+        DETECT_REPLIES_FIRST,
+        "flowwarden_detect_replies_first_total",
+        Counter,
+        [],
+        "Replies seen before their request (initiator decided by ports)"
+    );
+    def!(
+        DETECT_EVICTED,
+        "flowwarden_detect_evicted_total",
+        Counter,
+        ["table"],
+        "Entries evicted from a full detector table (sessions, baseline_series, beacon_pairs, scan_sources, open_alerts, alerts)"
+    );
+    def!(
+        DETECT_OVERFLOW,
+        "flowwarden_detect_overflow_total",
+        Counter,
+        ["table"],
+        "Entries a full table could not take (scan_targets, spike_pairs)"
+    );
+    def!(
+        DETECT_SCAN_TARGETS_FORGOTTEN,
+        "flowwarden_detect_scan_targets_forgotten_total",
+        Counter,
+        [],
+        "Answered scan targets forgotten to bound memory"
+    );
+    def!(
+        DETECT_BEACON_DOWN_WEIGHTED,
+        "flowwarden_detect_beacon_down_weighted_total",
+        Counter,
+        [],
+        "Beacon scorings down-weighted (popular destination or periodic service)"
+    );
+    def!(
+        DETECT_SPIKE_MERGED,
+        "flowwarden_detect_spike_merged_total",
+        Counter,
+        [],
+        "Spike detections merged into a wider scope"
+    );
+    def!(
+        DETECT_SILENT_LEARNING,
+        "flowwarden_detect_silent_learning_total",
+        Counter,
+        ["detector"],
+        "Detections withheld while a baseline was still learning"
+    );
+    def!(
         DETECT_ALERTS,
         "flowwarden_detect_alerts_total",
         Counter,
-        ["kind", "state"],
-        "Alerts raised (state new) and updated (state updated), by kind"
+        ["state"],
+        "Alerts raised (new) and updated (updated)"
     );
     def!(
         DETECT_SUPPRESSED,
@@ -381,18 +500,11 @@ pub mod defs {
         "Detections dropped by the allow-list, by kind"
     );
     def!(
-        DETECT_EVICTED,
-        "flowwarden_detect_evicted_total",
+        DETECT_ALLOW_RULE,
+        "flowwarden_detect_allow_rule_total",
         Counter,
-        ["table"],
-        "Entries evicted from a full detector table"
-    );
-    def!(
-        FORWARD_DELIVERED,
-        "flowwarden_forward_delivered_total",
-        Counter,
-        ["destination"],
-        "Events delivered to a SIEM destination"
+        ["rule"],
+        "Detections dropped by each allow-list rule"
     );
     def!(
         FORWARD_DROPPED,
@@ -400,6 +512,13 @@ pub mod defs {
         Counter,
         ["destination"],
         "Spool entries deleted unsent because the spool was full"
+    );
+    def!(
+        FORWARD_DELIVERED,
+        "flowwarden_forward_delivered_total",
+        Counter,
+        ["destination"],
+        "Events delivered to a SIEM destination (this process)"
     );
     def!(
         FORWARD_QUEUE,
@@ -414,6 +533,7 @@ pub mod defs {
 pub fn all() -> Vec<&'static Def> {
     use defs::*;
     vec![
+        &SNAPSHOT_TIME,
         &COLLECTOR_DATAGRAMS,
         &COLLECTOR_DROPPED,
         &DECODE_DATAGRAMS,
@@ -427,24 +547,50 @@ pub fn all() -> Vec<&'static Def> {
         &STORE_FLOWS_STORED,
         &STORE_FLOWS_EVICTED,
         &STORE_FLOWS_LOST,
+        &STORE_FLOWS_TOO_OLD,
         &STORE_FLOWS,
         &STORE_BYTES,
         &STORE_BUDGET_BYTES,
         &STORE_CAPACITY_BYTES,
         &STORE_SEGMENTS,
+        &STORE_SEGMENTS_EVICTED,
+        &STORE_EVICTED_BYTES,
         &STORE_COMMITS,
         &STORE_COMMIT_FAILURES,
+        &STORE_REOPENS,
+        &STORE_DISK_FULL,
         &STORE_FILES_DAMAGED,
         &STORE_ROLLUP_ROWS_TRIMMED,
+        &STORE_ROLLUP_OVERFLOW,
+        &STORE_STATE_ROWS_DROPPED,
         &DETECT_FLOWS,
+        &DETECT_CLOCK_FLOWS,
+        &DETECT_DUPLICATES,
+        &DETECT_REPLIES_FIRST,
+        &DETECT_EVICTED,
+        &DETECT_OVERFLOW,
+        &DETECT_SCAN_TARGETS_FORGOTTEN,
+        &DETECT_BEACON_DOWN_WEIGHTED,
+        &DETECT_SPIKE_MERGED,
+        &DETECT_SILENT_LEARNING,
         &DETECT_ALERTS,
         &DETECT_SUPPRESSED,
         &DETECT_ALLOWLISTED,
-        &DETECT_EVICTED,
-        &FORWARD_DELIVERED,
+        &DETECT_ALLOW_RULE,
         &FORWARD_DROPPED,
+        &FORWARD_DELIVERED,
         &FORWARD_QUEUE,
     ]
+}
+
+/// The definition of a metric by name.
+pub fn def(name: &str) -> Option<&'static Def> {
+    all().into_iter().find(|d| d.name == name)
+}
+
+/// The metric name of a series name (`name{labels}` or `name`).
+pub fn metric_of(series: &str) -> &str {
+    series.split('{').next().unwrap_or(series)
 }
 
 #[cfg(test)]
@@ -490,6 +636,18 @@ mod tests {
             assert!(d.name.starts_with("flowwarden_"), "{}", d.name);
             assert_eq!(d.kind == Kind::Counter, d.name.ends_with("_total"), "{}", d.name);
             assert!(d.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", d.name);
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap_or_default();
+        for d in all() {
+            assert!(
+                readme.contains(&format!("| `{}` | {} |", d.name, d.kind.as_str())),
+                "README lacks {}",
+                d.name
+            );
         }
     }
 

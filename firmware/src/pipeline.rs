@@ -21,8 +21,9 @@ use crate::detect::Engine;
 use crate::detect::rows::DetectRows;
 use crate::flow::{FlowBatch, FlowRecord};
 use crate::forward::spool::Outbox;
+use crate::metrics::{Registry, defs};
 use crate::store::reader::Reader;
-use crate::store::rows::{CounterRows, StateRows};
+use crate::store::rows::StateRows;
 use crate::store::writer::{StoreMsg, StoreWriter, WriterSettings, run_writer};
 use crate::store::{DataDir, StoreCounters, StoreError, resolve_budget};
 use std::future::Future;
@@ -126,6 +127,8 @@ pub struct Pipeline {
     pub counters: Arc<PipelineCounters>,
     /// Where forwarding senders report confirmations and state to the writer.
     pub forward: Arc<crate::forward::spool::ForwardShared>,
+    /// The process's metrics (every stage publishes here; the writer snapshots them).
+    pub metrics: Arc<Registry>,
 }
 
 impl Pipeline {
@@ -141,7 +144,8 @@ impl Pipeline {
             settings.commit_max_flows = 262_144;
         }
         let dir = DataDir::new(data_dir);
-        let mut writer = StoreWriter::open(dir.clone(), settings)?;
+        let metrics = Registry::new();
+        let mut writer = StoreWriter::open(dir.clone(), settings, metrics.clone())?;
         // What the stages persisted, read back beside the writer.
         let reader = Reader::new(dir.clone());
         // Alerts are spooled for every configured SIEM destination as they are stored.
@@ -155,7 +159,7 @@ impl Pipeline {
             })
             .collect();
         let outbox = Outbox::default();
-        let book = crate::forward::spool::SpoolBook::load(&dir.state(), dests, forward.clone(), outbox.clone())?;
+        let book = crate::forward::spool::SpoolBook::load(&dir.state(), dests, forward.clone(), outbox.clone(), metrics.clone())?;
         writer.add_participant(Box::new(book));
         let store_counters = writer.counters.clone();
         let decoder = Decoder::new(
@@ -173,9 +177,10 @@ impl Pipeline {
             let engine = Engine::new(cfg.detect.clone(), cfg.network.internal.clone(), detect_loaded);
             let (dtx, drx) = sync_channel(cfg.collector.queue_batches);
             let wtx = tx.clone();
+            let m = metrics.clone();
             let h = std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || run_detector(engine, drx, wtx, outbox))
+                .spawn(move || run_detector(engine, drx, wtx, outbox, m))
                 .map_err(PipelineError::Thread)?;
             (Some(dtx), Some(h))
         } else {
@@ -193,6 +198,7 @@ impl Pipeline {
             mode,
             counters: Arc::new(PipelineCounters::default()),
             forward,
+            metrics,
         })
     }
 
@@ -251,27 +257,34 @@ impl Pipeline {
             }
         }
         let snapshot = self.decoder.exporter_snapshot();
+        crate::decode::publish_metrics(&self.metrics, &snapshot, &self.decoder.totals);
+        self.publish_metrics();
         let _ = self.send(StoreMsg::Rows(Box::new(DecoderRows {
             templates: Vec::new(),
             exporters: Some(snapshot),
         })));
     }
 
-    /// Hand named stage counters to the state file (dropped, not waited for, if the queue is full).
-    pub fn send_counters(&mut self, mut counters: Vec<(String, u64)>) {
-        counters.push((
-            "pipeline.flows_dropped_store_queue".into(),
-            self.counters.flows_dropped.load(Ordering::Relaxed),
-        ));
-        counters.push((
-            "pipeline.batches_dropped_store_queue".into(),
-            self.counters.batches_dropped.load(Ordering::Relaxed),
-        ));
-        counters.push((
-            "pipeline.flows_dropped_detect_queue".into(),
-            self.counters.detect_flows_dropped.load(Ordering::Relaxed),
-        ));
-        let _ = self.send(StoreMsg::Rows(Box::new(CounterRows(counters))));
+    /// The pipeline's own drops into the metrics registry.
+    fn publish_metrics(&self) {
+        let c = &self.counters;
+        for (queue, v) in [
+            ("store", c.flows_dropped.load(Ordering::Relaxed)),
+            ("detect", c.detect_flows_dropped.load(Ordering::Relaxed)),
+        ] {
+            self.metrics.counter(&defs::PIPELINE_DROPPED_FLOWS, &[queue]).set_at_least(v);
+        }
+    }
+
+    /// The collector sockets' counters into the metrics registry.
+    pub fn publish_socket_metrics(&self, c: &SocketCounters) {
+        let m = &self.metrics;
+        m.counter(&defs::COLLECTOR_DATAGRAMS, &[])
+            .set_at_least(c.datagrams.load(Ordering::Relaxed));
+        m.counter(&defs::COLLECTOR_DROPPED, &["decoder_queue"])
+            .set_at_least(c.queue_drops.load(Ordering::Relaxed));
+        m.counter(&defs::COLLECTOR_DROPPED, &["kernel"])
+            .set_at_least(c.kernel_drops.load(Ordering::Relaxed));
     }
 
     /// Flush and wait until the writer has committed everything sent so far.
@@ -361,6 +374,7 @@ pub async fn run_live(
     let addrs = if explicit { listen } else { cfg.collector.listen.clone() };
     let bound = collector::bind_all(&addrs, explicit, rcvbuf)?;
     let forward_shared = pipeline.forward.clone();
+    let metrics = pipeline.metrics.clone();
     let counters = Arc::new(SocketCounters::default());
     let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
     let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
@@ -379,8 +393,8 @@ pub async fn run_live(
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
                 if last_flush.elapsed() >= FLUSH_EVERY {
+                    pipeline.publish_socket_metrics(&dec_counters);
                     pipeline.flush();
-                    pipeline.send_counters(collector::socket_counters(&dec_counters));
                     last_flush = Instant::now();
                 }
                 if last_kernel.elapsed() >= KERNEL_STATS_EVERY {
@@ -397,7 +411,7 @@ pub async fn run_live(
                 }
             }
             dec_counters.kernel_drops.store(collector::kernel_drops(&inodes), Ordering::Relaxed);
-            pipeline.send_counters(collector::socket_counters(&dec_counters));
+            pipeline.publish_socket_metrics(&dec_counters);
             pipeline.finish()
         })
         .map_err(PipelineError::Thread)?;
@@ -410,6 +424,7 @@ pub async fn run_live(
         &cfg.forward,
         &crate::store::DataDir::new(&data_dir),
         forward_shared,
+        metrics,
         stop_rx.clone(),
     );
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
@@ -477,14 +492,12 @@ const DETECTOR_NICE: i32 = 19;
 /// the outbox in the same state transaction.
 struct AlertRows {
     rows: DetectRows,
-    counters: CounterRows,
     outbox: Outbox,
 }
 
 impl StateRows for AlertRows {
     fn stage(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         self.rows.stage(txn)?;
-        self.counters.stage(txn)?;
         let alerts: Vec<crate::alert::Alert> = self.rows.alerts.iter().map(|a| a.alert.clone()).collect();
         self.outbox.push(&alerts);
         Ok(())
@@ -496,14 +509,19 @@ impl StateRows for AlertRows {
 }
 
 /// The detector thread: batches in, alerts and state out to the writer.
-fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wtx: SyncSender<StoreMsg>, outbox: Outbox) {
-    let evicted = Arc::new(AtomicU64::new(0));
-    let rows = |u: crate::detect::DetectUpdate, evicted: &Arc<AtomicU64>| -> StoreMsg {
-        let mut counters = u.counters;
-        counters.push(("detect.alerts_evicted".into(), evicted.load(Ordering::Relaxed)));
+fn run_detector(
+    mut engine: Engine,
+    rx: std::sync::mpsc::Receiver<DetectMsg>,
+    wtx: SyncSender<StoreMsg>,
+    outbox: Outbox,
+    metrics: Arc<Registry>,
+) {
+    let evicted = metrics.counter(&defs::DETECT_EVICTED, &["alerts"]);
+    let rows = |engine: &mut Engine| -> StoreMsg {
+        engine.publish_metrics(&metrics);
+        let u = engine.take_update();
         StoreMsg::Rows(Box::new(AlertRows {
             rows: DetectRows::new(u.alerts, u.state, evicted.clone()),
-            counters: CounterRows(counters),
             outbox: outbox.clone(),
         }))
     };
@@ -523,18 +541,17 @@ fn run_detector(mut engine: Engine, rx: std::sync::mpsc::Receiver<DetectMsg>, wt
                     engine.publish_status();
                     last_status = Some(std::time::Instant::now());
                 }
-                let u = engine.take_update();
-                if (!u.is_empty() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(rows(u, &evicted)).is_err() {
+                if (engine.has_update() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(rows(&mut engine)).is_err() {
                     tracing::error!("store writer gone: detector stops");
                     return;
                 }
             }
             DetectMsg::Sync(reply) => {
-                let _ = wtx.send(rows(engine.take_update(), &evicted));
+                let _ = wtx.send(rows(&mut engine));
                 let _ = reply.send(());
             }
         }
     }
     engine.finish();
-    let _ = wtx.send(rows(engine.take_update(), &evicted));
+    let _ = wtx.send(rows(&mut engine));
 }

@@ -260,25 +260,31 @@ fn run_collects_and_flushes_on_sigterm() {
         "the versions themselves, not a bit set"
     );
     assert_eq!(e["malformed"].as_u64(), Some(0));
-    // Stage counters, kernel drops included, are kept in the state file.
+    // Every stage's metrics, kernel drops included, are kept in the state file.
     let (ok, table, _) = common::cli(&[os("exporters"), os("--data-dir"), d.path().as_os_str()]);
     assert!(ok);
     for name in [
-        "collector.datagrams",
-        "collector.datagrams_dropped_kernel",
-        "collector.datagrams_dropped_decoder_queue",
-        "pipeline.flows_dropped_store_queue",
-        "store.flows_committed",
-        "store.budget",
+        "flowwarden_collector_datagrams_total",
+        "flowwarden_collector_dropped_total{reason=\"kernel\"}",
+        "flowwarden_collector_dropped_total{reason=\"decoder_queue\"}",
+        "flowwarden_pipeline_dropped_flows_total{queue=\"store\"}",
+        "flowwarden_store_flows_stored_total",
+        "flowwarden_store_budget_bytes",
+        "flowwarden_decode_records_total{exporter=",
     ] {
         assert!(table.contains(name), "{name} missing from:\n{table}");
     }
     let committed: u64 = table
         .lines()
-        .find_map(|l| l.strip_prefix("store.flows_committed"))
+        .find_map(|l| l.strip_prefix("flowwarden_store_flows_stored_total"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert_eq!(committed, sent);
+    // The same snapshot in the Prometheus text format.
+    let (ok, prom, err) = common::cli(&[os("metrics"), os("--data-dir"), d.path().as_os_str()]);
+    assert!(ok, "{err}");
+    assert!(prom.contains("# TYPE flowwarden_store_flows_stored_total counter\n"), "{prom}");
+    assert!(prom.contains(&format!("\nflowwarden_store_flows_stored_total {sent}\n")), "{prom}");
 }
 
 #[test]

@@ -175,9 +175,15 @@ fn beacon_fires_and_its_look_alikes_stay_quiet() {
     // One day of history: the baseline detectors are still learning.
     assert!(states.contains(&("exfiltration".into(), "learning".into())), "{states:?}");
     assert!(states.contains(&("beaconing".into(), "active".into())), "{states:?}");
-    assert!(v["counters"]["detect.flows"].as_u64().unwrap_or(0) > 10_000, "{out}");
+    assert!(
+        v["counters"]["flowwarden_detect_flows_total"].as_u64().unwrap_or(0) > 10_000,
+        "{out}"
+    );
     // The update checks scored as beacons and were down-weighted below the threshold.
-    assert!(v["counters"]["detect.beacon_down_weighted"].as_u64().unwrap_or(0) > 0, "{out}");
+    assert!(
+        v["counters"]["flowwarden_detect_beacon_down_weighted_total"].as_u64().unwrap_or(0) > 0,
+        "{out}"
+    );
 }
 
 #[test]
@@ -347,7 +353,7 @@ fn baselines_survive_a_restart_and_drive_exfiltration_and_spikes() {
             .iter()
             .all(|a| a.kind != Kind::Exfiltration && a.kind != Kind::Spike)
     );
-    assert!(counter(fresh.path(), "detect.silent_learning.exfiltration") > 0);
+    assert!(counter(fresh.path(), "flowwarden_detect_silent_learning_total{detector=\"exfiltration\"}") > 0);
 }
 
 #[test]
@@ -365,8 +371,8 @@ fn copies_from_a_second_exporter_are_counted_once() {
         &[exporter(1), exporter(2)],
     );
     // Every flow of the second exporter is a duplicate; the alerts do not change.
-    assert_eq!(counter(two.path(), "detect.duplicates"), records);
-    assert_eq!(counter(one.path(), "detect.duplicates"), 0);
+    assert_eq!(counter(two.path(), "flowwarden_detect_duplicates_total"), records);
+    assert_eq!(counter(one.path(), "flowwarden_detect_duplicates_total"), 0);
     let (a, b) = (alerts(one.path()), alerts(two.path()));
     assert_eq!(a.len(), 1);
     assert_eq!(a, b);
@@ -382,10 +388,10 @@ fn allow_list_suppresses_and_counts() {
     .unwrap_or_else(|e| panic!("{e}"));
     ingest(&cfg, d.path(), &beacon_office(21), START, START + DAY, &[exporter(1)]);
     assert!(alerts(d.path()).is_empty());
-    assert!(counter(d.path(), "detect.allowlisted.beaconing") > 0);
+    assert!(counter(d.path(), "flowwarden_detect_allowlisted_total{kind=\"beaconing\"}") > 0);
     assert_eq!(
-        counter(d.path(), "detect.allowlisted.beaconing"),
-        counter(d.path(), "detect.allow.c2-lab")
+        counter(d.path(), "flowwarden_detect_allowlisted_total{kind=\"beaconing\"}"),
+        counter(d.path(), "flowwarden_detect_allow_rule_total{rule=\"c2-lab\"}")
     );
     // A bad entry is a clear config error.
     let e = Config::parse("[[detect.allow]]\nkinds = [\"worm\"]\n", Path::new("bad.toml"))

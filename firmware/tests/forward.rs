@@ -701,7 +701,10 @@ fn every_format_and_framing_reaches_rsyslog() {
     assert_eq!(p["DeviceEventClassID"], "heartbeat");
     assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
     assert!(
-        p["queueDepth"].as_str().is_some() && p["counters"].as_str().is_some_and(|c| c.contains("store.flows_committed:")),
+        p["queueDepth"].as_str().is_some()
+            && p["counters"]
+                .as_str()
+                .is_some_and(|c| c.contains("flowwarden_store_flows_stored_total:")),
         "{p}"
     );
 }

@@ -328,7 +328,7 @@ fn numbers_are_for_people_in_tables_and_exact_in_json() {
     assert!(header.contains("Sampled") && header.contains("Rate"), "{header}");
     assert!(out.contains("bit/s") && out.contains("iB"), "{out}");
     let (_, out, _) = common::cli(&[os("exporters"), os("--data-dir"), data.as_os_str()]);
-    assert!(out.contains("store.budget") && out.contains("GiB ("), "{out}");
+    assert!(out.contains("flowwarden_store_budget_bytes") && out.contains("GiB ("), "{out}");
     assert!(out.contains("Clock offset"), "{out}");
     let (_, csv, _) = common::cli(&[os("query"), os("--data-dir"), data.as_os_str(), os("--format"), os("csv")]);
     assert!(csv.lines().nth(1).is_some_and(|l| !l.contains("iB")), "CSV keeps exact numbers");

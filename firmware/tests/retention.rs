@@ -306,19 +306,22 @@ fn live_small_budget_keeps_collecting_and_the_newest_flows() {
     let counter = |name: &str| -> u64 {
         let (_, out, _) = common::cli(&[os("exporters"), os("--data-dir"), data.as_os_str()]);
         out.lines()
-            .find_map(|l| l.strip_prefix(name).map(|r| r.trim().parse().unwrap_or(0)))
+            .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while counter("store.flows_committed") < total {
+    while counter("flowwarden_store_flows_stored_total") < total {
         if std::time::Instant::now() > deadline {
             let (_, out, _) = common::cli(&[os("exporters"), os("--data-dir"), data.as_os_str()]);
-            panic!("stored {} of {total} flows after 60 s:\n{out}", counter("store.flows_committed"));
+            panic!(
+                "stored {} of {total} flows after 60 s:\n{out}",
+                counter("flowwarden_store_flows_stored_total")
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(counter("collector.datagrams"), datagrams.len() as u64 + 15);
-    assert!(counter("store.flows_evicted") > 0);
+    assert_eq!(counter("flowwarden_collector_datagrams_total"), datagrams.len() as u64 + 15);
+    assert!(counter("flowwarden_store_flows_evicted_total{reason=\"budget\"}") > 0);
     // The newest flows are there while it runs.
     let (ok, recent, err) = common::cli(&[
         os("query"),

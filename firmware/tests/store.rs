@@ -56,7 +56,7 @@ fn budget_holds_while_writing_five_times_more() {
     let budget = 8 << 20;
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let dir = DataDir::new(tmp.path());
-    let mut w = StoreWriter::open(dir.clone(), settings(budget)).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = StoreWriter::open(dir.clone(), settings(budget), flowwarden::metrics::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
     let t0 = 1_793_577_600_000;
     let mut written = 0u64;
     let mut max_seen = 0;
@@ -99,7 +99,7 @@ fn refused_growth_is_recovered_by_eviction() {
     let budget = 6 << 20;
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let dir = DataDir::new(tmp.path());
-    let mut w = StoreWriter::open(dir.clone(), settings(budget)).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = StoreWriter::open(dir.clone(), settings(budget), flowwarden::metrics::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
     let t0 = 1_793_577_600_000;
     for round in 0..6u64 {
         w.add(&flows(round, 20_000, t0 + round * 600_000, 30));
@@ -128,7 +128,7 @@ fn age_cap_removes_old_segments() {
     let dir = DataDir::new(tmp.path());
     let mut s = settings(256 << 20);
     s.max_age_ms = Some(3_600_000);
-    let mut w = StoreWriter::open(dir.clone(), s).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = StoreWriter::open(dir.clone(), s, flowwarden::metrics::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
     let t0 = 1_793_577_600_000;
     for h in 0..6u64 {
         w.add(&flows(h, 1000, t0 + h * 3_600_000, 3_000));
@@ -195,7 +195,7 @@ fn rollups_total_and_rank_what_was_stored() {
     use flowwarden::store::schema::{dim, metric, top};
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let dir = DataDir::new(tmp.path());
-    let mut w = StoreWriter::open(dir.clone(), settings(256 << 20)).unwrap_or_else(|e| panic!("{e}"));
+    let mut w = StoreWriter::open(dir.clone(), settings(256 << 20), flowwarden::metrics::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
     let t0 = 1_793_577_600_000 + 3_600_000;
     let mut all = flows(1, 5_000, t0, 100); // 500 s: spans 9 minutes
     let other: SocketAddr = "192.0.2.2:9995".parse().unwrap_or_else(|e| panic!("{e}"));

@@ -81,6 +81,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: TableOrJson,
     },
+    /// The appliance's metrics as last kept in the state file, in the Prometheus text format.
+    Metrics {
+        /// Data directory to read.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Send a test event to every [[forward]] destination and report per destination.
     ForwardTest {
         /// Configuration file with the [[forward]] destinations.

@@ -118,6 +118,10 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             existing_data_dir(&data_dir)?;
             status::detectors(&data_dir, format, out)
         }
+        Command::Metrics { data_dir } => {
+            existing_data_dir(&data_dir)?;
+            status::metrics(&data_dir, out)
+        }
         Command::ForwardTest { config } => run::forward_test(&config, out),
         Command::ForwardStatus { data_dir, format } => {
             existing_data_dir(&data_dir)?;

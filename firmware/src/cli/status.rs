@@ -18,20 +18,50 @@ fn versions(bits: u16) -> Vec<u16> {
     [5u16, 7, 9, 10].into_iter().filter(|v| bits & (1 << v) != 0).collect()
 }
 
-/// A named counter as a person reads it: bytes scaled, times as times.
-fn counter_text(key: &str, v: u64) -> String {
-    if key.ends_with("_ms") {
-        rfc3339_ms(v)
-    } else if key.ends_with("bytes_used")
-        || key.ends_with(".budget")
-        || key.ends_with(".capacity")
-        || key.ends_with("bytes_evicted")
-        || key.ends_with("_bytes")
-    {
+/// A metric series as a person reads it: bytes scaled, times as times.
+fn counter_text(series: &str, v: u64) -> String {
+    let name = crate::metrics::metric_of(series);
+    if name.ends_with("_timestamp_seconds") {
+        rfc3339_ms(v * 1000)
+    } else if name.ends_with("_bytes") || name.ends_with("_bytes_total") || name == "flowwarden_store_bytes" {
         format!("{} ({v} bytes)", units::bytes(v))
     } else {
         v.to_string()
     }
+}
+
+/// The metrics snapshot kept in the state file (series `name{labels}` and value).
+fn metrics_snapshot(reader: &Reader) -> Result<Vec<(String, u64)>> {
+    Ok(reader
+        .counters()?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("flowwarden_"))
+        .collect())
+}
+
+/// `flowwarden metrics`: the last snapshot in the Prometheus text format.
+pub fn metrics(data_dir: &Path, out: &mut dyn Write) -> Result<()> {
+    let reader = Reader::new(DataDir::new(data_dir));
+    let snapshot = metrics_snapshot(&reader)?;
+    if snapshot.is_empty() {
+        anyhow::bail!(
+            "{}: no metrics yet (they are kept once `run` or `ingest` has committed)",
+            data_dir.display()
+        );
+    }
+    let mut last = "";
+    for (series, v) in &snapshot {
+        let name = crate::metrics::metric_of(series);
+        if name != last {
+            if let Some(d) = crate::metrics::def(name) {
+                writeln!(out, "# HELP {name} {}", d.help)?;
+                writeln!(out, "# TYPE {name} {}", d.kind.as_str())?;
+            }
+            last = name;
+        }
+        writeln!(out, "{series} {v}")?;
+    }
+    Ok(())
 }
 
 /// Exporter clock minus arrival, signed, in the one duration format.
@@ -46,7 +76,7 @@ fn offset_text(ms: i64) -> String {
 pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> Result<()> {
     let reader = Reader::new(DataDir::new(data_dir));
     let list = crate::decode::rows::load_exporters(&reader)?;
-    let counters = reader.counters()?;
+    let counters = metrics_snapshot(&reader)?;
     match format {
         TableOrJson::Json => {
             let rows: Vec<serde_json::Value> = list
@@ -126,7 +156,7 @@ pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
             }
             if !counters.is_empty() {
                 writeln!(out)?;
-                let mut t = Table::new(&[("Counter", Align::Left), ("Value", Align::Right)]);
+                let mut t = Table::new(&[("Metric", Align::Left), ("Value", Align::Right)]);
                 for (k, v) in &counters {
                     t.row(vec![k.clone(), counter_text(k, *v)]);
                 }
@@ -195,7 +225,10 @@ pub fn alerts(data_dir: &Path, since: Option<&str>, kind: Option<&str>, format: 
 pub fn detectors(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> Result<()> {
     let reader = Reader::new(DataDir::new(data_dir));
     let status = crate::detect::rows::load_status(&reader)?;
-    let counters: Vec<(String, u64)> = reader.counters()?.into_iter().filter(|(k, _)| k.starts_with("detect.")).collect();
+    let counters: Vec<(String, u64)> = metrics_snapshot(&reader)?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("flowwarden_detect_"))
+        .collect();
     match format {
         TableOrJson::Json => {
             let v = serde_json::json!({
@@ -228,7 +261,7 @@ pub fn detectors(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
             }
             if !counters.is_empty() {
                 writeln!(out)?;
-                let mut t = Table::new(&[("Counter", Align::Left), ("Value", Align::Right)]);
+                let mut t = Table::new(&[("Metric", Align::Left), ("Value", Align::Right)]);
                 for (k, v) in &counters {
                     t.row(vec![k.clone(), v.to_string()]);
                 }

@@ -631,6 +631,28 @@ impl Decoder {
     }
 }
 
+/// Publish what the exporters sent and what decoding could not use.
+pub fn publish_metrics(r: &crate::metrics::Registry, exporters: &[ExporterStats], t: &DecodeTotals) {
+    use crate::metrics::defs::*;
+    for e in exporters {
+        let l = [e.exporter.as_str()];
+        r.counter(&DECODE_DATAGRAMS, &l).set_at_least(e.packets);
+        r.counter(&DECODE_RECORDS, &l).set_at_least(e.records);
+        r.counter(&DECODE_MALFORMED, &l).set_at_least(e.malformed);
+        r.counter(&DECODE_SEQUENCE_GAPS, &l).set_at_least(e.sequence_gaps);
+        r.counter(&DECODE_LOST_RECORDS, &l).set_at_least(e.lost_records);
+        r.counter(&DECODE_TIME_CLAMPED, &l).set_at_least(e.time_clamped);
+    }
+    for (reason, v) in [
+        ("not_netflow", t.not_netflow),
+        ("malformed", t.malformed),
+        ("no_template_expired", t.pending_dropped),
+        ("non_flow", t.non_flow_records),
+    ] {
+        r.counter(&DECODE_DROPPED, &[reason]).set_at_least(v);
+    }
+}
+
 /// A parser error for people: netflow_parser embeds the raw input bytes
 /// (`input: [12, 209, ...]`); they become a length, and the text is cut to 200
 /// characters on a character boundary.

@@ -52,7 +52,6 @@ pub struct DetectUpdate {
     pub alerts: Vec<StoredAlert>,
     /// State rows (key, bytes) to write.
     pub state: Vec<(String, Vec<u8>)>,
-    pub counters: Vec<(String, u64)>,
 }
 
 impl DetectUpdate {
@@ -477,47 +476,50 @@ impl Engine {
     }
 
     /// Take what should be written (alerts, state rows, counters).
+    /// Whether alerts or state rows are waiting.
+    pub fn has_update(&self) -> bool {
+        !self.out_alerts.is_empty() || !self.out_state.is_empty()
+    }
+
     pub fn take_update(&mut self) -> DetectUpdate {
         DetectUpdate {
             alerts: std::mem::take(&mut self.out_alerts),
             state: std::mem::take(&mut self.out_state),
-            counters: self.counters(),
         }
     }
 
-    /// Named counters (what was dropped, evicted, suppressed, ...).
-    pub fn counters(&self) -> Vec<(String, u64)> {
+    /// Publish the detectors' counters into the metrics registry.
+    pub fn publish_metrics(&self, r: &crate::metrics::Registry) {
+        use crate::metrics::defs::*;
         let c = &self.counters;
         let s = &self.suppress.counters;
-        let mut v: Vec<(String, u64)> = vec![
-            ("detect.flows".into(), c.flows),
-            ("detect.flows_late".into(), c.late),
-            ("detect.flows_ahead_of_clock".into(), c.future),
-            ("detect.duplicates".into(), self.sessions.counters.duplicates),
-            ("detect.sessions_evicted".into(), self.sessions.counters.evicted),
-            ("detect.replies_seen_first".into(), self.sessions.counters.replies_first),
-            ("detect.baseline_series_evicted".into(), self.baselines.evicted),
-            ("detect.beacon_pairs_evicted".into(), self.beacon.evicted_pairs),
-            ("detect.beacon_down_weighted".into(), self.beacon.down_weighted),
-            ("detect.scan_sources_evicted".into(), self.scan.evicted),
-            ("detect.scan_targets_overflow".into(), self.scan.target_overflow),
-            ("detect.scan_targets_forgotten".into(), self.scan.targets_forgotten),
-            ("detect.spike_pairs_overflow".into(), self.spike.pair_overflow),
-            ("detect.spike_merged".into(), self.spike.merged),
-            ("detect.silent_learning.exfiltration".into(), self.exfil.silent_learning),
-            ("detect.silent_learning.spike".into(), self.spike.silent_learning),
-            ("detect.alerts_new".into(), c.alerts_new),
-            ("detect.alerts_updated".into(), c.alerts_updated),
-            ("detect.suppressed".into(), s.folded),
-            ("detect.open_alerts_evicted".into(), s.evicted),
-        ];
+        let set = |def: &'static crate::metrics::Def, labels: &[&str], v: u64| r.counter(def, labels).set_at_least(v);
+        set(&DETECT_FLOWS, &[], c.flows);
+        set(&DETECT_CLOCK_FLOWS, &["late"], c.late);
+        set(&DETECT_CLOCK_FLOWS, &["ahead"], c.future);
+        set(&DETECT_DUPLICATES, &[], self.sessions.counters.duplicates);
+        set(&DETECT_REPLIES_FIRST, &[], self.sessions.counters.replies_first);
+        set(&DETECT_EVICTED, &["sessions"], self.sessions.counters.evicted);
+        set(&DETECT_EVICTED, &["baseline_series"], self.baselines.evicted);
+        set(&DETECT_EVICTED, &["beacon_pairs"], self.beacon.evicted_pairs);
+        set(&DETECT_EVICTED, &["scan_sources"], self.scan.evicted);
+        set(&DETECT_EVICTED, &["open_alerts"], s.evicted);
+        set(&DETECT_OVERFLOW, &["scan_targets"], self.scan.target_overflow);
+        set(&DETECT_OVERFLOW, &["spike_pairs"], self.spike.pair_overflow);
+        set(&DETECT_SCAN_TARGETS_FORGOTTEN, &[], self.scan.targets_forgotten);
+        set(&DETECT_BEACON_DOWN_WEIGHTED, &[], self.beacon.down_weighted);
+        set(&DETECT_SPIKE_MERGED, &[], self.spike.merged);
+        set(&DETECT_SILENT_LEARNING, &["exfiltration"], self.exfil.silent_learning);
+        set(&DETECT_SILENT_LEARNING, &["spike"], self.spike.silent_learning);
+        set(&DETECT_ALERTS, &["new"], c.alerts_new);
+        set(&DETECT_ALERTS, &["updated"], c.alerts_updated);
+        set(&DETECT_SUPPRESSED, &[], s.folded);
         for (i, k) in Kind::ALL.iter().enumerate() {
-            v.push((format!("detect.allowlisted.{}", k.as_str()), s.allowed[i]));
+            set(&DETECT_ALLOWLISTED, &[k.as_str()], s.allowed[i]);
         }
         for (name, n) in &s.per_rule {
-            v.push((format!("detect.allow.{name}"), *n));
+            set(&DETECT_ALLOW_RULE, &[name], *n);
         }
-        v
     }
 
     /// Learning state per detector.

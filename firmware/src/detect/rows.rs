@@ -8,8 +8,6 @@ use crate::store::reader::Reader;
 use crate::store::rows::StateRows;
 use crate::store::schema::{ALERTS, DETECT_STATE};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Alerts kept in the state file; beyond it the least recently seen go (counted).
 pub const MAX_ALERTS: u64 = 100_000;
@@ -20,13 +18,13 @@ pub struct DetectRows {
     pub alerts: Vec<StoredAlert>,
     pub state: Vec<(String, Vec<u8>)>,
     pub max_alerts: u64,
-    /// Alerts evicted from the table by the cap (shared with the counters).
-    pub evicted: Arc<AtomicU64>,
+    /// `flowwarden_detect_evicted_total{table="alerts"}`: alerts evicted by the cap.
+    pub evicted: crate::metrics::Counter,
     staged_evicted: u64,
 }
 
 impl DetectRows {
-    pub fn new(alerts: Vec<StoredAlert>, state: Vec<(String, Vec<u8>)>, evicted: Arc<AtomicU64>) -> DetectRows {
+    pub fn new(alerts: Vec<StoredAlert>, state: Vec<(String, Vec<u8>)>, evicted: crate::metrics::Counter) -> DetectRows {
         DetectRows {
             alerts,
             state,
@@ -53,7 +51,7 @@ impl StateRows for DetectRows {
     }
 
     fn committed(&mut self) {
-        self.evicted.fetch_add(self.staged_evicted, Ordering::Relaxed);
+        self.evicted.add(self.staged_evicted);
     }
 }
 

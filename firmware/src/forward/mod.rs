@@ -23,30 +23,27 @@ pub mod transport;
 use crate::store::DataDir;
 use std::sync::Arc;
 
-/// Counters a heartbeat carries (when present in the state file).
-const HEARTBEAT_COUNTERS: &[&str] = &[
-    "store.flows_committed",
-    "store.flows_dropped",
-    "store.bytes_used",
-    "store.budget",
-    "detect.alerts_new",
-    "detect.alerts_updated",
-    "pipeline.flows_dropped_store_queue",
-    "pipeline.flows_dropped_detect_queue",
-    "collector.datagrams",
-    "collector.datagrams_dropped_decoder_queue",
-    "collector.datagrams_dropped_kernel",
-    "forward.spool_dropped",
+/// Metrics a heartbeat carries (every series of each), read from the registry.
+const HEARTBEAT_METRICS: &[&str] = &[
+    "flowwarden_store_flows_stored_total",
+    "flowwarden_store_flows_lost_total",
+    "flowwarden_store_bytes",
+    "flowwarden_store_budget_bytes",
+    "flowwarden_detect_alerts_total",
+    "flowwarden_pipeline_dropped_flows_total",
+    "flowwarden_collector_datagrams_total",
+    "flowwarden_collector_dropped_total",
+    "flowwarden_forward_dropped_total",
 ];
 
-/// Heartbeat counters read from the state file of `dir`.
-pub fn state_counters(dir: DataDir) -> sender::CounterSource {
+/// Heartbeat counters: the appliance's metrics, straight from the registry.
+pub fn registry_counters(metrics: Arc<crate::metrics::Registry>) -> sender::CounterSource {
     Arc::new(move || {
-        crate::store::reader::Reader::new(dir.clone())
-            .counters()
-            .unwrap_or_default()
+        metrics
+            .snapshot()
             .into_iter()
-            .filter(|(k, _)| HEARTBEAT_COUNTERS.contains(&k.as_str()))
+            .filter(|s| HEARTBEAT_METRICS.contains(&s.name))
+            .map(|s| (s.series(), s.value))
             .collect()
     })
 }
@@ -58,6 +55,7 @@ pub fn spawn_all(
     list: &[settings::ForwardConfig],
     dir: &DataDir,
     shared: Arc<spool::ForwardShared>,
+    metrics: Arc<crate::metrics::Registry>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let who = Arc::new(event::Sender::local());
@@ -65,8 +63,16 @@ pub fn spawn_all(
     for cfg in list {
         match sender::Destination::new(cfg.clone(), who.clone()) {
             Ok(d) => {
-                let counters = state_counters(dir.clone());
-                out.push(tokio::spawn(sender::run(d, dir.clone(), shared.clone(), counters, stop.clone())));
+                let counters = registry_counters(metrics.clone());
+                let delivered = metrics.counter(&crate::metrics::defs::FORWARD_DELIVERED, &[&cfg.name]);
+                out.push(tokio::spawn(sender::run(
+                    d,
+                    dir.clone(),
+                    shared.clone(),
+                    counters,
+                    delivered,
+                    stop.clone(),
+                )));
             }
             Err(e) => {
                 tracing::error!("forward {}: cannot start: {e}", cfg.name);

@@ -126,6 +126,8 @@ struct Run<'a> {
     /// Highest sequence ever written to a connection (at or below: may be a duplicate).
     sent_upto: u64,
     counters: CounterSource,
+    /// `flowwarden_forward_delivered_total` of this destination.
+    delivered: crate::metrics::Counter,
     started: Instant,
     next_heartbeat: Option<Instant>,
 }
@@ -233,6 +235,7 @@ impl Run<'_> {
         self.confirmed = last;
         self.shared.ack(&self.d.cfg.name, last);
         self.state.delivered += batch.len() as u64;
+        self.delivered.add(batch.len() as u64);
         self.state.resent += resent;
         self.state.gaps += gaps;
         self.state.last_success_ms = Some(now_ms());
@@ -295,7 +298,14 @@ impl Run<'_> {
 }
 
 /// Run one destination until `stop` turns true.
-pub async fn run(d: Destination, dir: DataDir, shared: Arc<ForwardShared>, counters: CounterSource, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    d: Destination,
+    dir: DataDir,
+    shared: Arc<ForwardShared>,
+    counters: CounterSource,
+    delivered: crate::metrics::Counter,
+    mut stop: watch::Receiver<bool>,
+) {
     let reader = SpoolReader::new(&dir.state());
     let confirmed = reader
         .metas()
@@ -320,6 +330,7 @@ pub async fn run(d: Destination, dir: DataDir, shared: Arc<ForwardShared>, count
         confirmed,
         sent_upto,
         counters,
+        delivered,
         started: Instant::now(),
         next_heartbeat: (hb > 0).then(Instant::now),
     };

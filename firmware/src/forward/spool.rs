@@ -16,7 +16,7 @@ use super::event::SpoolEntry;
 use crate::store::StoreError;
 use crate::store::reader::with_table;
 use crate::store::rows::StateParticipant;
-use crate::store::schema::{FORWARD_STATE, SPOOL, SPOOL_META, STATE_META};
+use crate::store::schema::{FORWARD_STATE, SPOOL, SPOOL_META};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -175,6 +175,7 @@ impl Outbox {
 pub struct SpoolBook {
     dests: Vec<SpoolDest>,
     outbox: Outbox,
+    metrics: Arc<crate::metrics::Registry>,
     metas: HashMap<String, SpoolMeta>,
     shared: std::sync::Arc<ForwardShared>,
     /// Metas changed by the transaction being built (swapped in on commit).
@@ -193,7 +194,13 @@ fn db_err(e: impl Into<redb::Error>) -> redb::Error {
 impl SpoolBook {
     /// Load the metas of `dests` from the state file (new destinations start
     /// at sequence 1); alerts handed to `outbox` are spooled.
-    pub fn load(state_path: &Path, dests: Vec<SpoolDest>, shared: Arc<ForwardShared>, outbox: Outbox) -> Result<SpoolBook, StoreError> {
+    pub fn load(
+        state_path: &Path,
+        dests: Vec<SpoolDest>,
+        shared: Arc<ForwardShared>,
+        outbox: Outbox,
+        metrics: Arc<crate::metrics::Registry>,
+    ) -> Result<SpoolBook, StoreError> {
         let mut metas: HashMap<String, SpoolMeta> = with_table(state_path, SPOOL_META, |t| {
             let mut out = HashMap::new();
             for row in t.iter()? {
@@ -213,6 +220,7 @@ impl SpoolBook {
         Ok(SpoolBook {
             dests,
             outbox,
+            metrics,
             metas,
             shared,
             staged: None,
@@ -342,13 +350,18 @@ impl StateParticipant for SpoolBook {
             self.outbox.take()
         };
         self.stage_entries(txn, &entries)?;
-        let dropped = self.dropped + self.staged_dropped;
-        txn.open_table(STATE_META)?.insert("forward.spool_dropped", dropped)?;
         Ok(())
     }
 
     fn committed(&mut self) {
         self.on_committed();
+        use crate::metrics::defs::{FORWARD_DROPPED, FORWARD_QUEUE};
+        for d in &self.dests {
+            if let Some(m) = self.metas.get(&d.name) {
+                self.metrics.counter(&FORWARD_DROPPED, &[&d.name]).set_at_least(m.dropped);
+                self.metrics.gauge(&FORWARD_QUEUE, &[&d.name]).set(m.entries);
+            }
+        }
     }
 
     fn failed(&mut self) {

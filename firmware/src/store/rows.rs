@@ -46,6 +46,21 @@ impl StateRows for CounterRows {
     }
 }
 
+/// A snapshot of the metrics registry for the state file (`state_meta`, one
+/// row per series, keyed `name{labels}`): what the CLI shows of a running or
+/// stopped appliance.
+pub struct MetricRows(pub Vec<crate::metrics::Sample>);
+
+impl StateRows for MetricRows {
+    fn stage(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        let mut t = txn.open_table(STATE_META)?;
+        for s in &self.0 {
+            t.insert(s.series().as_str(), s.value)?;
+        }
+        Ok(())
+    }
+}
+
 /// Put (Some) or delete (None) rows of one `&str -> &[u8]` state table.
 pub struct TableRows {
     pub table: redb::TableDefinition<'static, &'static str, &'static [u8]>,

@@ -12,10 +12,11 @@
 use super::catalog::{Catalog, Quarantined};
 use super::quota::{Quota, Refusal};
 use super::rollup::RollupAgg;
-use super::rows::{CounterRows, StateParticipant, StateRows};
+use super::rows::{MetricRows, StateParticipant, StateRows};
 use super::schema::{BLOCKS, ROLLUP_META, SCHEMA_VERSION, SEGMENT_META, STATE_META};
 use super::{DataDir, SegmentId, StoreCounters, StoreError, block, open_writable};
 use crate::flow::{FlowBatch, FlowRecord};
+use crate::metrics::{Registry, defs};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub enum StoreMsg {
     /// Commit now and answer.
     Sync(SyncSender<()>),
 }
+
+/// How often a snapshot of the metrics goes into the state file.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// State rows kept pending while state commits fail, at most (oldest dropped, counted).
 const MAX_PENDING_ROWS: usize = 4096;
@@ -135,6 +139,10 @@ pub struct StoreWriter {
     last_expire_hour: u64,
     last_hours_write: Instant,
     pub counters: Arc<StoreCounters>,
+    /// The process's metrics: the store's are published here, and a snapshot
+    /// of all of them goes into the state file.
+    metrics: Arc<Registry>,
+    last_snapshot: Instant,
 }
 
 fn check_schema(db: &Database, path: &std::path::Path, meta: redb::TableDefinition<&str, u64>) -> Result<(), StoreError> {
@@ -162,7 +170,7 @@ fn check_schema(db: &Database, path: &std::path::Path, meta: redb::TableDefiniti
 impl StoreWriter {
     /// Open the data directory for writing (stages read what they persisted
     /// through [`super::reader::Reader`] once this returns).
-    pub fn open(dir: DataDir, cfg: WriterSettings) -> Result<StoreWriter, StoreError> {
+    pub fn open(dir: DataDir, cfg: WriterSettings, metrics: Arc<Registry>) -> Result<StoreWriter, StoreError> {
         std::fs::create_dir_all(dir.flows()).map_err(|e| StoreError::io(&dir.flows(), e))?;
         let lock = super::WriterLock::take(&dir)?;
         let quota = Quota::new(cfg.budget, Some(dir.root().to_path_buf()));
@@ -195,6 +203,8 @@ impl StoreWriter {
             last_expire_hour: 0,
             last_hours_write: Instant::now(),
             counters,
+            metrics,
+            last_snapshot: Instant::now() - SNAPSHOT_EVERY,
         };
         w.counters.flows_at_open.store(w.catalog.flows(), Ordering::Relaxed);
         w.rollup_share();
@@ -253,6 +263,34 @@ impl StoreWriter {
         c.budget.store(self.cfg.budget, Ordering::Relaxed);
         c.capacity.store(self.capacity(), Ordering::Relaxed);
         c.segments.store(self.catalog.len() as u64, Ordering::Relaxed);
+        let m = &self.metrics;
+        let g = StoreCounters::get;
+        m.gauge(&defs::STORE_FLOWS, &[]).set(self.catalog.flows());
+        m.gauge(&defs::STORE_BYTES, &[]).set(self.quota.used());
+        m.gauge(&defs::STORE_BUDGET_BYTES, &[]).set(self.cfg.budget);
+        m.gauge(&defs::STORE_CAPACITY_BYTES, &[]).set(self.capacity());
+        m.gauge(&defs::STORE_SEGMENTS, &[]).set(self.catalog.len() as u64);
+        for (def, labels, v) in [
+            (&defs::STORE_FLOWS_STORED, &[][..], g(&c.flows_committed)),
+            (&defs::STORE_FLOWS_EVICTED, &["budget"][..], g(&c.flows_evicted)),
+            (&defs::STORE_FLOWS_EVICTED, &["age"][..], g(&c.flows_evicted_age)),
+            (&defs::STORE_FLOWS_LOST, &[][..], g(&c.flows_dropped)),
+            (&defs::STORE_FLOWS_TOO_OLD, &[][..], g(&c.flows_too_old)),
+            (&defs::STORE_SEGMENTS_EVICTED, &[][..], g(&c.segments_evicted)),
+            (&defs::STORE_EVICTED_BYTES, &[][..], g(&c.bytes_evicted)),
+            (&defs::STORE_COMMITS, &[][..], g(&c.commits)),
+            (&defs::STORE_COMMIT_FAILURES, &["segment"][..], g(&c.commit_failures)),
+            (&defs::STORE_COMMIT_FAILURES, &["rollups"][..], g(&c.rollup_failures)),
+            (&defs::STORE_COMMIT_FAILURES, &["state"][..], g(&c.state_failures)),
+            (&defs::STORE_REOPENS, &[][..], g(&c.reopens)),
+            (&defs::STORE_DISK_FULL, &[][..], self.quota.disk_full.load(Ordering::Relaxed)),
+            (&defs::STORE_FILES_DAMAGED, &[][..], g(&c.files_damaged)),
+            (&defs::STORE_ROLLUP_ROWS_TRIMMED, &[][..], g(&c.rollup_rows_trimmed)),
+            (&defs::STORE_ROLLUP_OVERFLOW, &[][..], g(&c.rollup_overflow)),
+            (&defs::STORE_STATE_ROWS_DROPPED, &[][..], g(&c.state_rows_dropped)),
+        ] {
+            m.counter(def, labels).set_at_least(v);
+        }
     }
 
     /// Flows the store holds now (what a query over all time finds).
@@ -380,38 +418,6 @@ impl StoreWriter {
             self.counters.state_rows_dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.rows.push(rows);
-    }
-
-    /// This writer's own counters under their state-file names.
-    fn own_counters(&self) -> Vec<(String, u64)> {
-        let c = &self.counters;
-        let g = StoreCounters::get;
-        [
-            ("store.flows_committed", g(&c.flows_committed)),
-            ("store.commit_failures", g(&c.commit_failures)),
-            ("store.reopens", g(&c.reopens)),
-            ("store.segments_evicted", g(&c.segments_evicted)),
-            ("store.bytes_evicted", g(&c.bytes_evicted)),
-            ("store.flows_dropped", g(&c.flows_dropped)),
-            ("store.flows_too_old", g(&c.flows_too_old)),
-            ("store.rollup_overflow", g(&c.rollup_overflow)),
-            ("store.state_rows_dropped", g(&c.state_rows_dropped)),
-            ("store.flows_evicted", g(&c.flows_evicted)),
-            ("store.flows_evicted_age", g(&c.flows_evicted_age)),
-            ("store.flows_kept", self.catalog.flows()),
-            ("store.segments", self.catalog.len() as u64),
-            ("store.rollup_rows_trimmed", g(&c.rollup_rows_trimmed)),
-            ("store.rollup_failures", g(&c.rollup_failures)),
-            ("store.state_failures", g(&c.state_failures)),
-            ("store.files_damaged", g(&c.files_damaged)),
-            ("store.disk_full", self.quota.disk_full.load(Ordering::Relaxed)),
-            ("store.bytes_used", self.quota.used()),
-            ("store.budget", self.cfg.budget),
-            ("store.capacity", self.capacity()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
     }
 
     pub fn pending_flows(&self) -> usize {
@@ -851,10 +857,13 @@ impl StoreWriter {
     /// own counters in one transaction; on failure recover (make room, move a
     /// damaged file aside) and retry. Rows that still fail stay pending.
     fn commit_state(&mut self) {
-        if self.rows.is_empty() && !self.participants.iter().any(|p| p.has_work()) {
+        let snapshot_due = self.last_snapshot.elapsed() >= SNAPSHOT_EVERY;
+        if self.rows.is_empty() && !snapshot_due && !self.participants.iter().any(|p| p.has_work()) {
             return;
         }
-        let mut own = CounterRows(self.own_counters());
+        self.publish_gauges();
+        self.metrics.gauge(&defs::SNAPSHOT_TIME, &[]).set(crate::timefmt::now_ms() / 1000);
+        let mut own = MetricRows(self.metrics.snapshot());
         let p = self.dir.state();
         for attempt in 1..=MAX_ATTEMPTS {
             if let Err(e) = self.state_db() {
@@ -885,6 +894,7 @@ impl StoreWriter {
                     for x in &mut self.participants {
                         x.committed();
                     }
+                    self.last_snapshot = Instant::now();
                     return;
                 }
                 Err(e) => {
@@ -903,6 +913,7 @@ impl StoreWriter {
 
     /// Commit and close everything.
     pub fn finish(mut self) {
+        self.last_snapshot = Instant::now() - SNAPSHOT_EVERY;
         self.commit();
         self.flush_hours();
         let spans: Vec<u64> = self.open.keys().copied().collect();
@@ -912,7 +923,9 @@ impl StoreWriter {
         if self.rebuild_rollups {
             self.rebuild_rollups_from_segments();
         }
-        self.publish_gauges();
+        // The last snapshot, with the sizes after closing.
+        self.last_snapshot = Instant::now() - SNAPSHOT_EVERY;
+        self.commit_state();
     }
 }
 
