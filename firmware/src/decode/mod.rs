@@ -681,39 +681,6 @@ pub fn plain_error(msg: &str) -> String {
     out
 }
 
-impl RecordBuilder {
-    /// Fill from a fixed-format v5/v7 record.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply_v5(
-        &mut self,
-        src: std::net::Ipv4Addr,
-        dst: std::net::Ipv4Addr,
-        sport: u16,
-        dport: u16,
-        proto: u8,
-        flags: u8,
-        octets: u32,
-        pkts: u32,
-        input: u16,
-        output: u16,
-        first: u32,
-        last: u32,
-    ) {
-        use netflow_parser::{DataNumber as N, FieldValue as V};
-        self.apply(8, &V::Ip4Addr(src));
-        self.apply(12, &V::Ip4Addr(dst));
-        self.apply(7, &V::DataNumber(N::U16(sport)));
-        self.apply(11, &V::DataNumber(N::U16(dport)));
-        self.apply(4, &V::DataNumber(N::U8(proto)));
-        self.apply(6, &V::DataNumber(N::U8(flags)));
-        self.apply(1, &V::DataNumber(N::U32(octets)));
-        self.apply(2, &V::DataNumber(N::U32(pkts)));
-        self.apply(10, &V::DataNumber(N::U16(input)));
-        self.apply(14, &V::DataNumber(N::U16(output)));
-        self.apply(22, &V::DataNumber(N::U32(first)));
-        self.apply(21, &V::DataNumber(N::U32(last)));
-    }
-}
 
 #[cfg(test)]
 mod tests {

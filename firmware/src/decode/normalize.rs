@@ -211,6 +211,38 @@ pub struct RecordBuilder {
 }
 
 impl RecordBuilder {
+    /// Fill from a fixed-format v5/v7 record, field by field (no information
+    /// element numbers in between). First/last are sysUptime milliseconds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_v5(
+        &mut self,
+        src: std::net::Ipv4Addr,
+        dst: std::net::Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        flags: u8,
+        octets: u32,
+        pkts: u32,
+        input: u16,
+        output: u16,
+        first: u32,
+        last: u32,
+    ) {
+        self.src4 = Some(IpAddr::V4(src));
+        self.dst4 = Some(IpAddr::V4(dst));
+        self.src_port = sport;
+        self.dst_port = dport;
+        self.proto = proto;
+        self.tcp_flags = u16::from(flags);
+        self.bytes = Some(u64::from(octets));
+        self.packets = Some(u64::from(pkts));
+        self.in_if = u32::from(input);
+        self.out_if = u32::from(output);
+        self.start_up = Some(u64::from(first));
+        self.end_up = Some(u64::from(last));
+    }
+
     /// Apply one information element.
     pub fn apply(&mut self, ie: u16, v: &FieldValue) {
         match ie {
