@@ -681,7 +681,6 @@ pub fn plain_error(msg: &str) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
