@@ -318,7 +318,17 @@ pub fn forward_status(data_dir: &Path, format: TableOrJson, out: &mut dyn Write)
                     n("gaps"),
                     s("last_success")
                 )?;
-                writeln!(out, "  last error {} at {}", s("last_error"), s("last_error_at"))?;
+                if r["last_error"].is_null() {
+                    writeln!(out, "  last error: none")?;
+                } else {
+                    writeln!(
+                        out,
+                        "  last error ({}) at {}: {}",
+                        s("last_error_kind"),
+                        s("last_error_at"),
+                        s("last_error")
+                    )?;
+                }
                 writeln!(
                     out,
                     "  {} {}; server certificate until {}; client certificate until {}",

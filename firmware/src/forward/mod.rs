@@ -10,6 +10,7 @@
 
 pub mod cef;
 pub mod ecs;
+pub mod error;
 pub mod event;
 pub mod leef;
 pub mod sender;
@@ -83,6 +84,7 @@ pub fn spawn_all(
                     framing: cfg.framing.as_str().into(),
                     format: cfg.format.as_str().into(),
                     last_error: Some(format!("cannot start: {e}")),
+                    last_error_kind: Some(e.kind().into()),
                     last_error_ms: Some(crate::timefmt::now_ms()),
                     updated_ms: crate::timefmt::now_ms(),
                     ..status::DestState::default()
@@ -95,7 +97,7 @@ pub fn spawn_all(
 }
 
 /// `forward-test`: one test event per destination; (name, outcome) in config order.
-pub async fn test_all(list: &[settings::ForwardConfig]) -> Vec<(String, Result<String, String>)> {
+pub async fn test_all(list: &[settings::ForwardConfig]) -> Vec<(String, Result<String, error::ForwardError>)> {
     let who = Arc::new(event::Sender::local());
     let mut out = Vec::new();
     for cfg in list {

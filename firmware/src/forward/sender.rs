@@ -9,6 +9,7 @@
 //! waits for the writer's wake-up, the heartbeat timer, or the receiver closing
 //! the connection. State changes are reported for `forward-status`.
 
+use super::error::ForwardError;
 use super::event::{Envelope, Event, Gap, Heartbeat, Sender};
 use super::settings::{ForwardConfig, Transport};
 use super::spool::{ForwardShared, SpoolReader};
@@ -40,7 +41,7 @@ pub struct Destination {
 
 impl Destination {
     /// Build from config (TLS material is loaded here: errors name the file).
-    pub fn new(cfg: ForwardConfig, sender: Arc<Sender>) -> Result<Destination, String> {
+    pub fn new(cfg: ForwardConfig, sender: Arc<Sender>) -> Result<Destination, ForwardError> {
         let tls = if cfg.transport == Transport::Tls {
             Some(super::tls::client_config(&cfg)?)
         } else {
@@ -49,7 +50,7 @@ impl Destination {
         Ok(Destination { cfg, tls, sender })
     }
 
-    pub fn connect_fut(&self) -> impl std::future::Future<Output = Result<Conn, String>> + '_ {
+    pub fn connect_fut(&self) -> impl std::future::Future<Output = Result<Conn, ForwardError>> + '_ {
         connect(&self.cfg, self.tls.as_ref())
     }
 
@@ -113,7 +114,7 @@ impl Jitter {
 /// Why a session ended.
 enum End {
     Stop,
-    Failed(String),
+    Failed(ForwardError),
 }
 
 struct Run<'a> {
@@ -140,13 +141,14 @@ impl Run<'_> {
         }
     }
 
-    fn fail(&mut self, why: String) {
-        tracing::warn!("forward {}: {why}", self.d.cfg.name);
+    fn fail(&mut self, why: ForwardError) {
+        tracing::warn!("forward {}: {why} ({} failure)", self.d.cfg.name, why.kind());
         if self.state.connected {
             self.state.since_ms = Some(now_ms());
         }
         self.state.connected = false;
-        self.state.last_error = Some(why);
+        self.state.last_error_kind = Some(why.kind().into());
+        self.state.last_error = Some(why.to_string());
         self.state.last_error_ms = Some(now_ms());
         self.publish();
     }
@@ -175,11 +177,11 @@ impl Run<'_> {
     }
 
     /// Send the next batch; Ok(false) when the spool had nothing.
-    async fn send_batch(&mut self, conn: &mut Conn) -> Result<bool, String> {
+    async fn send_batch(&mut self, conn: &mut Conn) -> Result<bool, ForwardError> {
         let batch = self
             .reader
             .read(&self.d.cfg.name, self.confirmed, BATCH_ENTRIES, BATCH_BYTES)
-            .map_err(|e| format!("cannot read the spool: {e}"))?;
+            .map_err(|e| ForwardError::Spool(format!("cannot read the spool: {e}")))?;
         let Some(first) = batch.first() else { return Ok(false) };
         let mut stream = Vec::new();
         let mut datagrams = Vec::new();
@@ -243,7 +245,7 @@ impl Run<'_> {
         Ok(true)
     }
 
-    async fn send_one(&mut self, conn: &mut Conn, ev: Event) -> Result<(), String> {
+    async fn send_one(&mut self, conn: &mut Conn, ev: Event) -> Result<(), ForwardError> {
         let sender = self.d.sender.clone();
         let env = Envelope {
             event: &ev,
@@ -392,7 +394,7 @@ pub async fn run(
 }
 
 /// `forward-test`: connect, send one test event, confirm. Returns a line for humans.
-pub async fn test_destination(d: &Destination) -> Result<String, String> {
+pub async fn test_destination(d: &Destination) -> Result<String, ForwardError> {
     let t0 = Instant::now();
     let mut conn = d.connect_fut().await?;
     let ev = Event::Test;

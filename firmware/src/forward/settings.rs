@@ -6,6 +6,7 @@
 //! names the destination and the key, and checks what can be checked without
 //! the network (files exist and parse, fingerprint form, sizes).
 
+use super::error::ForwardError;
 use crate::units::{SizeSpec, Span};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -172,27 +173,29 @@ impl ForwardConfig {
     }
 
     /// `(host, port)` of `address`, the port defaulted by transport.
-    pub fn host_port(&self) -> Result<(String, u16), String> {
+    pub fn host_port(&self) -> Result<(String, u16), ForwardError> {
         split_host_port(&self.address, if self.transport == Transport::Tls { 6514 } else { 514 })
     }
 
     /// The pinned certificate digest, if configured (32 bytes).
-    pub fn pinned_sha256(&self) -> Result<Option<[u8; 32]>, String> {
+    pub fn pinned_sha256(&self) -> Result<Option<[u8; 32]>, ForwardError> {
         let Some(f) = &self.fingerprint else { return Ok(None) };
         let hex: String = f
             .trim()
             .strip_prefix("sha256:")
             .or_else(|| f.trim().strip_prefix("SHA256:"))
-            .ok_or_else(|| format!("{f:?}: must start with \"sha256:\""))?
+            .ok_or_else(|| ForwardError::Setup(format!("{f:?}: must start with \"sha256:\"")))?
             .chars()
             .filter(|c| *c != ':')
             .collect();
         if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("{f:?}: expected 64 hex digits after \"sha256:\" (colons allowed)"));
+            return Err(ForwardError::Setup(format!(
+                "{f:?}: expected 64 hex digits after \"sha256:\" (colons allowed)"
+            )));
         }
         let mut out = [0u8; 32];
         for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| ForwardError::Setup(e.to_string()))?;
         }
         Ok(Some(out))
     }
@@ -208,7 +211,11 @@ fn has_port(s: &str) -> bool {
 }
 
 /// Split `host:port`, `[v6]:port`, `v6` or `host`.
-pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), ForwardError> {
+    split(s, default_port).map_err(ForwardError::Setup)
+}
+
+fn split(s: &str, default_port: u16) -> Result<(String, u16), String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty address".into());
@@ -250,7 +257,7 @@ pub fn validate(list: &[ForwardConfig]) -> Result<(), (usize, &'static str, Stri
             return err("name", "is used twice (each destination needs its own name)".into());
         }
         if let Err(m) = f.host_port() {
-            return err("address", m);
+            return err("address", m.to_string());
         }
         if !has_port(&f.address) {
             let (host, _) = f.host_port().unwrap_or_default();
@@ -319,12 +326,12 @@ pub fn validate(list: &[ForwardConfig]) -> Result<(), (usize, &'static str, Stri
             _ => {}
         }
         if let Err(m) = f.pinned_sha256() {
-            return err("fingerprint", m);
+            return err("fingerprint", m.to_string());
         }
         if let Some(p) = &f.ca_file
             && let Err(m) = super::tls::load_roots(p)
         {
-            return err("ca_file", m);
+            return err("ca_file", m.to_string());
         }
         if f.client_cert_file.is_some() != f.client_key_file.is_some() {
             return err("client_cert_file", "client_cert_file and client_key_file go together".into());
@@ -332,7 +339,7 @@ pub fn validate(list: &[ForwardConfig]) -> Result<(), (usize, &'static str, Stri
         if let (Some(c), Some(k)) = (&f.client_cert_file, &f.client_key_file)
             && let Err(m) = super::tls::load_client_identity(c, k)
         {
-            return err("client_cert_file", m);
+            return err("client_cert_file", m.to_string());
         }
         if let Some(n) = &f.server_name
             && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()

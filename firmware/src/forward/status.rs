@@ -21,6 +21,9 @@ pub struct DestState {
     pub since_ms: Option<u64>,
     pub last_success_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// What failed last: setup, resolve, connect, delivery or spool
+    /// (`ForwardError::kind`).
+    pub last_error_kind: Option<String>,
     pub last_error_ms: Option<u64>,
     pub tls_version: Option<String>,
     pub tls_cipher: Option<String>,
@@ -69,6 +72,7 @@ pub fn status_json(
         "since": t(s.since_ms),
         "last_success": t(s.last_success_ms),
         "last_error": s.last_error,
+        "last_error_kind": s.last_error_kind,
         "last_error_at": t(s.last_error_ms),
         "tls_version": s.tls_version,
         "tls_cipher": s.tls_cipher,

@@ -8,6 +8,7 @@
 //! Also here: reading a certificate's validity period from its DER, for the
 //! expiry shown in the destination state.
 
+use super::error::ForwardError;
 use super::settings::ForwardConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -23,7 +24,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Read a PEM CA bundle (at least one certificate).
-pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+pub fn load_roots(path: &Path) -> Result<RootCertStore, ForwardError> {
+    roots(path).map_err(ForwardError::Setup)
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, String> {
     let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let mut roots = RootCertStore::empty();
     for (i, c) in iter.enumerate() {
@@ -42,7 +47,14 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
 }
 
 /// Read a client certificate chain and its private key (PEM).
-pub fn load_client_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+pub fn load_client_identity(cert: &Path, key: &Path) -> Result<ClientIdentity, ForwardError> {
+    identity(cert, key).map_err(ForwardError::Setup)
+}
+
+/// A client certificate chain and its key.
+pub type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn identity(cert: &Path, key: &Path) -> Result<ClientIdentity, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{}: cannot read: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -58,24 +70,25 @@ pub fn load_client_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateD
 }
 
 /// The rustls client configuration of a destination and the name to check.
-pub fn client_config(f: &ForwardConfig) -> Result<(Arc<ClientConfig>, ServerName<'static>), String> {
+pub fn client_config(f: &ForwardConfig) -> Result<(Arc<ClientConfig>, ServerName<'static>), ForwardError> {
+    let setup = ForwardError::Setup;
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|e| setup(format!("TLS setup: {e}")))?;
     let builder = match (&f.ca_file, f.pinned_sha256()?) {
         (_, Some(pin)) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pin, provider })),
         (Some(ca), None) => builder.with_root_certificates(load_roots(ca)?),
-        (None, None) => return Err("transport \"tls\" needs ca_file or fingerprint".into()),
+        (None, None) => return Err(setup("transport \"tls\" needs ca_file or fingerprint".into())),
     };
     let mut cfg = match (&f.client_cert_file, &f.client_key_file) {
         (Some(c), Some(k)) => {
             let (chain, key) = load_client_identity(c, k)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("{}: client certificate and key do not fit together: {e}", c.display()))?
+                .map_err(|e| setup(format!("{}: client certificate and key do not fit together: {e}", c.display())))?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -84,7 +97,7 @@ pub fn client_config(f: &ForwardConfig) -> Result<(Arc<ClientConfig>, ServerName
         Some(n) => n.clone(),
         None => f.host_port()?.0,
     };
-    let name = ServerName::try_from(name.clone()).map_err(|_| format!("{name:?} is neither a DNS name nor an IP address"))?;
+    let name = ServerName::try_from(name.clone()).map_err(|_| setup(format!("{name:?} is neither a DNS name nor an IP address")))?;
     Ok((Arc::new(cfg), name))
 }
 

@@ -10,6 +10,7 @@
 //! sent again, marked); silence means the receiver took it. UDP cannot be
 //! confirmed: a datagram handed to the kernel counts as sent.
 
+use super::error::ForwardError;
 use super::settings::{ForwardConfig, Transport};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -38,7 +39,7 @@ pub struct Conn {
 
 /// Resolve `host` to addresses: numeric as is, `localhost` to loopback, else
 /// /etc/hosts and the DNS servers of /etc/resolv.conf (hickory).
-pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ForwardError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
@@ -49,12 +50,19 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         ]);
     }
     let resolver = hickory_resolver::Resolver::builder_tokio()
-        .map_err(|e| format!("cannot resolve {host:?}: no usable resolver configuration (/etc/resolv.conf): {e}"))?
+        .map_err(|e| {
+            ForwardError::Resolve(format!(
+                "cannot resolve {host:?}: no usable resolver configuration (/etc/resolv.conf): {e}"
+            ))
+        })?
         .build();
-    let ips = resolver.lookup_ip(host).await.map_err(|e| resolve_failure(host, &e))?;
+    let ips = resolver
+        .lookup_ip(host)
+        .await
+        .map_err(|e| ForwardError::Resolve(resolve_failure(host, &e)))?;
     let out: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
     if out.is_empty() {
-        return Err(format!("cannot resolve {host:?}: no addresses"));
+        return Err(ForwardError::Resolve(format!("cannot resolve {host:?}: no addresses")));
     }
     Ok(out)
 }
@@ -93,7 +101,7 @@ fn io_reason(e: &std::io::Error, f: &ForwardConfig) -> String {
 }
 
 /// Open a connection to the destination (first address that works).
-pub async fn connect(f: &ForwardConfig, tls: Option<&(Arc<ClientConfig>, ServerName<'static>)>) -> Result<Conn, String> {
+pub async fn connect(f: &ForwardConfig, tls: Option<&(Arc<ClientConfig>, ServerName<'static>)>) -> Result<Conn, ForwardError> {
     let (host, port) = f.host_port()?;
     let addrs = resolve(&host, port).await?;
     let limit = Duration::from_millis(f.connect_timeout.ms());
@@ -104,10 +112,19 @@ pub async fn connect(f: &ForwardConfig, tls: Option<&(Arc<ClientConfig>, ServerN
             Err(e) => last = format!("{addr}: {e}"),
         }
     }
-    Err(last)
+    Err(ForwardError::Connect(last))
 }
 
 async fn connect_one(
+    f: &ForwardConfig,
+    tls: Option<&(Arc<ClientConfig>, ServerName<'static>)>,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<Conn, ForwardError> {
+    connect_to(f, tls, addr, limit).await.map_err(ForwardError::Connect)
+}
+
+async fn connect_to(
     f: &ForwardConfig,
     tls: Option<&(Arc<ClientConfig>, ServerName<'static>)>,
     addr: SocketAddr,
@@ -187,7 +204,7 @@ async fn connect_one(
 
 impl Conn {
     /// Write framed bytes (stream) or datagrams (udp).
-    pub async fn send(&mut self, f: &ForwardConfig, stream_bytes: &[u8], datagrams: &[Vec<u8>]) -> Result<(), String> {
+    pub async fn send(&mut self, f: &ForwardConfig, stream_bytes: &[u8], datagrams: &[Vec<u8>]) -> Result<(), ForwardError> {
         let res = match &mut self.stream {
             Stream::Tls(s) => match s.write_all(stream_bytes).await {
                 Ok(()) => s.flush().await,
@@ -205,13 +222,17 @@ impl Conn {
                 r
             }
         };
-        res.map_err(|e| format!("write failed: {}", io_reason(&e, f)))
+        res.map_err(|e| ForwardError::Delivery(format!("write failed: {}", io_reason(&e, f))))
     }
 
     /// Read for the confirmation window: silence = delivered. Over UDP the
     /// only answer possible is the receiving host's ICMP port unreachable,
     /// which a connected socket reports as a refused read.
-    pub async fn confirm(&mut self, f: &ForwardConfig) -> Result<(), String> {
+    pub async fn confirm(&mut self, f: &ForwardConfig) -> Result<(), ForwardError> {
+        self.confirmed(f).await.map_err(ForwardError::Delivery)
+    }
+
+    async fn confirmed(&mut self, f: &ForwardConfig) -> Result<(), String> {
         let wait = self.confirm_wait;
         let peer = self.peer;
         if let Stream::Udp(s) = &self.stream {
@@ -250,7 +271,11 @@ impl Conn {
     }
 
     /// Resolves when the receiver closes the connection or it fails (idle watch).
-    pub async fn closed(&mut self, f: &ForwardConfig) -> String {
+    pub async fn closed(&mut self, f: &ForwardConfig) -> ForwardError {
+        ForwardError::Delivery(self.closed_why(f).await)
+    }
+
+    async fn closed_why(&mut self, f: &ForwardConfig) -> String {
         let mut buf = [0u8; 512];
         loop {
             let r = match &mut self.stream {
