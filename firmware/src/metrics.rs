@@ -293,6 +293,27 @@ pub mod defs {
         "Input decoding could not use, by reason (not_netflow, malformed, no_template_expired, non_flow)"
     );
     def!(
+        DECODE_TEMPLATES,
+        "flowwarden_decode_templates",
+        Gauge,
+        [],
+        "Templates known now, across exporter sessions"
+    );
+    def!(
+        DECODE_TEMPLATES_EVICTED,
+        "flowwarden_decode_templates_evicted_total",
+        Counter,
+        [],
+        "Templates forgotten to stay inside the template cache's bounds"
+    );
+    def!(
+        DECODE_PENDING_SETS,
+        "flowwarden_decode_pending_sets",
+        Gauge,
+        [],
+        "Data sets held now until their template arrives"
+    );
+    def!(
         PIPELINE_DROPPED_FLOWS,
         "flowwarden_pipeline_dropped_flows_total",
         Counter,
@@ -543,6 +564,9 @@ pub fn all() -> Vec<&'static Def> {
         &DECODE_LOST_RECORDS,
         &DECODE_TIME_CLAMPED,
         &DECODE_DROPPED,
+        &DECODE_TEMPLATES,
+        &DECODE_TEMPLATES_EVICTED,
+        &DECODE_PENDING_SETS,
         &PIPELINE_DROPPED_FLOWS,
         &STORE_FLOWS_STORED,
         &STORE_FLOWS_EVICTED,

@@ -257,7 +257,7 @@ impl Pipeline {
             }
         }
         let snapshot = self.decoder.exporter_snapshot();
-        crate::decode::publish_metrics(&self.metrics, &snapshot, &self.decoder.totals);
+        crate::decode::publish_metrics(&self.metrics, &self.decoder, &snapshot);
         self.publish_metrics();
         let _ = self.send(StoreMsg::Rows(Box::new(DecoderRows {
             templates: Vec::new(),

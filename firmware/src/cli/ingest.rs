@@ -122,10 +122,7 @@ fn print_ingest_summary(
     writeln!(
         out,
         "  sets without template:    {} (held {}, decoded later {}, expired {})",
-        d.sets_without_template + d.pending_held,
-        d.pending_held,
-        d.pending_replayed,
-        d.pending_dropped
+        d.sets_without_template, d.pending_held, d.pending_replayed, d.pending_dropped
     )?;
     writeln!(out, "  trailing garbage cut:     {}", d.trailing_garbage)?;
     writeln!(out, "  non-flow records:         {}", d.non_flow_records)?;

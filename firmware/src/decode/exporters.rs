@@ -127,6 +127,14 @@ impl ExporterTable {
         }
     }
 
+    /// Record a sequence number of a datagram whose record count is unknown (it
+    /// held sets for a template not yet known): a gap before it still counts,
+    /// and the next datagram starts a fresh expectation.
+    pub fn sequence_unknown(&mut self, addr: SocketAddr, domain: u32, version: u8, seq: u32) {
+        self.sequence(addr, domain, version, seq, 0, 1);
+        self.seq.remove(&(addr, domain, version));
+    }
+
     /// All exporters, sorted by address.
     pub fn snapshot(&self) -> Vec<ExporterStats> {
         let mut v: Vec<ExporterStats> = self.stats.values().cloned().collect();

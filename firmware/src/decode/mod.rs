@@ -1,73 +1,57 @@
 //! Ingest stage: export datagrams in, normalized [`FlowRecord`]s out.
 //!
-//! One [`Decoder`] owns netflow_parser's `AutoScopedParser` (one parser state
-//! per exporter transport address and observation domain / source id), the
-//! zero-length-varlen pre-pass, persisted templates, sampling tables, per-exporter
-//! health and the internal-network classifier. It is used the same way by the
-//! live collector (arrival = wall clock) and by `ingest` (arrival = capture time).
+//! One [`Decoder`] walks each datagram once with the checked readers of
+//! [`wire`]: v5/v7 records straight into the record builder; v9 and IPFIX sets
+//! in order, learning templates into the one [`templates::TemplateCache`] (per
+//! exporter session, persisted), learning options data (sampling, exporter boot
+//! time) before the data records of the same datagram, decoding data sets
+//! through compiled [`layout::Layout`]s, and holding sets whose template is not
+//! known yet in [`pending::Pending`] with their own header's time context. It
+//! also keeps sampling tables, per-exporter health and the internal-network
+//! classifier, and is used the same way by the live collector (arrival = wall
+//! clock) and by `ingest` (arrival = capture time).
 
 pub mod clock;
 pub mod exporters;
-pub mod fastpath;
+pub mod layout;
 pub mod normalize;
+pub mod pending;
 pub mod rows;
 pub mod sampling;
 pub mod settings;
 pub mod templates;
 #[cfg(test)]
 mod testwire;
-pub mod varlen;
+pub mod wire;
 
 use crate::flow::{Direction, FlowRecord};
 use crate::net::IpNet;
 use exporters::{ExporterStats, ExporterTable};
-use netflow_parser::scoped_parser::AutoScopedParser;
-use netflow_parser::variable_versions::PendingFlowsConfig;
-use netflow_parser::{NetflowPacket, NetflowParser};
-use normalize::{RecordBuilder, TimeContext, ipfix_ie};
+use layout::Layout;
+use normalize::{RecordBuilder, TimeContext};
+use pending::{Held, Pending, PendingLimits};
 use sampling::{SamplingTable, v5_rate};
 use settings::{DecoderSettings, ExporterOverride, SamplingMode};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
-use templates::PersistentTemplates;
+use templates::{Limits, Scope, TemplateCache};
 use thiserror::Error;
+use wire::{SetsEnd, TemplateEvent, TemplateSetKind, TemplatedHeader, V5_RECORD, V5Header, V5Record, V7_RECORD, WireError};
 
-/// A [`RecordBuilder`] from a fixed-format v5 or v7 record (distinct types, same fields).
-macro_rules! fixed_record {
-    ($f:expr) => {{
-        let f = $f;
-        let mut b = RecordBuilder::default();
-        b.apply_v5(
-            f.src_addr,
-            f.dst_addr,
-            f.src_port,
-            f.dst_port,
-            f.protocol_number,
-            f.tcp_flags,
-            f.d_octets,
-            f.d_pkts,
-            f.input,
-            f.output,
-            f.first,
-            f.last,
-        );
-        b
-    }};
-}
-
-/// Templates the parser keeps per exporter session and per cache.
+/// Templates kept per exporter session.
 const TEMPLATES_PER_SOURCE: usize = 512;
-/// Upper bound on persisted templates across all exporters.
-const MAX_PERSISTED_TEMPLATES: usize = 65_536;
-/// Pending (data-before-template) bytes per exporter session.
+/// Templates kept across all exporters.
+const MAX_TEMPLATES: usize = 65_536;
+/// Held (data-before-template) bytes per exporter, and in total.
 const PENDING_BYTES_PER_SOURCE: usize = 2 << 20;
+const PENDING_BYTES_TOTAL: usize = 64 << 20;
 
 #[derive(Debug, Error)]
 pub enum DecodeError {
-    #[error("cannot configure the NetFlow parser: {0}")]
-    Parser(String),
+    #[error("cannot configure the decoder: {0}")]
+    Settings(String),
 }
 
 /// Totals across all exporters, for summaries and metrics.
@@ -79,32 +63,30 @@ pub struct DecodeTotals {
     /// Records without a source and destination address (not flows).
     pub non_flow_records: u64,
     pub malformed: u64,
+    /// Data sets whose template was unknown when they arrived (held or not).
     pub sets_without_template: u64,
-    pub varlen_rewrites: u64,
     /// Datagrams whose first two bytes are not a NetFlow/IPFIX version.
     pub not_netflow: u64,
-    /// v9 datagrams cut before trailing padding or a damaged flowset.
+    /// v9 datagrams with bytes after the last whole flowset (padding or a damaged flowset).
     pub trailing_garbage: u64,
     /// Data sets held for a template that had not arrived yet.
     pub pending_held: u64,
     /// Of those, decoded once the template arrived.
     pub pending_replayed: u64,
-    /// Of those, expired or evicted before it did.
+    /// Sets dropped while waiting: expired, pushed out or refused by the bounds.
     pub pending_dropped: u64,
     /// RFC 5103 biflow records whose reverse direction became a second flow.
     pub biflow_reverse: u64,
     /// Flows whose times were implausible and were clamped (see [`clock`]).
     pub time_clamped: u64,
+    /// Templates forgotten to stay inside the cache's bounds.
+    pub templates_evicted: u64,
 }
 
 /// Stateful decoder for every exporter.
 pub struct Decoder {
-    parser: AutoScopedParser,
-    templates: Arc<PersistentTemplates>,
-    varlen: varlen::VarlenFixer,
-    fast: fastpath::FastPath,
-    /// Data records decoded by the fast path in the datagram being processed.
-    fast_records: u64,
+    templates: TemplateCache,
+    pending: Pending,
     exporters: ExporterTable,
     sampling: SamplingTable,
     system_init: HashMap<(SocketAddr, u32), u64>,
@@ -119,16 +101,21 @@ pub struct Decoder {
     now_ms: u64,
     clock: fn() -> u64,
     max_skew_ms: u64,
+    /// Data sets of the datagram being decoded, decoded after its options data.
+    data_sets: Vec<(Arc<Layout>, u16, Range<usize>)>,
+    /// Held sets whose template arrived in the datagram being decoded.
+    replays: Vec<Held>,
     pub totals: DecodeTotals,
 }
 
-/// Where a record came from, for sampling and exporter attribution.
+/// Where a record came from, for sampling, exporter attribution and the clock window.
 #[derive(Clone, Copy)]
 struct Stream {
     exporter: SocketAddr,
     domain: u32,
     header_rate: Option<u32>,
     ov: Override,
+    arrival_ms: u64,
 }
 
 /// Sampling decided per datagram from the config.
@@ -141,36 +128,49 @@ struct Override {
 impl Decoder {
     /// Build a decoder. `templates` and `saved` come from the state database.
     pub fn new(cfg: &DecoderSettings, templates: Vec<(String, Vec<u8>)>, saved: Vec<ExporterStats>) -> Result<Decoder, DecodeError> {
-        let templates = Arc::new(PersistentTemplates::new(templates, MAX_PERSISTED_TEMPLATES));
-        let mut pending = PendingFlowsConfig::with_ttl(64, Duration::from_millis(cfg.pending_ttl_ms));
-        pending.max_entries_per_template = cfg.pending_per_exporter.max(1);
-        pending.max_total_bytes = PENDING_BYTES_PER_SOURCE;
-        let builder = NetflowParser::builder()
-            .with_cache_size(TEMPLATES_PER_SOURCE)
-            .with_pending_flows(pending)
-            .with_template_store(templates.clone());
-        let parser = AutoScopedParser::try_with_builder(builder)
-            .and_then(|p| p.with_max_sources(cfg.max_exporters))
-            .map_err(|e| DecodeError::Parser(e.to_string()))?;
+        if cfg.max_exporters == 0 {
+            return Err(DecodeError::Settings("max_exporters must be at least 1".into()));
+        }
+        let max_streams = cfg.max_exporters * 4;
+        let templates = TemplateCache::load(
+            templates,
+            Limits {
+                sessions: max_streams,
+                per_session: TEMPLATES_PER_SOURCE,
+                total: MAX_TEMPLATES,
+            },
+        );
+        if templates.unreadable > 0 {
+            tracing::info!(
+                "{} saved templates were of an older format and are dropped; exporters resend theirs within minutes",
+                templates.unreadable
+            );
+        }
+        let pending = Pending::new(PendingLimits {
+            sets_per_exporter: cfg.pending_per_exporter.max(1),
+            bytes_per_exporter: PENDING_BYTES_PER_SOURCE,
+            total_bytes: PENDING_BYTES_TOTAL,
+            exporters: cfg.max_exporters,
+            ttl_ms: cfg.pending_ttl_ms,
+        });
         let mut exporters = ExporterTable::new(cfg.max_exporters);
         exporters.restore(saved);
         Ok(Decoder {
-            parser,
             templates,
-            varlen: varlen::VarlenFixer::new(MAX_PERSISTED_TEMPLATES),
-            fast: fastpath::FastPath::new(MAX_PERSISTED_TEMPLATES),
-            fast_records: 0,
+            pending,
             exporters,
-            sampling: SamplingTable::new(cfg.max_exporters * 4),
+            sampling: SamplingTable::new(max_streams),
             system_init: HashMap::new(),
             internal: cfg.internal.clone(),
             overrides: cfg.overrides.clone(),
-            max_streams: cfg.max_exporters * 4,
+            max_streams,
             last_rate: 1,
             arrival_ms: 0,
             now_ms: 0,
             clock: crate::timefmt::now_ms,
             max_skew_ms: cfg.max_clock_skew_ms,
+            data_sets: Vec::new(),
+            replays: Vec::new(),
             totals: DecodeTotals::default(),
         })
     }
@@ -181,46 +181,22 @@ impl Decoder {
     }
 
     /// Template changes to persist (drained).
-    pub fn template_changes(&self) -> Vec<templates::TemplateChange> {
+    pub fn template_changes(&mut self) -> Vec<templates::TemplateChange> {
         self.templates.take_changes()
     }
 
-    /// Number of templates currently known (persisted set).
+    /// Number of templates currently known.
     pub fn template_count(&self) -> usize {
         self.templates.len()
     }
 
-    /// Per-exporter health with the parser's pending-flow counters folded in.
+    /// Data sets held for their template now.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Per-exporter health.
     pub fn exporter_snapshot(&mut self) -> Vec<ExporterStats> {
-        // (held, replayed, dropped) per exporter, from every parser session.
-        let mut pending: HashMap<SocketAddr, (u64, u64, u64)> = HashMap::new();
-        let mut add = |addr: SocketAddr, m: &netflow_parser::CacheMetrics| {
-            let e = pending.entry(addr).or_default();
-            e.0 += m.pending_cached;
-            e.1 += m.pending_replayed;
-            e.2 += m.pending_dropped + m.pending_replay_failed;
-        };
-        for (k, info) in self.parser.ipfix_info() {
-            add(k.addr, &info.ipfix.metrics);
-            add(k.addr, &info.v9.metrics);
-        }
-        for (k, info) in self.parser.v9_info() {
-            add(k.addr, &info.v9.metrics);
-        }
-        let (mut held, mut replayed, mut dropped) = (0, 0, 0);
-        for (addr, (h, r, d)) in pending {
-            held += h;
-            replayed += r;
-            dropped += d;
-            if let Some(s) = self.exporters.get_mut(&addr) {
-                s.pending_held = h;
-                s.pending_replayed = r;
-                s.pending_dropped = d;
-            }
-        }
-        self.totals.pending_held = held;
-        self.totals.pending_replayed = replayed;
-        self.totals.pending_dropped = dropped;
         self.exporters.snapshot()
     }
 
@@ -265,33 +241,20 @@ impl Decoder {
             self.totals.not_netflow += 1;
             return;
         }
-        let fixed = self.varlen.fix(exporter, data);
-        self.totals.varlen_rewrites = self.varlen.rewritten;
-        let mut bytes = fixed.as_deref().unwrap_or(data);
-        if let Some(len) = varlen::v9_well_formed_len(bytes) {
-            self.totals.trailing_garbage += 1;
-            self.exporters.entry(exporter).trailing_garbage += 1;
-            bytes = &bytes[..len];
+        for (addr, n) in self.pending.expire(arrival_ms) {
+            self.totals.pending_dropped += n;
+            self.exporters.entry(addr).pending_dropped += n;
         }
-        let (patched, taken) = self.fast.scan(exporter, bytes);
-        let parser_bytes = patched.as_deref().unwrap_or(bytes);
-        // Count the fast records into this datagram's sequence accounting.
-        self.fast_records = taken.iter().map(|(l, r)| (r.len() / l.record_len) as u64).sum();
-        let result = self.parser.parse_from_source(exporter, parser_bytes);
         let ov = self.override_for(exporter.ip());
         let before = out.len();
-        let mut records = 0u64;
-        for pkt in &result.packets {
-            records += self.packet(exporter, arrival_ms, pkt, ov, out);
-        }
-        // Fast records last: options data in this datagram (sampling, system
-        // init time) have been learned by now, as they would be for the parser.
-        if !taken.is_empty() {
-            records += self.fast_records(exporter, bytes, &taken, ov, out);
-        }
+        let (records, err) = match version {
+            Some(5 | 7) => self.fixed_format(exporter, data, ov, out),
+            _ => self.templated(exporter, data, ov, out),
+        };
         let flows = (out.len() - before) as u64;
         self.totals.records += records;
         self.totals.flows += flows;
+        self.totals.templates_evicted = self.templates.evicted;
         let e = self.exporters.entry(exporter);
         e.packets += 1;
         e.records += records;
@@ -299,11 +262,248 @@ impl Decoder {
         if flows > 0 {
             e.sampling_rate = self.last_rate;
         }
-        if let Some(err) = result.error {
+        if let Some(err) = err {
             self.totals.malformed += 1;
             e.malformed += 1;
-            e.last_error = Some(plain_error(&err.to_string()));
+            e.last_error = Some(err.to_string());
         }
+    }
+
+    /// A v5 or v7 datagram: a header and fixed records. Returns the records decoded.
+    fn fixed_format(&mut self, exporter: SocketAddr, data: &[u8], ov: Override, out: &mut Vec<FlowRecord>) -> (u64, Option<WireError>) {
+        let (h, recs) = match V5Header::parse(data) {
+            Ok(x) => x,
+            Err(e) => return (0, Some(e)),
+        };
+        let export_ms = h.export_ms();
+        let ctx = TimeContext {
+            export_ms,
+            sys_uptime_ms: Some(h.sys_uptime),
+            system_init_ms: None,
+        };
+        // v7's engine and sampling bytes are reserved.
+        let (size, domain, header_rate) = if h.version == 5 {
+            (
+                V5_RECORD,
+                ((h.engine_type as u32) << 8) | h.engine_id as u32,
+                v5_rate(h.sampling_interval),
+            )
+        } else {
+            (V7_RECORD, 0, None)
+        };
+        self.exporters
+            .sequence(exporter, domain, h.version as u8, h.sequence, h.count as u32, 1);
+        self.note_header(exporter, h.version as u8, export_ms);
+        let stream = Stream {
+            exporter,
+            domain,
+            header_rate,
+            ov,
+            arrival_ms: self.arrival_ms,
+        };
+        for r in recs.chunks_exact(size).filter_map(V5Record::read) {
+            let mut b = RecordBuilder::default();
+            b.apply_v5(
+                r.src.into(),
+                r.dst.into(),
+                r.src_port,
+                r.dst_port,
+                r.proto,
+                r.tcp_flags,
+                r.octets,
+                r.packets,
+                r.input,
+                r.output,
+                r.first,
+                r.last,
+            );
+            self.emit(b, &ctx, stream, out);
+        }
+        (h.count as u64, None)
+    }
+
+    /// A v9 packet or an IPFIX message, in one walk over its sets.
+    fn templated(&mut self, exporter: SocketAddr, data: &[u8], ov: Override, out: &mut Vec<FlowRecord>) -> (u64, Option<WireError>) {
+        let (h, mut err) = match TemplatedHeader::parse(data) {
+            Ok(x) => x,
+            Err(e) => return (0, Some(e)),
+        };
+        let scope = Scope {
+            exporter,
+            version: h.version,
+            domain: h.domain,
+        };
+        let export_ms = h.export_secs as u64 * 1000;
+        self.note_header(exporter, h.version as u8, export_ms);
+        let header_ctx = TimeContext {
+            export_ms,
+            sys_uptime_ms: h.sys_uptime,
+            system_init_ms: None,
+        };
+        let mut data_sets = std::mem::take(&mut self.data_sets);
+        let mut replays = std::mem::take(&mut self.replays);
+        let mut held_any = false;
+        let mut options_records = 0u64;
+        let mut sets = wire::Sets::new(data, &h);
+        for set in sets.by_ref() {
+            let at = set.at + 4;
+            if let Some(kind) = TemplateSetKind::of(h.version, set.id) {
+                let r = wire::templates(kind, set.body, at, |ev| self.template_event(scope, ev, &mut replays));
+                if let Err(e) = r {
+                    err.get_or_insert(e);
+                }
+            } else if set.id >= 256 {
+                match self.templates.get(&scope, set.id) {
+                    // Options data first: a sampling rate or boot time in this
+                    // datagram applies to the data records that follow it.
+                    Some(l) if l.spec.options => {
+                        let (n, e) = l.records(set.body, set.id, at, |b| self.learn_options(exporter, h.domain, &b));
+                        options_records += n;
+                        if let Some(e) = e {
+                            err.get_or_insert(e);
+                        }
+                    }
+                    Some(l) => data_sets.push((l, set.id, at..at + set.body.len())),
+                    None => {
+                        held_any = true;
+                        self.hold(scope, set.id, at, header_ctx, set.body);
+                    }
+                }
+            }
+            // Set ids 2-255 other than IPFIX's templates are reserved: skipped.
+        }
+        match std::mem::replace(&mut sets.stop, SetsEnd::Clean) {
+            SetsEnd::Clean => {}
+            SetsEnd::Padding(_) if h.version == 10 => {}
+            SetsEnd::Padding(_) | SetsEnd::Damaged(_) if h.version == 9 => {
+                self.totals.trailing_garbage += 1;
+                self.exporters.entry(exporter).trailing_garbage += 1;
+            }
+            SetsEnd::Padding(_) => {}
+            SetsEnd::Damaged(e) => {
+                err.get_or_insert(e);
+            }
+        }
+        self.exporters.entry(exporter).options_records += options_records;
+        let ctx = TimeContext {
+            system_init_ms: if h.version == 10 {
+                self.system_init.get(&(exporter, h.domain)).copied()
+            } else {
+                None
+            },
+            ..header_ctx
+        };
+        let stream = Stream {
+            exporter,
+            domain: h.domain,
+            header_rate: None,
+            ov,
+            arrival_ms: self.arrival_ms,
+        };
+        let mut records = 0u64;
+        for (l, tid, range) in data_sets.drain(..) {
+            let Some(body) = data.get(range.clone()) else { continue };
+            let (n, e) = l.records(body, tid, range.start, |b| self.emit(b, &ctx, stream, out));
+            records += n;
+            if let Some(e) = e {
+                err.get_or_insert(e);
+            }
+        }
+        // Sets held earlier whose template came in this datagram, each dated
+        // against its own datagram's header.
+        let mut replayed = 0u64;
+        for held in replays.drain(..) {
+            replayed += self.replay(held, ov, out);
+        }
+        self.data_sets = data_sets;
+        self.replays = replays;
+        // v9 sequence numbers count export packets, IPFIX's count data records
+        // (options records too). A message with held sets has an unknown count.
+        if h.version == 9 {
+            let per_packet = (records as u32).max(1);
+            self.exporters.sequence(exporter, h.domain, 9, h.sequence, 1, per_packet);
+        } else if held_any {
+            self.exporters.sequence_unknown(exporter, h.domain, 10, h.sequence);
+        } else {
+            self.exporters
+                .sequence(exporter, h.domain, 10, h.sequence, (records + options_records) as u32, 1);
+        }
+        (records + replayed, err)
+    }
+
+    fn template_event(&mut self, scope: Scope, ev: TemplateEvent, replays: &mut Vec<Held>) {
+        match ev {
+            TemplateEvent::Define(tid, spec) => {
+                let e = self.exporters.entry(scope.exporter);
+                if spec.options {
+                    e.options_templates += 1;
+                } else {
+                    e.templates += 1;
+                }
+                if self.templates.define(scope, tid, spec).is_some() {
+                    replays.extend(self.pending.take(&scope, tid));
+                }
+            }
+            TemplateEvent::Withdraw(tid) => self.templates.withdraw(&scope, tid),
+            TemplateEvent::WithdrawAll { options } => self.templates.withdraw_all(&scope, options),
+        }
+    }
+
+    fn hold(&mut self, scope: Scope, tid: u16, at: usize, ctx: TimeContext, body: &[u8]) {
+        self.totals.sets_without_template += 1;
+        let o = self.pending.hold(Held {
+            scope,
+            tid,
+            at,
+            ctx,
+            arrival_ms: self.arrival_ms,
+            body: body.to_vec(),
+        });
+        let e = self.exporters.entry(scope.exporter);
+        e.sets_without_template += 1;
+        e.pending_held += u64::from(o.held);
+        e.pending_dropped += o.dropped;
+        self.totals.pending_held += u64::from(o.held);
+        self.totals.pending_dropped += o.dropped;
+    }
+
+    /// Decode a held set now that its template is known; returns its records.
+    fn replay(&mut self, held: Held, ov: Override, out: &mut Vec<FlowRecord>) -> u64 {
+        let Some(l) = self.templates.get(&held.scope, held.tid) else {
+            return 0;
+        };
+        let Scope { exporter, domain, .. } = held.scope;
+        self.totals.pending_replayed += 1;
+        self.exporters.entry(exporter).pending_replayed += 1;
+        let (n, e) = if l.spec.options {
+            let r = l.records(&held.body, held.tid, held.at, |b| self.learn_options(exporter, domain, &b));
+            self.exporters.entry(exporter).options_records += r.0;
+            (0, r.1)
+        } else {
+            let ctx = TimeContext {
+                system_init_ms: held.ctx.system_init_ms.or_else(|| {
+                    (held.scope.version == 10)
+                        .then(|| self.system_init.get(&(exporter, domain)).copied())
+                        .flatten()
+                }),
+                ..held.ctx
+            };
+            let stream = Stream {
+                exporter,
+                domain,
+                header_rate: None,
+                ov,
+                arrival_ms: held.arrival_ms,
+            };
+            l.records(&held.body, held.tid, held.at, |b| self.emit(b, &ctx, stream, out))
+        };
+        if let Some(e) = e {
+            let x = self.exporters.entry(exporter);
+            x.malformed += 1;
+            x.last_error = Some(e.to_string());
+            self.totals.malformed += 1;
+        }
+        n
     }
 
     fn emit(&mut self, b: RecordBuilder, ctx: &TimeContext, src: Stream, out: &mut Vec<FlowRecord>) {
@@ -316,6 +516,7 @@ impl Decoder {
             domain,
             header_rate,
             ov,
+            arrival_ms,
         } = src;
         let rate = if ov.force {
             ov.rate.unwrap_or(1)
@@ -332,7 +533,7 @@ impl Decoder {
         };
         let reverse = b.reverse();
         b.finish(ctx, rate, &mut rec);
-        let window = clock::Window::new(ctx.export_ms, self.arrival_ms, self.now_ms, self.max_skew_ms);
+        let window = clock::Window::new(ctx.export_ms, arrival_ms, self.now_ms, self.max_skew_ms);
         if let Some(original) = window.clamp(&mut rec) {
             self.totals.time_clamped += 1;
             let e = self.exporters.entry(exporter);
@@ -375,265 +576,20 @@ impl Decoder {
         }
     }
 
-    /// Returns the number of data records in the packet.
-    fn packet(&mut self, exporter: SocketAddr, arrival_ms: u64, pkt: &NetflowPacket, ov: Override, out: &mut Vec<FlowRecord>) -> u64 {
-        match pkt {
-            NetflowPacket::V5(v5) => {
-                let h = &v5.header;
-                let export_ms = h.unix_secs as u64 * 1000 + (h.unix_nsecs / 1_000_000) as u64;
-                let ctx = TimeContext {
-                    export_ms,
-                    sys_uptime_ms: Some(h.sys_up_time),
-                    system_init_ms: None,
-                };
-                let domain = ((h.engine_type as u32) << 8) | h.engine_id as u32;
-                self.exporters
-                    .sequence(exporter, domain, 5, h.flow_sequence, v5.flowsets.len() as u32, 1);
-                self.note_header(exporter, 5, export_ms, arrival_ms);
-                let header_rate = v5_rate(h.sampling_interval);
-                for f in &v5.flowsets {
-                    let b = fixed_record!(f);
-                    self.emit(
-                        b,
-                        &ctx,
-                        Stream {
-                            exporter,
-                            domain,
-                            header_rate,
-                            ov,
-                        },
-                        out,
-                    );
-                }
-                v5.flowsets.len() as u64
-            }
-            NetflowPacket::V7(v7) => {
-                let h = &v7.header;
-                let export_ms = h.unix_secs as u64 * 1000 + (h.unix_nsecs / 1_000_000) as u64;
-                let ctx = TimeContext {
-                    export_ms,
-                    sys_uptime_ms: Some(h.sys_up_time),
-                    system_init_ms: None,
-                };
-                self.exporters
-                    .sequence(exporter, 0, 7, h.flow_sequence, v7.flowsets.len() as u32, 1);
-                self.note_header(exporter, 7, export_ms, arrival_ms);
-                for f in &v7.flowsets {
-                    let b = fixed_record!(f);
-                    self.emit(
-                        b,
-                        &ctx,
-                        Stream {
-                            exporter,
-                            domain: 0,
-                            header_rate: None,
-                            ov,
-                        },
-                        out,
-                    );
-                }
-                v7.flowsets.len() as u64
-            }
-            NetflowPacket::V9(v9) => {
-                use netflow_parser::variable_versions::v9::FlowSetBody as B;
-                let h = &v9.header;
-                let export_ms = h.unix_secs as u64 * 1000;
-                let domain = h.source_id;
-                let ctx = TimeContext {
-                    export_ms,
-                    sys_uptime_ms: Some(h.sys_up_time),
-                    system_init_ms: None,
-                };
-                self.note_header(exporter, 9, export_ms, arrival_ms);
-                let stream = Stream {
-                    exporter,
-                    domain,
-                    header_rate: None,
-                    ov,
-                };
-                let mut n = 0u64;
-                for fs in &v9.flowsets {
-                    match &fs.body {
-                        B::Template(t) => self.exporters.entry(exporter).templates += t.templates.len() as u64,
-                        B::OptionsTemplate(t) => self.exporters.entry(exporter).options_templates += t.templates.len() as u64,
-                        B::OptionsData(o) => self.v9_options(exporter, domain, o),
-                        B::Data(d) => n += self.v9_data(d, &ctx, stream, out),
-                        B::NoTemplate(_) => self.note_no_template(exporter),
-                        _ => {}
-                    }
-                }
-                // v9 sequence numbers count export packets.
-                let per_packet = ((n + self.fast_records) as u32).max(1);
-                self.exporters.sequence(exporter, domain, 9, h.sequence_number, 1, per_packet);
-                n
-            }
-            NetflowPacket::IPFix(ipfix) => {
-                use netflow_parser::variable_versions::ipfix::FlowSetBody as B;
-                let h = &ipfix.header;
-                let export_ms = h.export_time as u64 * 1000;
-                let domain = h.observation_domain_id;
-                self.note_header(exporter, 10, export_ms, arrival_ms);
-                // Options data first: a system init time or sampling rate in this
-                // message applies to the data records that follow it.
-                for fs in &ipfix.flowsets {
-                    match &fs.body {
-                        B::OptionsData(o) => {
-                            for r in &o.fields {
-                                let mut b = RecordBuilder::default();
-                                for (f, v) in r {
-                                    if let Some(ie) = ipfix_ie(f) {
-                                        b.apply(ie, v);
-                                    }
-                                }
-                                self.learn_options(exporter, domain, &b);
-                                self.exporters.entry(exporter).options_records += 1;
-                            }
-                        }
-                        B::V9OptionsData(o) => self.v9_options(exporter, domain, o),
-                        _ => {}
-                    }
-                }
-                let ctx = TimeContext {
-                    export_ms,
-                    sys_uptime_ms: None,
-                    system_init_ms: self.system_init.get(&(exporter, domain)).copied(),
-                };
-                let stream = Stream {
-                    exporter,
-                    domain,
-                    header_rate: None,
-                    ov,
-                };
-                let mut n = 0u64;
-                for fs in &ipfix.flowsets {
-                    match &fs.body {
-                        B::Template(_) | B::V9Template(_) => self.exporters.entry(exporter).templates += 1,
-                        B::Templates(t) => self.exporters.entry(exporter).templates += t.len() as u64,
-                        B::V9Templates(t) => self.exporters.entry(exporter).templates += t.len() as u64,
-                        B::OptionsTemplate(_) | B::V9OptionsTemplate(_) => self.exporters.entry(exporter).options_templates += 1,
-                        B::OptionsTemplates(t) => self.exporters.entry(exporter).options_templates += t.len() as u64,
-                        B::V9OptionsTemplates(t) => self.exporters.entry(exporter).options_templates += t.len() as u64,
-                        B::Data(d) => {
-                            for r in &d.fields {
-                                let mut b = RecordBuilder::default();
-                                for (f, v) in r {
-                                    if let Some(ie) = ipfix_ie(f) {
-                                        b.apply(ie, v);
-                                    }
-                                }
-                                n += 1;
-                                self.emit(b, &ctx, stream, out);
-                            }
-                        }
-                        B::V9Data(d) => n += self.v9_data(d, &ctx, stream, out),
-                        B::NoTemplate(_) => self.note_no_template(exporter),
-                        _ => {}
-                    }
-                }
-                // IPFIX sequence numbers count data records.
-                self.exporters
-                    .sequence(exporter, domain, 10, h.sequence_number, (n + self.fast_records) as u32, 1);
-                n
-            }
-            _ => 0,
-        }
-    }
-
-    /// Options records carried in v9 form (v9 packets and v9 sets inside IPFIX).
-    fn v9_options(&mut self, exporter: SocketAddr, domain: u32, o: &netflow_parser::variable_versions::v9::OptionsData) {
-        for r in &o.fields {
-            let mut b = RecordBuilder::default();
-            for (f, v) in &r.options_fields {
-                b.apply(u16::from(*f), v);
-            }
-            self.learn_options(exporter, domain, &b);
-            self.exporters.entry(exporter).options_records += 1;
-        }
-    }
-
-    /// Data records carried in v9 form; returns how many.
-    fn v9_data(
-        &mut self,
-        d: &netflow_parser::variable_versions::v9::Data,
-        ctx: &TimeContext,
-        src: Stream,
-        out: &mut Vec<FlowRecord>,
-    ) -> u64 {
-        for r in &d.fields {
-            let mut b = RecordBuilder::default();
-            for (f, v) in r {
-                b.apply(u16::from(*f), v);
-            }
-            self.emit(b, ctx, src, out);
-        }
-        d.fields.len() as u64
-    }
-
-    /// Decode the sets the fast path took from `data`.
-    fn fast_records(&mut self, exporter: SocketAddr, data: &[u8], taken: &fastpath::Taken, ov: Override, out: &mut Vec<FlowRecord>) -> u64 {
-        let be32 = |at: usize| {
-            data.get(at..at + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0)
-        };
-        let (ctx, domain) = if data.first() == Some(&0) && data.get(1) == Some(&9) {
-            let domain = be32(16);
-            (
-                TimeContext {
-                    export_ms: be32(8) as u64 * 1000,
-                    sys_uptime_ms: Some(be32(4)),
-                    system_init_ms: None,
-                },
-                domain,
-            )
-        } else {
-            let domain = be32(12);
-            let init = self.system_init.get(&(exporter, domain)).copied();
-            (
-                TimeContext {
-                    export_ms: be32(4) as u64 * 1000,
-                    sys_uptime_ms: None,
-                    system_init_ms: init,
-                },
-                domain,
-            )
-        };
-        let stream = Stream {
-            exporter,
-            domain,
-            header_rate: None,
-            ov,
-        };
-        let mut n = 0;
-        for (layout, range) in taken {
-            let Some(body) = data.get(range.clone()) else { continue };
-            for rec in body.chunks_exact(layout.record_len) {
-                let mut b = RecordBuilder::default();
-                for &(ie, off, len) in &layout.fields {
-                    b.apply_raw(ie, &rec[off as usize..off as usize + len as usize]);
-                }
-                self.emit(b, &ctx, stream, out);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    fn note_no_template(&mut self, exporter: SocketAddr) {
-        self.totals.sets_without_template += 1;
-        self.exporters.entry(exporter).sets_without_template += 1;
-    }
-
-    fn note_header(&mut self, exporter: SocketAddr, version: u8, export_ms: u64, arrival_ms: u64) {
+    fn note_header(&mut self, exporter: SocketAddr, version: u8, export_ms: u64) {
         let e = self.exporters.entry(exporter);
         e.versions |= 1 << version;
-        e.clock_offset_ms = export_ms as i64 - arrival_ms as i64;
+        e.clock_offset_ms = export_ms as i64 - self.arrival_ms as i64;
     }
 }
 
 /// Publish what the exporters sent and what decoding could not use.
-pub fn publish_metrics(r: &crate::metrics::Registry, exporters: &[ExporterStats], t: &DecodeTotals) {
+pub fn publish_metrics(r: &crate::metrics::Registry, d: &Decoder, exporters: &[ExporterStats]) {
     use crate::metrics::defs::*;
+    let t = &d.totals;
+    r.gauge(&DECODE_TEMPLATES, &[]).set(d.template_count() as u64);
+    r.counter(&DECODE_TEMPLATES_EVICTED, &[]).set_at_least(t.templates_evicted);
+    r.gauge(&DECODE_PENDING_SETS, &[]).set(d.pending_count() as u64);
     for e in exporters {
         let l = [e.exporter.as_str()];
         r.counter(&DECODE_DATAGRAMS, &l).set_at_least(e.packets);
@@ -653,47 +609,101 @@ pub fn publish_metrics(r: &crate::metrics::Registry, exporters: &[ExporterStats]
     }
 }
 
-/// A parser error for people: netflow_parser embeds the raw input bytes
-/// (`input: [12, 209, ...]`); they become a length, and the text is cut to 200
-/// characters on a character boundary.
-pub fn plain_error(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len().min(256));
-    let mut rest = msg;
-    while let Some(i) = rest.find("input: [") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + "input: [".len()..];
-        match after.find(']') {
-            Some(j) => {
-                let n = after[..j].split(',').filter(|x| !x.trim().is_empty()).count();
-                out.push_str(&format!("input: {n} bytes"));
-                rest = &after[j + 1..];
-            }
-            None => {
-                out.push_str("input: (bytes)");
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    if out.chars().count() > 200 {
-        out = out.chars().take(199).collect::<String>() + "…";
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::testwire::{msg, set};
+
+    fn settings() -> DecoderSettings {
+        DecoderSettings {
+            max_exporters: 16,
+            pending_per_exporter: 8,
+            pending_ttl_ms: 60_000,
+            internal: Vec::new(),
+            overrides: Vec::new(),
+            max_clock_skew_ms: u64::MAX / 4,
+        }
+    }
+
+    fn src() -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], 4739))
+    }
+
+    fn now() -> u64 {
+        2_000_000_000_000
+    }
+
+    /// tid 256: src(4), dst(4), octets(4), flowStartSysUpTime(4).
+    fn template() -> Vec<u8> {
+        set(2, &[1, 0, 0, 4, 0, 8, 0, 4, 0, 12, 0, 4, 0, 1, 0, 4, 0, 22, 0, 4])
+    }
+
+    fn with_time(mut m: Vec<u8>, secs: u32, seq: u32) -> Vec<u8> {
+        m[4..8].copy_from_slice(&secs.to_be_bytes());
+        m[8..12].copy_from_slice(&seq.to_be_bytes());
+        m
+    }
 
     #[test]
-    fn parser_errors_lose_their_raw_bytes() {
-        let e = plain_error("Partial parse error: V9 parse error: Parsing Error: Error { input: [12, 209, 0, 28], code: Eof }");
-        assert_eq!(
-            e,
-            "Partial parse error: V9 parse error: Parsing Error: Error { input: 4 bytes, code: Eof }"
+    fn held_sets_are_dated_against_their_own_header_and_expire_on_event_time() {
+        let mut d = Decoder::new(&settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        d.set_clock(now);
+        let mut out = Vec::new();
+        const T0: u32 = 1_700_000_000;
+        // tid 258: src, dst, octets (no times: a flow is dated at its export time).
+        let tpl = set(2, &[1, 2, 0, 3, 0, 8, 0, 4, 0, 12, 0, 4, 0, 1, 0, 4]);
+        let data = set(258, &[10, 0, 0, 1, 10, 0, 0, 2, 0, 0, 0, 9]);
+        d.decode(
+            src(),
+            T0 as u64 * 1000,
+            &with_time(msg(std::slice::from_ref(&data)), T0, 0),
+            &mut out,
         );
-        let long = format!("x: Error {{ input: [{}", "1, ".repeat(500));
-        assert_eq!(plain_error(&long), "x: Error { input: (bytes)");
-        assert!(plain_error(&"é".repeat(300)).chars().count() <= 200);
+        assert!(out.is_empty());
+        assert_eq!((d.totals.pending_held, d.pending_count()), (1, 1));
+        // The template comes 30 s later, in a message exported then.
+        d.decode(src(), (T0 as u64 + 30) * 1000, &with_time(msg(&[tpl]), T0 + 30, 1), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.totals.pending_replayed, 1);
+        assert_eq!((out[0].src.to_string(), out[0].bytes), ("10.0.0.1".into(), 9));
+        assert_eq!((out[0].start_ms, out[0].end_ms), (T0 as u64 * 1000, T0 as u64 * 1000));
+        // A set for an unknown template held longer than the TTL (60 s of event time) expires.
+        let other = set(259, &[1, 2, 3, 4]);
+        d.decode(src(), (T0 as u64 + 100) * 1000, &with_time(msg(&[other]), T0 + 100, 2), &mut out);
+        d.decode(src(), (T0 as u64 + 161) * 1000, &with_time(msg(&[data]), T0 + 161, 3), &mut out);
+        assert_eq!(d.totals.pending_dropped, 1);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn data_set_and_template_in_one_message_in_either_order() {
+        let mut d = Decoder::new(&settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        d.set_clock(now);
+        let mut out = Vec::new();
+        let data = set(256, &[10, 0, 0, 1, 10, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0]);
+        d.decode(src(), 0, &msg(&[data.clone(), template()]), &mut out);
+        d.decode(src(), 0, &msg(&[template(), data]), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(d.totals.records, 2);
+        assert_eq!(d.totals.malformed, 0);
+    }
+
+    #[test]
+    fn damage_is_counted_with_where_and_what() {
+        let mut d = Decoder::new(&settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        let mut out = Vec::new();
+        let mut m = msg(&[template(), set(256, &[10, 0, 0, 1, 10, 0, 0, 2, 0, 0, 0, 9, 0, 0, 0, 0])]);
+        let n = m.len();
+        m[n - 17] = 99; // the data set's length
+        d.decode(src(), 0, &m, &mut out);
+        assert!(out.is_empty());
+        let snap = d.exporter_snapshot();
+        assert_eq!(d.totals.malformed, 1);
+        assert_eq!(
+            snap[0].last_error.as_deref(),
+            Some("set 256 at byte 40 declares 99 bytes; expected 4 to 20")
+        );
+        // The template before the damage was learned.
+        assert_eq!(d.template_count(), 1);
     }
 }

@@ -9,10 +9,6 @@
 
 use crate::decode::sampling::SamplingInfo;
 use crate::flow::FlowRecord;
-use netflow_parser::variable_versions::field_value::DurationValue;
-use netflow_parser::variable_versions::ipfix::lookup::IANAIPFixField as I;
-use netflow_parser::variable_versions::ipfix::lookup::IPFixField;
-use netflow_parser::{DataNumber, FieldValue};
 use std::net::IpAddr;
 
 /// How far a flow time may lead the export's sysUptime and still count as "now".
@@ -30,125 +26,8 @@ pub const REVERSE_TCP_FLAGS: u16 = REVERSE | 6;
 /// The IANA private enterprise number of RFC 5103's reverse elements.
 pub const REVERSE_PEN: u32 = 29305;
 
-/// Numeric information element id for an IPFIX field, for the ones we use.
-pub fn ipfix_ie(f: &IPFixField) -> Option<u16> {
-    use netflow_parser::variable_versions::ipfix::lookup::ReverseInformationElement as R;
-    let f = match f {
-        IPFixField::IANA(f) => f,
-        IPFixField::ReverseInformationElement(r) => {
-            return match r {
-                R::ReverseOctetDeltaCount => Some(REVERSE_OCTETS),
-                R::ReversePacketDeltaCount => Some(REVERSE_PACKETS),
-                R::ReverseTcpControlBits => Some(REVERSE_TCP_FLAGS),
-                _ => None,
-            };
-        }
-        _ => return None,
-    };
-    Some(match f {
-        I::OctetDeltaCount => 1,
-        I::PacketDeltaCount => 2,
-        I::ProtocolIdentifier => 4,
-        I::TcpControlBits => 6,
-        I::SourceTransportPort => 7,
-        I::SourceIpv4address => 8,
-        I::IngressInterface => 10,
-        I::DestinationTransportPort => 11,
-        I::DestinationIpv4address => 12,
-        I::EgressInterface => 14,
-        I::FlowEndSysUpTime => 21,
-        I::FlowStartSysUpTime => 22,
-        I::PostOctetDeltaCount => 23,
-        I::PostPacketDeltaCount => 24,
-        I::SourceIpv6address => 27,
-        I::DestinationIpv6address => 28,
-        I::IcmpTypeCodeIpv4 => 32,
-        I::SamplingInterval => 34,
-        I::SamplerId => 48,
-        I::SamplerRandomInterval => 50,
-        I::OctetTotalCount => 85,
-        I::PacketTotalCount => 86,
-        I::IcmpTypeCodeIpv6 => 139,
-        I::FlowStartSeconds => 150,
-        I::FlowEndSeconds => 151,
-        I::FlowStartMilliseconds => 152,
-        I::FlowEndMilliseconds => 153,
-        I::FlowStartMicroseconds => 154,
-        I::FlowEndMicroseconds => 155,
-        I::FlowStartNanoseconds => 156,
-        I::FlowEndNanoseconds => 157,
-        I::FlowStartDeltaMicroseconds => 158,
-        I::FlowEndDeltaMicroseconds => 159,
-        I::SystemInitTimeMilliseconds => 160,
-        I::SelectorId => 302,
-        I::SamplingPacketInterval => 305,
-        I::SamplingPacketSpace => 306,
-        I::SamplingSize => 309,
-        I::SamplingPopulation => 310,
-        I::Unknown(n) => *n,
-        _ => return None,
-    })
-}
-
-/// Unsigned value of a numeric field (None for non-numeric values).
-pub fn as_u64(v: &FieldValue) -> Option<u64> {
-    match v {
-        FieldValue::DataNumber(n) => match n {
-            DataNumber::U8(x) => Some(*x as u64),
-            DataNumber::U16(x) => Some(*x as u64),
-            DataNumber::U24(x) | DataNumber::U32(x) => Some(*x as u64),
-            DataNumber::U64(x) => Some(*x),
-            DataNumber::U128(x) => u64::try_from(*x).ok(),
-            DataNumber::I8(x) => u64::try_from(*x).ok(),
-            DataNumber::I16(x) => u64::try_from(*x).ok(),
-            DataNumber::I24(x) | DataNumber::I32(x) => u64::try_from(*x).ok(),
-            DataNumber::I64(x) => u64::try_from(*x).ok(),
-            DataNumber::I128(x) => u64::try_from(*x).ok(),
-            DataNumber::Vec(b) => be_bytes(b),
-        },
-        FieldValue::ProtocolType(p) => Some(u8::from(*p) as u64),
-        FieldValue::TcpControlBits(bits, _) => Some(u16::from(*bits) as u64),
-        FieldValue::Vec(b) => be_bytes(b),
-        FieldValue::Duration(d) => Some(duration_ms(d)),
-        _ => None,
-    }
-}
-
-fn be_bytes(b: &[u8]) -> Option<u64> {
-    (!b.is_empty() && b.len() <= 8).then(|| b.iter().fold(0u64, |a, &x| (a << 8) | x as u64))
-}
-
-/// Absolute time of a timestamp field, UTC ms.
-fn duration_ms(d: &DurationValue) -> u64 {
-    match *d {
-        DurationValue::Seconds { value, .. } => value.saturating_mul(1000),
-        DurationValue::Millis { value, .. } => value,
-        DurationValue::MicrosNtp { seconds, fraction } | DurationValue::NanosNtp { seconds, fraction } => {
-            let unix = (seconds as u64).saturating_sub(NTP_UNIX_OFFSET);
-            unix * 1000 + ((fraction as u64 * 1000) >> 32)
-        }
-    }
-}
-
-fn as_ip(v: &FieldValue) -> Option<IpAddr> {
-    match v {
-        FieldValue::Ip4Addr(a) => Some(IpAddr::V4(*a)),
-        FieldValue::Ip6Addr(a) => Some(IpAddr::V6(*a)),
-        // Some exporters (H3C) send a short address field; take what is there.
-        FieldValue::Vec(b) | FieldValue::DataNumber(DataNumber::Vec(b)) if b.len() == 4 => {
-            Some(IpAddr::V4([b[0], b[1], b[2], b[3]].into()))
-        }
-        FieldValue::Vec(b) if b.len() == 16 => {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(b);
-            Some(IpAddr::V6(a.into()))
-        }
-        _ => None,
-    }
-}
-
-/// Whether the fast path can read IE `ie` of `len` bytes straight from the wire
-/// (with the same meaning [`RecordBuilder::apply`] gives netflow_parser's value).
+/// Whether the builder reads IE `ie` when it is `len` bytes long (other sizes
+/// of these elements are not what RFC 7011 allows and are skipped).
 pub fn raw_field_known(ie: u16, len: u16) -> bool {
     match ie {
         REVERSE_OCTETS | REVERSE_PACKETS | REVERSE_TCP_FLAGS => (1..=8).contains(&len),
@@ -243,56 +122,7 @@ impl RecordBuilder {
         self.end_up = Some(u64::from(last));
     }
 
-    /// Apply one information element.
-    pub fn apply(&mut self, ie: u16, v: &FieldValue) {
-        match ie {
-            1 => self.bytes = as_u64(v),
-            2 => self.packets = as_u64(v),
-            4 => self.proto = as_u64(v).unwrap_or(0) as u8,
-            6 => self.tcp_flags = as_u64(v).unwrap_or(0) as u16,
-            7 => self.src_port = as_u64(v).unwrap_or(0) as u16,
-            8 => self.src4 = as_ip(v),
-            10 => self.in_if = as_u64(v).unwrap_or(0) as u32,
-            11 => self.dst_port = as_u64(v).unwrap_or(0) as u16,
-            12 => self.dst4 = as_ip(v),
-            14 => self.out_if = as_u64(v).unwrap_or(0) as u32,
-            21 => self.end_up = as_u64(v),
-            22 => self.start_up = as_u64(v),
-            23 => self.post_bytes = as_u64(v),
-            24 => self.post_packets = as_u64(v),
-            27 => self.src6 = as_ip(v),
-            28 => self.dst6 = as_ip(v),
-            32 | 139 => self.icmp = as_u64(v).map(|x| x as u16),
-            34 | 50 => self.sampling.rate = as_u64(v).map(|x| x.min(u32::MAX as u64) as u32),
-            48 | 302 => self.sampling.sampler_id = as_u64(v),
-            85 if self.bytes.is_none() => self.bytes = as_u64(v),
-            86 if self.packets.is_none() => self.packets = as_u64(v),
-            150..=157 => {
-                let t = match v {
-                    FieldValue::Duration(d) => Some(duration_ms(d)),
-                    other => as_u64(other).map(|x| if ie == 150 || ie == 151 { x * 1000 } else { x }),
-                };
-                if ie.is_multiple_of(2) {
-                    self.start_abs = t;
-                } else {
-                    self.end_abs = t;
-                }
-            }
-            158 => self.start_delta_us = as_u64(v),
-            159 => self.end_delta_us = as_u64(v),
-            160 => self.system_init = as_u64(v),
-            REVERSE_OCTETS => self.rev_bytes = as_u64(v),
-            REVERSE_PACKETS => self.rev_packets = as_u64(v),
-            REVERSE_TCP_FLAGS => self.rev_flags = as_u64(v).unwrap_or(0) as u16,
-            305 => self.sampling.packet_interval = as_u64(v).map(|x| x as u32),
-            306 => self.sampling.packet_space = as_u64(v).map(|x| x as u32),
-            309 => self.sampling.size = as_u64(v).map(|x| x as u32),
-            310 => self.sampling.population = as_u64(v).map(|x| x as u32),
-            _ => {}
-        }
-    }
-
-    /// Apply one field read straight from the wire (see [`raw_field_known`]).
+    /// Apply one field read from the wire (only sizes [`raw_field_known`] accepts).
     #[inline]
     pub fn apply_raw(&mut self, ie: u16, b: &[u8]) {
         match ie {
@@ -438,8 +268,8 @@ mod tests {
     #[test]
     fn v9_uptime_times_are_anchored_to_header() {
         let mut b = RecordBuilder::default();
-        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(9_000)));
-        b.apply(21, &FieldValue::DataNumber(DataNumber::U32(9_500)));
+        b.apply_raw(22, &9_000u32.to_be_bytes());
+        b.apply_raw(21, &9_500u32.to_be_bytes());
         let ctx = TimeContext {
             export_ms: 1_000_000_000,
             sys_uptime_ms: Some(10_000),
@@ -453,7 +283,7 @@ mod tests {
     #[test]
     fn uptime_wraps() {
         let mut b = RecordBuilder::default();
-        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(u32::MAX - 999)));
+        b.apply_raw(22, &(u32::MAX - 999).to_be_bytes());
         let ctx = TimeContext {
             export_ms: 5_000_000,
             sys_uptime_ms: Some(1000),
@@ -470,7 +300,7 @@ mod tests {
         let day = 86_400_000u64;
         let mut b = RecordBuilder::default();
         let now_up = 3_000_000_000u32;
-        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(now_up - (29 * day) as u32)));
+        b.apply_raw(22, &(now_up - (29 * day) as u32).to_be_bytes());
         let ctx = TimeContext {
             export_ms: 100 * day,
             sys_uptime_ms: Some(now_up),
@@ -481,29 +311,16 @@ mod tests {
         assert_eq!(r.start_ms, 71 * day);
         // A few ms ahead of the export uptime: read as just now, not 49 days ago.
         let mut b = RecordBuilder::default();
-        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(now_up + 5)));
+        b.apply_raw(22, &(now_up + 5).to_be_bytes());
         b.finish(&ctx, 1, &mut r);
         assert_eq!(r.start_ms, 100 * day + 5);
     }
 
     #[test]
     fn rfc5103_reverse_elements() {
-        use netflow_parser::variable_versions::ipfix::lookup::ReverseInformationElement as R;
-        assert_eq!(
-            ipfix_ie(&IPFixField::ReverseInformationElement(R::ReverseOctetDeltaCount)),
-            Some(REVERSE_OCTETS)
-        );
-        assert_eq!(
-            ipfix_ie(&IPFixField::ReverseInformationElement(R::ReversePacketDeltaCount)),
-            Some(REVERSE_PACKETS)
-        );
-        assert_eq!(
-            ipfix_ie(&IPFixField::ReverseInformationElement(R::ReverseTcpControlBits)),
-            Some(REVERSE_TCP_FLAGS)
-        );
         let mut b = RecordBuilder::default();
         assert_eq!(b.reverse(), None);
-        b.apply(REVERSE_OCTETS, &FieldValue::DataNumber(DataNumber::U32(4483)));
+        b.apply_raw(REVERSE_OCTETS, &4483u32.to_be_bytes());
         b.apply_raw(REVERSE_PACKETS, &[0, 11]);
         b.apply_raw(REVERSE_TCP_FLAGS, &[0x1b]);
         assert_eq!(b.reverse(), Some((4483, 11, 0x1b)));
@@ -518,42 +335,31 @@ mod tests {
             system_init_ms: Some(1_000_000),
         };
         let mut b = RecordBuilder::default();
-        b.apply(22, &FieldValue::DataNumber(DataNumber::U32(500)));
-        b.apply(159, &FieldValue::DataNumber(DataNumber::U32(250_000)));
+        b.apply_raw(22, &500u32.to_be_bytes());
+        b.apply_raw(159, &250_000u32.to_be_bytes());
         let mut r = FlowRecord::default();
         b.finish(&ctx, 1, &mut r);
         assert_eq!((r.start_ms, r.end_ms), (1_000_500, 1_999_750));
         let mut b = RecordBuilder::default();
-        b.apply(
-            152,
-            &FieldValue::Duration(DurationValue::Millis {
-                value: 1_700_000_000_123,
-                width: 8,
-            }),
-        );
-        b.apply(
-            151,
-            &FieldValue::Duration(DurationValue::Seconds {
-                value: 1_700_000_001,
-                width: 4,
-            }),
-        );
+        b.apply_raw(152, &1_700_000_000_123u64.to_be_bytes());
+        b.apply_raw(151, &1_700_000_001u32.to_be_bytes());
         b.finish(&ctx, 1, &mut r);
         assert_eq!((r.start_ms, r.end_ms), (1_700_000_000_123, 1_700_000_001_000));
-        // NTP: 2^31 fraction is half a second.
-        let ntp = DurationValue::MicrosNtp {
-            seconds: (NTP_UNIX_OFFSET + 10) as u32,
-            fraction: 1 << 31,
-        };
-        assert_eq!(duration_ms(&ntp), 10_500);
+        // NTP: a 2^31 fraction is half a second.
+        let mut ntp = (NTP_UNIX_OFFSET + 10).to_be_bytes()[4..].to_vec();
+        ntp.extend_from_slice(&(1u32 << 31).to_be_bytes());
+        let mut b = RecordBuilder::default();
+        b.apply_raw(154, &ntp);
+        b.finish(&ctx, 1, &mut r);
+        assert_eq!(r.start_ms, 10_500);
     }
 
     #[test]
     fn sampling_multiplies_counters_and_icmp_goes_to_port() {
         let mut b = RecordBuilder::default();
-        b.apply(1, &FieldValue::DataNumber(DataNumber::U32(1000)));
-        b.apply(2, &FieldValue::DataNumber(DataNumber::U16(3)));
-        b.apply(32, &FieldValue::DataNumber(DataNumber::U16(0x0800)));
+        b.apply_raw(1, &1000u32.to_be_bytes());
+        b.apply_raw(2, &3u16.to_be_bytes());
+        b.apply_raw(32, &0x0800_u16.to_be_bytes());
         let mut r = FlowRecord::default();
         b.finish(&TimeContext::default(), 100, &mut r);
         assert_eq!((r.bytes, r.packets, r.sampling_rate, r.dst_port), (100_000, 300, 100, 2048));

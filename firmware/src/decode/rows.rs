@@ -47,7 +47,7 @@ impl StateRows for DecoderRows {
     }
 }
 
-/// Persisted templates (key, netflow_parser payload).
+/// Persisted templates (key, postcard-encoded template spec).
 pub fn load_templates(reader: &Reader) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     reader.state_rows(TEMPLATES)
 }

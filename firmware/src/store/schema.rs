@@ -22,7 +22,7 @@ pub const HOUR_TOP: TableDefinition<(u64, u8, u8), &[u8]> = TableDefinition::new
 /// Roll-up file metadata.
 pub const ROLLUP_META: TableDefinition<&str, u64> = TableDefinition::new("rollup_meta");
 
-/// State: template key -> netflow_parser template payload.
+/// State: template key (`w1|ADDR|VERSION|DOMAIN|TID`) -> postcard-encoded template spec.
 pub const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates");
 /// State: exporter address -> postcard `ExporterStats`.
 pub const EXPORTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("exporters");
