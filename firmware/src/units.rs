@@ -94,6 +94,19 @@ pub enum SizeSpec {
     Percent(f64),
 }
 
+/// Why a size is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a percentage")]
+    NotPercent(String),
+    #[error("{0:?}: a percentage must be in (0, 100]")]
+    PercentRange(String),
+    #[error("{0:?} is not a size")]
+    NotSize(String),
+    #[error("unknown size unit {0:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)")]
+    Unit(String),
+}
+
 impl SizeSpec {
     /// Resolve against the size of the file system holding the data.
     pub fn resolve(&self, filesystem_bytes: u64) -> u64 {
@@ -103,18 +116,18 @@ impl SizeSpec {
         }
     }
 
-    pub fn parse(s: &str) -> Result<SizeSpec, String> {
+    pub fn parse(s: &str) -> Result<SizeSpec, SizeError> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+            let v: f64 = p.trim().parse().map_err(|_| SizeError::NotPercent(s.into()))?;
             if !(v > 0.0 && v <= 100.0) {
-                return Err(format!("{s:?}: a percentage must be in (0, 100]"));
+                return Err(SizeError::PercentRange(s.into()));
             }
             return Ok(SizeSpec::Percent(v));
         }
         let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
         let (n, unit) = s.split_at(split);
-        let n: f64 = n.parse().map_err(|_| format!("{s:?} is not a size"))?;
+        let n: f64 = n.parse().map_err(|_| SizeError::NotSize(s.into()))?;
         let mul: f64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1.0,
             "k" | "kb" => 1e3,
@@ -125,7 +138,7 @@ impl SizeSpec {
             "gib" => 1024.0 * 1024.0 * 1024.0,
             "t" | "tb" => 1e12,
             "tib" => 1024f64.powi(4),
-            u => return Err(format!("unknown size unit {u:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB or %)")),
+            u => return Err(SizeError::Unit(u.into())),
         };
         Ok(SizeSpec::Bytes((n * mul) as u64))
     }

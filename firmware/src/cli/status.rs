@@ -243,7 +243,7 @@ pub fn detectors(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
                     writeln!(out, "event clock: {}", s.clock)?;
                     let mut t = Table::new(&[("Detector", Align::Left), ("State", Align::Left), ("Detail", Align::Left)]);
                     for d in &s.detectors {
-                        t.row(vec![d.name.clone(), d.state.clone(), d.detail.clone()]);
+                        t.row(vec![d.name.clone(), d.state.as_str().into(), d.detail.clone()]);
                     }
                     t.write(out)?;
                     let mut t = Table::new(&[("Tracked", Align::Left), ("Now", Align::Right)]);

@@ -79,9 +79,31 @@ struct Meta {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DetectorStatus {
     pub name: String,
-    /// "active", "learning" or "disabled".
-    pub state: String,
+    pub state: DetectorState,
     pub detail: String,
+}
+
+/// Whether a detector raises alerts now (serialized lowercase: "active", "learning", "disabled").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorState {
+    /// Raising alerts.
+    Active,
+    /// Still building the baseline it needs; no alerts yet.
+    #[default]
+    Learning,
+    /// Turned off in the configuration.
+    Disabled,
+}
+
+impl DetectorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorState::Active => "active",
+            DetectorState::Learning => "learning",
+            DetectorState::Disabled => "disabled",
+        }
+    }
 }
 
 /// Everything `flowwarden detectors` shows.
@@ -546,35 +568,35 @@ impl Engine {
         );
         let baseline_state = |enabled: bool| {
             if !enabled {
-                "disabled"
+                DetectorState::Disabled
             } else if site_hours >= self.learning_hours {
-                "active"
+                DetectorState::Active
             } else {
-                "learning"
+                DetectorState::Learning
             }
         };
-        let on = |enabled: bool| if enabled { "active" } else { "disabled" };
+        let on = |enabled: bool| if enabled { DetectorState::Active } else { DetectorState::Disabled };
         EngineStatus {
             clock: crate::timefmt::rfc3339_ms(self.meta.clock),
             detectors: vec![
                 DetectorStatus {
                     name: "exfiltration".into(),
-                    state: baseline_state(self.cfg.exfil.enabled).into(),
+                    state: baseline_state(self.cfg.exfil.enabled),
                     detail: learning.clone(),
                 },
                 DetectorStatus {
                     name: "spike".into(),
-                    state: baseline_state(self.cfg.spike.enabled).into(),
+                    state: baseline_state(self.cfg.spike.enabled),
                     detail: learning,
                 },
                 DetectorStatus {
                     name: "beaconing".into(),
-                    state: on(self.cfg.beacon.enabled).into(),
+                    state: on(self.cfg.beacon.enabled),
                     detail: format!("{} pairs tracked (no baseline needed)", self.beacon.tracked()),
                 },
                 DetectorStatus {
                     name: "scan".into(),
-                    state: on(self.cfg.scan.enabled).into(),
+                    state: on(self.cfg.scan.enabled),
                     detail: format!("{} sources tracked (no baseline needed)", self.scan.tracked()),
                 },
             ],

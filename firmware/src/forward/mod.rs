@@ -80,9 +80,9 @@ pub fn spawn_all(
                 let st = status::DestState {
                     name: cfg.name.clone(),
                     address: cfg.address.clone(),
-                    transport: cfg.transport.as_str().into(),
-                    framing: cfg.framing.as_str().into(),
-                    format: cfg.format.as_str().into(),
+                    transport: cfg.transport,
+                    framing: (cfg.transport != settings::Transport::Udp).then_some(cfg.framing),
+                    format: cfg.format,
                     last_error: Some(format!("cannot start: {e}")),
                     last_error_kind: Some(e.kind().into()),
                     last_error_ms: Some(crate::timefmt::now_ms()),

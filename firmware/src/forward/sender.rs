@@ -81,13 +81,9 @@ impl Destination {
         DestState {
             name: self.cfg.name.clone(),
             address: self.cfg.address.clone(),
-            transport: self.cfg.transport.as_str().into(),
-            framing: if self.cfg.transport == Transport::Udp {
-                "datagram".into()
-            } else {
-                self.cfg.framing.as_str().into()
-            },
-            format: self.cfg.format.as_str().into(),
+            transport: self.cfg.transport,
+            framing: (self.cfg.transport != Transport::Udp).then_some(self.cfg.framing),
+            format: self.cfg.format,
             client_cert_not_after_ms: self.cfg.client_cert_file.as_deref().and_then(super::tls::pem_not_after),
             ..DestState::default()
         }

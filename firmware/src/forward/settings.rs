@@ -12,10 +12,11 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// How messages travel.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// RFC 5425: syslog over TLS (default port 6514).
+    #[default]
     Tls,
     /// RFC 6587: syslog over plain TCP (legacy receivers).
     Tcp,
@@ -34,10 +35,11 @@ impl Transport {
 }
 
 /// How messages are delimited on a stream.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// `LEN SP MSG` (RFC 5425 / RFC 6587 octet counting).
+    #[default]
     Octet,
     /// `MSG LF` (Splunk/SC4S, Filebeat, syslog-ng `network()`).
     Lf,
@@ -53,10 +55,11 @@ impl Framing {
 }
 
 /// The message body carried after the RFC 5424 header.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// ArcSight CEF:0.
+    #[default]
     Cef,
     /// IBM QRadar LEEF 2.0.
     Leef,

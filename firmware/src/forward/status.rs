@@ -2,6 +2,7 @@
 //! error, certificate expiry, counts) and what `flowwarden forward-status`
 //! prints, joined with the spool's depth, age of the oldest entry and drops.
 
+use super::settings::{Format, Framing, Transport};
 use super::spool::{SpoolMeta, SpoolReader};
 use crate::store::{DataDir, StoreError};
 use serde::{Deserialize, Serialize};
@@ -11,9 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct DestState {
     pub name: String,
     pub address: String,
-    pub transport: String,
-    pub framing: String,
-    pub format: String,
+    pub transport: Transport,
+    /// How messages are delimited on a stream; None over UDP (one per datagram).
+    pub framing: Option<Framing>,
+    pub format: Format,
     pub connected: bool,
     /// Resolved peer of the current or last connection.
     pub peer: Option<String>,
@@ -65,9 +67,9 @@ pub fn status_json(
         "name": name,
         "state": st,
         "address": state.map(|s| s.address.clone()),
-        "transport": state.map(|s| s.transport.clone()),
-        "framing": state.map(|s| s.framing.clone()),
-        "format": state.map(|s| s.format.clone()),
+        "transport": state.map(|s| s.transport.as_str()),
+        "framing": state.map(|s| s.framing.map_or("datagram", Framing::as_str)),
+        "format": state.map(|s| s.format.as_str()),
         "peer": s.peer,
         "since": t(s.since_ms),
         "last_success": t(s.last_success_ms),
@@ -125,4 +127,37 @@ pub fn collect(dir: &DataDir, now_ms: u64) -> Result<Vec<serde_json::Value>, Sto
         out.push(status_json(meta, state, &n, oldest, now_ms));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_state_renders_the_contract_strings_and_survives_the_state_file() {
+        let udp = DestState {
+            name: "siem".into(),
+            transport: Transport::Udp,
+            framing: None,
+            format: Format::Leef,
+            ..DestState::default()
+        };
+        let v = status_json(None, Some(&udp), "siem", None, 0);
+        assert_eq!(
+            (v["transport"].as_str(), v["framing"].as_str(), v["format"].as_str()),
+            (Some("udp"), Some("datagram"), Some("leef"))
+        );
+        let tls = DestState {
+            framing: Some(Framing::Lf),
+            ..DestState::default()
+        };
+        let v = status_json(None, Some(&tls), "siem", None, 0);
+        assert_eq!(
+            (v["transport"].as_str(), v["framing"].as_str(), v["format"].as_str()),
+            (Some("tls"), Some("lf"), Some("cef"))
+        );
+        // Persisted as JSON in the state file, read back unchanged.
+        let json = serde_json::to_vec(&udp).unwrap_or_default();
+        assert_eq!(serde_json::from_slice::<DestState>(&json).ok(), Some(udp));
+    }
 }

@@ -4,6 +4,21 @@
 //! binary as a child with `--data-dir` filled in; each command ends with a
 //! `flowwarden-console: done (exit N)` line so a script knows where output ends.
 
+use thiserror::Error;
+
+/// Why a console line is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConsoleError {
+    #[error("line ends with a backslash")]
+    TrailingBackslash,
+    #[error("unterminated {0} quote")]
+    UnterminatedQuote(char),
+    #[error("--data-dir is fixed on the appliance")]
+    DataDirFixed,
+    #[error("unknown command {0:?}; {HELP}")]
+    Unknown(String),
+}
+
 /// A parsed console line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleCmd {
@@ -19,7 +34,7 @@ pub enum ConsoleCmd {
 pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -30,7 +45,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
             (Some(q), c) if c == q => quote = None,
             (Some('"'), '\\') | (None, '\\') => match chars.next() {
                 Some(n) => cur.push(n),
-                None => return Err("line ends with a backslash".into()),
+                None => return Err(ConsoleError::TrailingBackslash),
             },
             (Some(_), c) => cur.push(c),
             (None, '\'' | '"') => {
@@ -53,7 +68,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if let Some(q) = quote {
-        return Err(format!("unterminated {q} quote"));
+        return Err(ConsoleError::UnterminatedQuote(q));
     }
     if in_word {
         words.push(cur);
@@ -62,7 +77,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
 }
 
 /// Parses one console line; `data_dir` is added to commands that read the store.
-pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, String> {
+pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
     let words = split_words(line)?;
     let Some(first) = words.first() else {
         return Ok(ConsoleCmd::Empty);
@@ -76,7 +91,7 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, String> {
     match cmd {
         "query" | "exporters" => {
             if rest.iter().any(|w| w == "--data-dir" || w.starts_with("--data-dir=")) {
-                return Err("--data-dir is fixed on the appliance".into());
+                return Err(ConsoleError::DataDirFixed);
             }
             let mut args = vec![cmd.to_string(), "--data-dir".into(), data_dir.to_string()];
             args.extend(rest.iter().cloned());
@@ -87,7 +102,7 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, String> {
         "reboot" => Ok(ConsoleCmd::Reboot),
         "poweroff" | "shutdown" => Ok(ConsoleCmd::PowerOff),
         "help" | "?" => Ok(ConsoleCmd::Help),
-        other => Err(format!("unknown command {other:?}; {HELP}")),
+        other => Err(ConsoleError::Unknown(other.to_string())),
     }
 }
 
@@ -124,7 +139,8 @@ mod tests {
         );
         assert_eq!(parse("reboot", "/d").unwrap(), ConsoleCmd::Reboot);
         assert_eq!(parse("", "/d").unwrap(), ConsoleCmd::Empty);
-        assert!(parse("rm -rf /", "/d").unwrap_err().contains("unknown command"));
-        assert!(parse("query --data-dir /etc", "/d").is_err());
+        assert!(parse("rm -rf /", "/d").unwrap_err().to_string().contains("unknown command \"rm\""));
+        assert_eq!(parse("query --data-dir /etc", "/d"), Err(ConsoleError::DataDirFixed));
+        assert_eq!(split_words("a \"b"), Err(ConsoleError::UnterminatedQuote('"')));
     }
 }

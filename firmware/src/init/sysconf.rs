@@ -248,26 +248,39 @@ impl SystemConfig {
     }
 }
 
+/// Why an address in the system configuration is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AddrError {
+    #[error("{0:?}: expected a.b.c.d/len")]
+    NoPrefix(String),
+    #[error("{0:?}: expected an IPv4 address")]
+    NotIpv4(String),
+    #[error("{0:?}: expected a prefix length 0-32")]
+    PrefixLength(String),
+    #[error("{0:?}: expected a numeric address (PID 1 has no resolver)")]
+    NotNumeric(String),
+}
+
 /// `a.b.c.d/len` → address and prefix length.
-pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (a, l) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected a.b.c.d/len"))?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?}: expected an IPv4 address"))?;
+pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8), AddrError> {
+    let (a, l) = s.split_once('/').ok_or_else(|| AddrError::NoPrefix(s.into()))?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| AddrError::NotIpv4(a.into()))?;
     let len: u8 = l
         .parse()
         .ok()
         .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("{l:?}: expected a prefix length 0-32"))?;
+        .ok_or_else(|| AddrError::PrefixLength(l.into()))?;
     Ok((addr, len))
 }
 
 /// A numeric NTP server: `a.b.c.d`, `a.b.c.d:port`, `[v6]:port` or a bare IPv6 address.
-pub fn ntp_addr(s: &str) -> Result<SocketAddr, String> {
+pub fn ntp_addr(s: &str) -> Result<SocketAddr, AddrError> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok(sa);
     }
     s.parse::<std::net::IpAddr>()
         .map(|ip| SocketAddr::new(ip, 123))
-        .map_err(|_| format!("{s:?}: expected a numeric address (PID 1 has no resolver)"))
+        .map_err(|_| AddrError::NotNumeric(s.into()))
 }
 
 #[cfg(test)]
@@ -308,7 +321,7 @@ mod tests {
         assert!(e.contains("watchdog.pet_secs"), "{e}");
         let w = SystemConfig::parse("[watchdog]\n", Path::new("s.toml")).unwrap().watchdog.unwrap();
         assert_eq!((w.device.as_path(), w.pet_secs), (Path::new("/dev/watchdog"), 10));
-        assert!(parse_cidr4("10.0.0.1/33").is_err());
+        assert_eq!(parse_cidr4("10.0.0.1/33"), Err(AddrError::PrefixLength("33".into())));
         assert_eq!(parse_cidr4("10.0.2.15/24").unwrap(), (Ipv4Addr::new(10, 0, 2, 15), 24));
     }
 }
