@@ -3,6 +3,9 @@
 //! run. Writes bench-out/ (captures, data, logs) and BENCHMARKS.md.
 //!
 //! `--quick` uses smaller inputs (for trying the harness; numbers are not reported).
+//! `--before BIN` also runs an older flowwarden binary on the same inputs in the
+//! same run (ingest with and without detection, and the queries over its own
+//! data), for a before/after table with ratios.
 
 use crate::run;
 use anyhow::{Context, Result, bail};
@@ -99,13 +102,22 @@ struct Offline {
 }
 
 fn offline(b: &Bins, label: &str, files: &[PathBuf], out: &Path, reps: usize) -> Result<Offline> {
+    offline_with(&b.fw, None, label, files, out, reps)
+}
+
+/// `taskset -c 0 FW ingest [--config CONFIG]`, `reps` times; the median rate.
+fn offline_with(fw: &Path, config: Option<&Path>, label: &str, files: &[PathBuf], out: &Path, reps: usize) -> Result<Offline> {
     let mut rates = Vec::new();
     let mut last = None;
     for i in 0..reps {
         let dir = out.join(format!("ingest-{label}"));
         let _ = std::fs::remove_dir_all(&dir);
         let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&b.fw).args(["ingest", "--data-dir"]).arg(&dir).args(files);
+        c.args(["-c", "0"]).arg(fw).arg("ingest");
+        if let Some(cfg) = config {
+            c.arg("--config").arg(cfg);
+        }
+        c.arg("--data-dir").arg(&dir).args(files);
         let (stdout, rss, _) = with_rss(c)?;
         let rate = field(&stdout, "records/s:").context("no records/s in ingest output")?;
         eprintln!(
@@ -134,11 +146,15 @@ fn offline(b: &Bins, label: &str, files: &[PathBuf], out: &Path, reps: usize) ->
 }
 
 fn query_latency(b: &Bins, dir: &Path, args: &[&str]) -> Result<f64> {
+    query_latency_with(&b.fw, dir, args)
+}
+
+fn query_latency_with(fw: &Path, dir: &Path, args: &[&str]) -> Result<f64> {
     let mut t = Vec::new();
     for _ in 0..3 {
         let s = Instant::now();
         cmd_out(
-            Command::new(&b.fw)
+            Command::new(fw)
                 .arg("query")
                 .arg("--data-dir")
                 .arg(dir)
@@ -362,6 +378,13 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         queries.push((args.join(" "), answered, raw, plan));
     }
     let q_filter = query_latency(&b, &big.dir, &["--filter", "dst port 22 and bytes > 1M", "--format", "jsonl"])?;
+    let before = match args.iter().position(|a| a == "--before") {
+        Some(i) => {
+            let old = PathBuf::from(args.get(i + 1).context("--before needs a binary")?);
+            Some(before_after(&b, &old, &syn, &offl, &queries, q_filter, &out, reps)?)
+        }
+        None => None,
+    };
 
     // Live, side by side.
     let rates: &[u64] = if quick {
@@ -484,6 +507,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             l.ours as f64 / l.nfcapd.max(1) as f64
         )?;
     }
+    if let Some(section) = &before {
+        md.push_str(section);
+    }
     std::fs::write(out.join("results.md"), &md)?;
     if !quick {
         // The firmware-image section comes from `cargo xtask qemu-test`, not from this
@@ -494,6 +520,82 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     }
     println!("{md}");
     Ok(())
+}
+
+/// The same ingest and queries with an older binary, in this run: a markdown section.
+#[allow(clippy::too_many_arguments)]
+fn before_after(
+    b: &Bins,
+    old: &Path,
+    syn: &[(&str, PathBuf)],
+    offl: &[Offline],
+    queries: &[(String, f64, f64, String)],
+    q_filter: f64,
+    out: &Path,
+    reps: usize,
+) -> Result<String> {
+    let version = cmd_out(Command::new(old).arg("version"))?;
+    let nodetect = out.join("no-detect.toml");
+    std::fs::write(&nodetect, "[detect]\nenabled = false\n")?;
+    let mut md = String::new();
+    writeln!(
+        md,
+        "\n## Before and after (same run): `{}` against this tree\n",
+        old.display()
+    )?;
+    writeln!(md, "Before: {}.\n", version.trim())?;
+    writeln!(
+        md,
+        "| input | detection | before records/s | after records/s | after/before | before peak RSS | after peak RSS |\n|---|---|---:|---:|---:|---:|---:|"
+    )?;
+    let mut old_big = None;
+    for (i, (v, p)) in syn.iter().enumerate() {
+        let label = format!("synthetic-{v}");
+        let files = std::slice::from_ref(p);
+        let ob = offline_with(old, None, &format!("before-{label}"), files, out, reps)?;
+        let on = offline_with(old, Some(&nodetect), &format!("before-nodetect-{label}"), files, out, reps)?;
+        let nn = offline_with(&b.fw, Some(&nodetect), &format!("nodetect-{label}"), files, out, reps)?;
+        let nb = &offl[i];
+        for (det, o, n) in [("on", &ob, nb), ("off", &on, &nn)] {
+            writeln!(
+                md,
+                "| {label} | {det} | {:.0} | {:.0} | {:.2} | {} MiB | {} MiB |",
+                o.rate,
+                n.rate,
+                n.rate / o.rate.max(1.0),
+                o.rss >> 20,
+                n.rss >> 20
+            )?;
+        }
+        if i == 0 {
+            old_big = Some(ob);
+        }
+    }
+    let old_big = old_big.context("no synthetic input")?;
+    writeln!(
+        md,
+        "\n| query (synthetic-ipfix, all data) | before ms | after ms | after/before |\n|---|---:|---:|---:|"
+    )?;
+    for (q, answered, _, _) in queries {
+        let args: Vec<&str> = q.split(' ').collect();
+        let t = query_latency_with(old, &old_big.dir, &args)?;
+        writeln!(md, "| `{q}` | {t:.0} | {answered:.0} | {:.3} |", answered / t.max(0.001))?;
+    }
+    let t = query_latency_with(
+        old,
+        &old_big.dir,
+        &["--filter", "dst port 22 and bytes > 1M", "--format", "jsonl"],
+    )?;
+    writeln!(
+        md,
+        "| `--filter 'dst port 22 and bytes > 1M' --format jsonl` | {t:.0} | {q_filter:.0} | {:.3} |",
+        q_filter / t.max(0.001)
+    )?;
+    writeln!(
+        md,
+        "\nBuilt with `git worktree add ../before REV && CARGO_TARGET_DIR=target cargo build --release -p flowwarden --manifest-path ../before/Cargo.toml` (copy the binary out), then `cargo xtask bench --before BIN`. Same inputs, same one core, same number of runs; detection \"off\" is `[detect] enabled = false`.\n"
+    )?;
+    Ok(md)
 }
 
 /// Heading of the BENCHMARKS.md section written by hand from qemu-test reports.

@@ -231,7 +231,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             readme::check(&root(), std::time::Duration::from_secs(1800))
         }
         "bench" => {
-            check_flags(command, rest, &[("--quick", false)])?;
+            check_flags(command, rest, &[("--quick", false), ("--before", true)])?;
             deps()?;
             bench::bench(&root(), rest)
         }
