@@ -43,16 +43,23 @@ fn truncations_and_bit_flips_never_panic() {
             dec.decode(*src, 0, &d[..len], &mut out);
         }
     }
-    let mut r = flowgen::rng::Rng::new(99);
-    for _ in 0..200_000 {
-        let (src, d) = &dgrams[r.below(dgrams.len() as u64) as usize];
-        let mut m = d.clone();
-        for _ in 0..1 + r.below(4) {
-            let i = r.below(m.len() as u64) as usize;
-            m[i] ^= 1 << r.below(8);
+    // One seed here; `cargo xtask soak` sets FLOWWARDEN_HOSTILE_SEEDS for more.
+    let seeds: u64 = std::env::var("FLOWWARDEN_HOSTILE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    for seed in 99..99 + seeds {
+        let mut r = flowgen::rng::Rng::new(seed);
+        for _ in 0..200_000 {
+            let (src, d) = &dgrams[r.below(dgrams.len() as u64) as usize];
+            let mut m = d.clone();
+            for _ in 0..1 + r.below(4) {
+                let i = r.below(m.len() as u64) as usize;
+                m[i] ^= 1 << r.below(8);
+            }
+            dec.decode(*src, 0, &m, &mut out);
+            out.clear();
         }
-        dec.decode(*src, 0, &m, &mut out);
-        out.clear();
     }
     assert!(dec.totals.malformed > 0, "damage must be counted");
 }

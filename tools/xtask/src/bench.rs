@@ -538,11 +538,7 @@ fn before_after(
     let nodetect = out.join("no-detect.toml");
     std::fs::write(&nodetect, "[detect]\nenabled = false\n")?;
     let mut md = String::new();
-    writeln!(
-        md,
-        "\n## Before and after (same run): `{}` against this tree\n",
-        old.display()
-    )?;
+    writeln!(md, "\n## Before and after (same run): `{}` against this tree\n", old.display())?;
     writeln!(md, "Before: {}.\n", version.trim())?;
     writeln!(
         md,
@@ -581,11 +577,7 @@ fn before_after(
         let t = query_latency_with(old, &old_big.dir, &args)?;
         writeln!(md, "| `{q}` | {t:.0} | {answered:.0} | {:.3} |", answered / t.max(0.001))?;
     }
-    let t = query_latency_with(
-        old,
-        &old_big.dir,
-        &["--filter", "dst port 22 and bytes > 1M", "--format", "jsonl"],
-    )?;
+    let t = query_latency_with(old, &old_big.dir, &["--filter", "dst port 22 and bytes > 1M", "--format", "jsonl"])?;
     writeln!(
         md,
         "| `--filter 'dst port 22 and bytes > 1M' --format jsonl` | {t:.0} | {q_filter:.0} | {:.3} |",

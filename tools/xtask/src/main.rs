@@ -164,6 +164,36 @@ fn ci() -> Result<()> {
     Ok(())
 }
 
+/// Long suites, not part of CI (their results go in BENCHMARKS.md): every
+/// property test with many more cases, the hostile-input suite over more seeds,
+/// the full detection evaluation (all tuning and held-out seeds), and repeated
+/// boots of each QEMU board.
+fn soak(args: &[String]) -> Result<()> {
+    let t0 = Instant::now();
+    let cases = flag(args, "--cases").unwrap_or("20000");
+    let seeds = flag(args, "--seeds").unwrap_or("20");
+    let boots: usize = flag(args, "--boots").unwrap_or("3").parse().context("--boots takes a number")?;
+    step("deps", deps)?;
+    step(&format!("property tests, {cases} cases each"), || {
+        run(cargo()
+            .env("PROPTEST_CASES", cases)
+            .args(["test", "--workspace", "--profile", "ci", "--lib", "--no-fail-fast"]))
+    })?;
+    step(&format!("hostile input, {seeds} seeds"), || {
+        run(cargo()
+            .env("FLOWWARDEN_HOSTILE_SEEDS", seeds)
+            .args(["test", "--profile", "ci", "-p", "flowwarden", "--test", "hostile"]))
+    })?;
+    step("eval (all seeds)", || eval::eval(&root(), &["--profile".into(), "ci".into()]))?;
+    for board in QEMU_BOARDS {
+        for i in 1..=boots {
+            step(&format!("qemu-test {board} ({i}/{boots})"), || qemu::qemu_test(&root(), board))?;
+        }
+    }
+    eprintln!("xtask: soak passed in {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// The boards `cargo xtask ci` builds and boots.
 const QEMU_BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64"];
 const HARDWARE_BOARDS: &[&str] = &["x86-appliance", "arm-minipc"];
@@ -181,7 +211,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   ci                          everything CI runs (deps, fmt, clippy, tests, README run command, eval --quick, QEMU)
   deps                        install the Debian test peers
   readme                      run the README's run command, wait for ready, stop it
-  bench [--quick]             benchmarks beside nfcapd (BENCHMARKS.md)
+  soak [--cases N] [--seeds N] [--boots N]   long suites CI does not run (property tests, hostile seeds, full eval, boots)
+  bench [--quick] [--before BIN]   benchmarks beside nfcapd (BENCHMARKS.md); BIN: an older build to compare
   eval [--quick] [--profile P]   detection quality on flowgen scenarios and real captures
   build --arch x86_64|aarch64 static binary for a firmware image
   image --board NAME          disk image for a board
@@ -225,6 +256,10 @@ fn dispatch(args: &[String]) -> Result<()> {
         "deps" => {
             check_flags(command, rest, &[])?;
             deps()
+        }
+        "soak" => {
+            check_flags(command, rest, &[("--cases", true), ("--seeds", true), ("--boots", true)])?;
+            soak(rest)
         }
         "readme" => {
             check_flags(command, rest, &[])?;
