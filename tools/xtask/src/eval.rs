@@ -421,7 +421,7 @@ pub fn eval(root: &Path, args: &[String]) -> Result<()> {
         )?;
         let _ = std::fs::remove_dir_all(&dir);
     }
-    writeln!(md, "\nWhole evaluation: {:.0} s.", t0.elapsed().as_secs_f64())?;
+    writeln!(md, "\nWhole evaluation: {:.0} s.\n", t0.elapsed().as_secs_f64())?;
     std::fs::write(out.join("results.md"), &md)?;
     if !quick {
         let path = root.join("BENCHMARKS.md");
