@@ -2,11 +2,13 @@
 //! branch-office security monitoring. The `flowwarden` binary is a thin shell
 //! over this library; see ../README.md for the data flow.
 
+pub mod accounts;
 pub mod alert;
 pub mod capture;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod control;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;

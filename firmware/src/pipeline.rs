@@ -47,6 +47,8 @@ pub enum PipelineError {
     Collector(#[from] crate::collector::CollectorError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("control socket: {0}")]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// Datagrams queued between the sockets and the decoder.
@@ -378,6 +380,11 @@ pub async fn run_live(
     let counters = Arc::new(SocketCounters::default());
     let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
     let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
+    // The control channel (accounts now; config, updates later) commits through this writer.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let control = crate::control::bind(&data_dir)?;
+    let handler = control_handler(pipeline.tx.clone(), crate::store::DataDir::new(&data_dir));
+    let control_task = tokio::spawn(crate::control::serve(control, data_dir.clone(), handler, stop_rx.clone()));
 
     let dec_counters = counters.clone();
     let decoder = std::thread::Builder::new()
@@ -416,7 +423,6 @@ pub async fn run_live(
         })
         .map_err(PipelineError::Thread)?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
     let (tasks, summary) = collector::spawn_receivers(bound, tx, counters.clone(), stop_rx.clone())?;
     // SIEM senders: one per [[forward]] destination, fed from the spools.
@@ -442,6 +448,8 @@ pub async fn run_live(
     for t in tasks {
         let _ = t.await;
     }
+    // The control server holds a sender to the writer: it ends before the writer may.
+    let _ = control_task.await;
     let report = tokio::task::spawn_blocking(move || decoder.join())
         .await
         .ok()
@@ -487,6 +495,49 @@ const COUNTERS_EVERY: u64 = 32;
 /// storing flows win the CPU, and the detector queue drops (counted) instead of
 /// the socket buffers. Offline ingest blocks on the queue, so it loses nothing.
 const DETECTOR_NICE: i32 = 19;
+
+/// What the control channel's requests do in a running appliance: account
+/// changes are checked against the state file, committed by the store writer
+/// (the reply waits for the commit) and logged.
+fn control_handler(tx: Option<SyncSender<StoreMsg>>, dir: crate::store::DataDir) -> crate::control::Handler {
+    use crate::accounts::{AccountChange, AccountRows};
+    use crate::control::{Reply, Request};
+    Arc::new(move |req: Request| match req {
+        Request::Accounts(change) => {
+            if let Err(e) = crate::accounts::validate(&change, &crate::store::reader::Reader::new(dir.clone())) {
+                return Reply::Refused(e.to_string());
+            }
+            let what = match &change {
+                AccountChange::SetUser { name, user } => format!("user {name} set ({})", user.role.as_str()),
+                AccountChange::RemoveUser { name } => format!("user {name} removed"),
+                AccountChange::SetToken { name, token } => format!("token {name} created ({})", token.role.as_str()),
+                AccountChange::RemoveToken { name } => format!("token {name} removed"),
+            };
+            let Some(tx) = &tx else {
+                return Reply::Refused("this appliance has no store writer".into());
+            };
+            let (reply_tx, reply_rx) = sync_channel(1);
+            let (done_tx, done_rx) = sync_channel(1);
+            let rows = AccountRows {
+                changes: vec![change],
+                notify: Some(done_tx),
+            };
+            if tx.send(StoreMsg::Rows(Box::new(rows))).is_err() || tx.send(StoreMsg::Sync(reply_tx)).is_err() || reply_rx.recv().is_err() {
+                return Reply::Refused("the store writer has stopped; nothing changed".into());
+            }
+            if done_rx.try_recv().is_err() {
+                // The rows stay queued and are written by the next commit that succeeds.
+                return Reply::Refused(
+                    "the state file could not be written now (see the appliance's log); the change is queued and \
+                     takes effect when a state commit succeeds"
+                        .into(),
+                );
+            }
+            tracing::info!("accounts: {what} (control channel)");
+            Reply::Done
+        }
+    })
+}
 
 /// Detection's rows joined to forwarding: the alerts are stored and handed to
 /// the outbox in the same state transaction.

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cli, main ─▶ pipeline (the topology) ─▶ stages
-//! stages: collector, capture, decode, detect, forward, query ─▶ store ─▶ leaves
+//! stages: collector, capture, decode, detect, forward, query, accounts ─▶ store ─▶ leaves
+//! control (the channel to a running appliance) ─▶ accounts
 //! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table
 //! ```
 
@@ -22,7 +23,9 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "cli" | "main" | "lib" | "pipeline" => return None,
         m if LEAVES.contains(&m) => &[],
         "store" | "capture" | "collector" | "init" | "demo" => &[],
-        "decode" | "detect" | "forward" | "query" => &["store"],
+        "decode" | "detect" | "forward" | "query" | "accounts" => &["store"],
+        // The control channel carries the stages' changes to a running appliance.
+        "control" => &["accounts"],
         "config" => &["decode", "detect", "forward", "store"],
         other => panic!("module {other} is not in the layering table: add it to DESIGN.md and here"),
     })

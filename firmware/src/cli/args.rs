@@ -1,6 +1,7 @@
 //! The command line's arguments (a contract: other tools and checks rely on
 //! these commands and flags; the help text says what each expects).
 
+use crate::accounts::{TokenRole, UserRole};
 use crate::query::{By, Format, TopKey};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -101,6 +102,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: TableOrJson,
     },
+    /// Web page users: set (create or change password and role), list, remove.
+    /// Works whether or not `run` is running (then through its control socket).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Bearer tokens for the JSON API (viewer) and /metrics (metrics): create
+    /// (the token is printed once), list, remove.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Validate a configuration file; print what it sets and any warnings.
     CheckConfig {
         /// The configuration file (TOML).
@@ -108,6 +121,60 @@ pub enum Command {
     },
     /// Print version information.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user or change its password and role. The password is the first
+    /// line of stdin when stdin is not a terminal; on a terminal it is asked twice.
+    Set {
+        /// The appliance's data directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// User name: 1-64 characters from A-Z a-z 0-9 . _ -
+        name: String,
+        #[arg(long, value_enum)]
+        role: UserRole,
+    },
+    /// List the users (name, role, when last changed); never shows hashes.
+    List {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// Remove a user.
+    Remove {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print it once (only its SHA-256 is stored).
+    Create {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Token name: 1-64 characters from A-Z a-z 0-9 . _ -
+        name: String,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+    },
+    /// List the tokens (name, role, created); never shows a token.
+    List {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+    },
+    /// Remove a token (it stops working at once).
+    Remove {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        name: String,
+    },
 }
 
 /// What `query` selects and how it shows it.

@@ -2,11 +2,12 @@
 //! and exit codes.
 //!
 //! `run`, `ingest`, `query`, `exporters`, `alerts`, `detectors`, `forward-test`,
-//! `forward-status`, `check-config`, `version` ([`args`]). Every command writes
+//! `forward-status`, `user`, `token`, `check-config`, `version` ([`args`]). Every command writes
 //! through one buffered stdout handle; a reader that goes away (`| head`) ends
 //! the program quietly with success, as Unix tools do. Tables for people go
 //! through [`crate::table`]; sizes, rates and durations through [`crate::units`].
 
+mod accounts;
 pub mod args;
 mod ingest;
 mod query;
@@ -127,6 +128,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             existing_data_dir(&data_dir)?;
             status::forward_status(&data_dir, format, out)
         }
+        Command::User { action } => accounts::user(action, out),
+        Command::Token { action } => accounts::token(action, out),
         Command::CheckConfig { file } => status::check_config(&file, out),
         Command::Version => {
             writeln!(

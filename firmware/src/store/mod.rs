@@ -19,7 +19,7 @@ pub mod segments;
 pub mod settings;
 pub mod writer;
 
-use redb::{ConcurrencyMode, Database, ReadOnlyDatabase};
+use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +97,36 @@ pub(crate) fn open_writable(path: &Path, quota: &Arc<quota::Quota>) -> Result<Da
     let mut b = Database::builder();
     b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
     b.create_with_backend(backend).map_err(|e| StoreError::db(path, e))
+}
+
+/// Commit `rows` into the state file of a data directory that no appliance is
+/// running on (commands such as `user set` while `run` is not running; while it
+/// runs they go through the control channel). Creates the directory and the
+/// state file if needed.
+pub fn commit_state_rows(dir: &DataDir, rows: &mut dyn rows::StateRows) -> Result<(), StoreError> {
+    let path = dir.state();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+    }
+    // Whoever else writes (an `ingest`, a `run` without a control socket) is named.
+    let _lock = WriterLock::take(dir)?;
+    guard(&path, || {
+        let mut b = Database::builder();
+        b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+        let db = b.create(&path).map_err(|e| StoreError::db(&path, e))?;
+        let txn = db.begin_write().map_err(|e| StoreError::db(&path, e))?;
+        {
+            let mut meta = txn.open_table(schema::STATE_META).map_err(|e| StoreError::db(&path, e))?;
+            if meta.get("schema").map_err(|e| StoreError::db(&path, e))?.is_none() {
+                meta.insert("schema", schema::SCHEMA_VERSION)
+                    .map_err(|e| StoreError::db(&path, e))?;
+            }
+        }
+        rows.stage(&txn).map_err(|e| StoreError::db(&path, e))?;
+        txn.commit().map_err(|e| StoreError::db(&path, e))?;
+        rows.committed();
+        Ok(())
+    })
 }
 
 /// Whether `path` holds no database yet: missing, empty, or an unfinished create.

@@ -36,6 +36,10 @@ pub const SPOOL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("spo
 pub const SPOOL_META: TableDefinition<&str, &[u8]> = TableDefinition::new("spool_meta");
 /// State: destination name -> JSON `forward::status::DestState` (as last reported by `run`).
 pub const FORWARD_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("forward_state");
+/// State: user name -> postcard `accounts::User` (role, argon2id hash).
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// State: token name -> postcard `accounts::Token` (role, SHA-256 of the token).
+pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// State: named counters and settings ("schema", store counters).
 pub const STATE_META: TableDefinition<&str, u64> = TableDefinition::new("state_meta");
 
