@@ -1,7 +1,9 @@
 //! The serial-console maintenance commands PID 1 accepts from a field
 //! technician (and from the QEMU system tests): `query ...`, `exporters ...`,
-//! `status`, `reboot`, `poweroff`, `help`. Query commands run the appliance
-//! binary as a child with `--data-dir` filled in; each command ends with a
+//! `status`, `user ...`, `token ...`, `reboot`, `poweroff`, `help`. Query and
+//! account commands run the appliance binary as a child with `--data-dir`
+//! filled in (account changes reach a running appliance over its control
+//! socket, so `user set` here is the password recovery that keeps all data); each command ends with a
 //! `flowwarden-console: done (exit N)` line so a script knows where output ends.
 
 use thiserror::Error;
@@ -24,6 +26,9 @@ pub enum ConsoleError {
 pub enum ConsoleCmd {
     /// Run the binary with these arguments (already including the subcommand and --data-dir).
     Exec(Vec<String>),
+    /// Like `Exec`, but the console first reads a password (twice, not echoed)
+    /// and hands it to the child on its stdin.
+    ExecWithPassword(Vec<String>),
     Status,
     Reboot,
     PowerOff,
@@ -31,7 +36,7 @@ pub enum ConsoleCmd {
     Empty,
 }
 
-pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | reboot | poweroff | help";
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
 pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
@@ -97,6 +102,24 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
             args.extend(rest.iter().cloned());
             Ok(ConsoleCmd::Exec(args))
         }
+        "user" | "token" => {
+            if rest.iter().any(|w| w == "--data-dir" || w.starts_with("--data-dir=")) {
+                return Err(ConsoleError::DataDirFixed);
+            }
+            let mut args = vec![cmd.to_string()];
+            let Some(action) = rest.first() else {
+                args.push("--help".into());
+                return Ok(ConsoleCmd::Exec(args));
+            };
+            args.extend([action.clone(), "--data-dir".into(), data_dir.to_string()]);
+            args.extend(rest[1..].iter().cloned());
+            let asks = cmd == "user" && action == "set" && !rest.iter().any(|w| w == "--help" || w == "-h");
+            Ok(if asks {
+                ConsoleCmd::ExecWithPassword(args)
+            } else {
+                ConsoleCmd::Exec(args)
+            })
+        }
         "version" => Ok(ConsoleCmd::Exec(vec!["version".into()])),
         "status" => Ok(ConsoleCmd::Status),
         "reboot" => Ok(ConsoleCmd::Reboot),
@@ -138,6 +161,17 @@ mod tests {
             ConsoleCmd::Exec(vec!["exporters".into(), "--data-dir".into(), "/data".into()])
         );
         assert_eq!(parse("reboot", "/d").unwrap(), ConsoleCmd::Reboot);
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse("user set tech --role admin", "/d").unwrap(),
+            ConsoleCmd::ExecWithPassword(v(&["user", "set", "--data-dir", "/d", "tech", "--role", "admin"]))
+        );
+        assert_eq!(
+            parse("flowwarden token create prom --role metrics", "/d").unwrap(),
+            ConsoleCmd::Exec(v(&["token", "create", "--data-dir", "/d", "prom", "--role", "metrics"]))
+        );
+        assert_eq!(parse("user", "/d").unwrap(), ConsoleCmd::Exec(v(&["user", "--help"])));
+        assert_eq!(parse("user list --data-dir /x", "/d"), Err(ConsoleError::DataDirFixed));
         assert_eq!(parse("", "/d").unwrap(), ConsoleCmd::Empty);
         assert!(parse("rm -rf /", "/d").unwrap_err().to_string().contains("unknown command \"rm\""));
         assert_eq!(parse("query --data-dir /etc", "/d"), Err(ConsoleError::DataDirFixed));

@@ -387,6 +387,8 @@ fn sync_time(cfg: &SystemConfig, from_dhcp: &[Ipv4Addr], status: &Shared) {
 
 enum Event {
     Console(ConsoleCmd, std::sync::mpsc::SyncSender<i32>),
+    /// A console command whose child reads this line on its stdin (a password).
+    ConsoleWithInput(Vec<String>, String, std::sync::mpsc::SyncSender<i32>),
     PowerButton,
 }
 
@@ -496,6 +498,13 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
                     }
                     None
                 }
+                Some(Event::ConsoleWithInput(args, input, r)) => {
+                    match spawn_with_input(&exe, &args, input) {
+                        Ok(pid) => { console_children.insert(pid, r); }
+                        Err(e) => { say!("cannot run {}: {e}", args.join(" ")); let _ = r.send(127); }
+                    }
+                    None
+                }
                 Some(Event::Console(_, r)) => { let _ = r.send(0); None }
                 None => None,
             },
@@ -508,6 +517,46 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
             }
             shutdown(stop, appliance, &cfg.data.mountpoint, &mut sigchld).await;
         }
+    }
+}
+
+/// Run a console command with `input` as its stdin's first line (written and
+/// closed before the child is tracked, so it never waits on us).
+fn spawn_with_input(exe: &Path, args: &[String], input: String) -> std::io::Result<Pid> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A line of at most a few hundred bytes fits the pipe's buffer: no deadlock.
+        stdin.write_all(format!("{input}\n").as_bytes())?;
+    }
+    Pid::from_raw(child.id() as i32).ok_or_else(|| std::io::Error::other("child without a pid"))
+}
+
+/// Read a password from the console twice with echo off (when it is a terminal).
+fn console_password(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> std::result::Result<String, String> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(s) = &saved {
+        let mut quiet = s.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &quiet);
+    }
+    println!("password (not shown):");
+    let first = lines.next().and_then(|l| l.ok());
+    println!("the same password again:");
+    let second = lines.next().and_then(|l| l.ok());
+    if let Some(s) = &saved {
+        let _ = tcsetattr(&stdin, OptionalActions::Now, s);
+    }
+    match (first, second) {
+        (Some(a), Some(b)) if a == b => Ok(a.trim_end_matches('\r').to_string()),
+        (Some(_), Some(_)) => Err("the two passwords differ; nothing changed".into()),
+        _ => Err("the console closed before the password was read".into()),
     }
 }
 
@@ -575,7 +624,8 @@ async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, sigchld: &mut
 fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir: String) {
     let _ = std::thread::Builder::new().name("console".into()).spawn(move || {
         let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
+        let mut lines = stdin.lock().lines();
+        while let Some(line) = lines.next() {
             let Ok(line) = line else { break };
             let code = match console::parse(&line, &data_dir) {
                 Ok(ConsoleCmd::Empty) => continue,
@@ -591,6 +641,19 @@ fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir:
                     );
                     0
                 }
+                Ok(ConsoleCmd::ExecWithPassword(args)) => match console_password(&mut lines) {
+                    Ok(pw) => {
+                        let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+                        if tx.blocking_send(Event::ConsoleWithInput(args, pw, rtx)).is_err() {
+                            break;
+                        }
+                        rrx.recv().unwrap_or(-1)
+                    }
+                    Err(e) => {
+                        println!("flowwarden-console: {e}");
+                        1
+                    }
+                },
                 Ok(cmd) => {
                     let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
                     if tx.blocking_send(Event::Console(cmd, rtx)).is_err() {

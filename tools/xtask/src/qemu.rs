@@ -138,6 +138,33 @@ impl Vm {
         Ok(lines[..lines.len() - 1].iter().filter(|l| !l.contains(cmd)).cloned().collect())
     }
 
+    /// Runs a console command that asks for a password twice; answers each
+    /// prompt once it is shown (echo is off only then). Returns the output lines.
+    fn console_password(&mut self, cmd: &str, password: &str, timeout: Duration) -> Result<Vec<String>> {
+        let from = self.len();
+        writeln!(self.stdin, "{cmd}")?;
+        self.stdin.flush()?;
+        let first = self.wait_for("password (not shown):", from, timeout)?;
+        writeln!(self.stdin, "{password}")?;
+        self.stdin.flush()?;
+        self.wait_for("the same password again:", first, timeout)?;
+        writeln!(self.stdin, "{password}")?;
+        self.stdin.flush()?;
+        let end = self.wait_for("flowwarden-console: done (exit ", from, timeout)?;
+        let lines: Vec<String> = self.lines.lock().map(|l| l[from..=end].to_vec()).unwrap_or_default();
+        ensure!(
+            lines.last().is_some_and(|l| l.contains("(exit 0)")),
+            "console {cmd:?} failed: {}",
+            lines.join("\n")
+        );
+        ensure!(
+            !lines.iter().any(|l| l.contains(password)),
+            "the console echoed the password: {}",
+            lines.join("\n")
+        );
+        Ok(lines)
+    }
+
     /// Total stored flows according to the guest's own query.
     fn flows(&mut self) -> Result<u64> {
         let out = self.console("query --series 1h --format csv", Duration::from_secs(120))?;
@@ -394,6 +421,20 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         after_data_only - sent1
     );
     let sent1 = sent1 + data_only;
+
+    // Password recovery on the console: `user set` reaches the running appliance
+    // over its control socket and keeps every flow.
+    let out = vm
+        .console_password("user set tech --role admin", "recovery pass 0815", Duration::from_secs(60))?
+        .join("\n");
+    ensure!(
+        out.contains("flowwarden: user tech set (admin) in the running appliance"),
+        "console user set: {out}"
+    );
+    let users = vm.console("user list", Duration::from_secs(30))?.join("\n");
+    ensure!(users.contains("tech") && users.contains("admin"), "console user list: {users}");
+    ensure!(vm.flows()? == sent1, "flows changed across the console's user set");
+    eprintln!("xtask: {board_name}: console user set went through the control socket");
 
     // 4. Hard power-off while ingesting.
     let sent2 = 400_000u64;
