@@ -112,6 +112,8 @@ pub struct Config {
     pub detect: crate::detect::settings::DetectConfig,
     /// SIEM destinations (`[[forward]]`).
     pub forward: Vec<crate::forward::settings::ForwardConfig>,
+    /// The local web status page (`[web]`).
+    pub web: crate::web::settings::WebConfig,
 }
 
 impl Config {
@@ -150,6 +152,9 @@ impl Config {
             },
             message,
         };
+        if let Err((key, message)) = self.web.check() {
+            return Err(bad("web", key, message));
+        }
         let c = &self.collector;
         if c.listen.is_empty() {
             return Err(bad("collector", "listen", "at least one address is needed".into()));

@@ -6,15 +6,15 @@
 //! ```text
 //! cli, main ─▶ pipeline (the topology) ─▶ stages
 //! stages: collector, capture, decode, detect, forward, query, accounts ─▶ store ─▶ leaves
-//! control (the channel to a running appliance) ─▶ accounts
-//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table
+//! control (the channel to a running appliance) ─▶ accounts;  web (the page) ─▶ store, accounts
+//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const LEAVES: &[&str] = &[
-    "alert", "flow", "units", "timefmt", "net", "metrics", "fasthash", "table", "evidence",
+    "alert", "flow", "units", "timefmt", "net", "metrics", "fasthash", "table", "evidence", "pki",
 ];
 
 /// What each top-level module may import besides the leaves (None: anything).
@@ -26,7 +26,9 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "decode" | "detect" | "forward" | "query" | "accounts" => &["store"],
         // The control channel carries the stages' changes to a running appliance.
         "control" => &["accounts"],
-        "config" => &["decode", "detect", "forward", "store"],
+        "config" => &["decode", "detect", "forward", "store", "web"],
+        // The page reads the store and checks accounts.
+        "web" => &["store", "accounts"],
         other => panic!("module {other} is not in the layering table: add it to DESIGN.md and here"),
     })
 }

@@ -5,23 +5,18 @@
 //! certificate (validity period still checked, handshake signatures still
 //! verified). A client certificate is offered when configured (mutual TLS).
 //! TLS 1.2 and 1.3 only; no 0-RTT (rustls never sends early data unless asked).
-//! Also here: reading a certificate's validity period from its DER, for the
-//! expiry shown in the destination state.
+//! Fingerprints, PEM loading and validity periods are the leaf `pki`'s.
 
 use super::error::ForwardError;
 use super::settings::ForwardConfig;
+pub use crate::pki::{Identity, hex_colon, pem_not_after, provider, sha256, validity};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::path::Path;
 use std::sync::Arc;
-
-/// The one crypto provider flowwarden uses (ring; never aws-lc-rs).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// Read a PEM CA bundle (at least one certificate).
 pub fn load_roots(path: &Path) -> Result<RootCertStore, ForwardError> {
@@ -47,26 +42,8 @@ fn roots(path: &Path) -> Result<RootCertStore, String> {
 }
 
 /// Read a client certificate chain and its private key (PEM).
-pub fn load_client_identity(cert: &Path, key: &Path) -> Result<ClientIdentity, ForwardError> {
-    identity(cert, key).map_err(ForwardError::Setup)
-}
-
-/// A client certificate chain and its key.
-pub type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
-fn identity(cert: &Path, key: &Path) -> Result<ClientIdentity, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: cannot read: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not valid PEM: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
-    Ok((chain, key))
+pub fn load_client_identity(cert: &Path, key: &Path) -> Result<Identity, ForwardError> {
+    crate::pki::load_identity(cert, key).map_err(|e| ForwardError::Setup(e.to_string()))
 }
 
 /// The rustls client configuration of a destination and the name to check.
@@ -99,12 +76,6 @@ pub fn client_config(f: &ForwardConfig) -> Result<(Arc<ClientConfig>, ServerName
     };
     let name = ServerName::try_from(name.clone()).map_err(|_| setup(format!("{name:?} is neither a DNS name nor an IP address")))?;
     Ok((Arc::new(cfg), name))
-}
-
-/// Not-after of the first certificate in a PEM file (for the state's expiry).
-pub fn pem_not_after(path: &Path) -> Option<u64> {
-    let c = CertificateDer::pem_file_iter(path).ok()?.next()?.ok()?;
-    validity(&c).map(|(_, after)| after)
 }
 
 /// Trusts exactly one certificate, by its SHA-256.
@@ -164,75 +135,6 @@ impl ServerCertVerifier for PinnedVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// SHA-256 of a DER certificate.
-pub fn sha256(der: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// `AB:CD:...` upper-case hex.
-pub fn hex_colon(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02X}")).collect::<Vec<_>>().join(":")
-}
-
-/// One DER TLV: (tag, contents, rest).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = b.split_first()?;
-    let (&l0, rest) = rest.split_first()?;
-    let (len, rest) = if l0 < 0x80 {
-        (usize::from(l0), rest)
-    } else {
-        let n = usize::from(l0 & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | usize::from(x));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
-/// (not before, not after) of an X.509 certificate, Unix ms.
-pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
-    let (0x30, cert, _) = tlv(der)? else { return None };
-    let (0x30, tbs, _) = tlv(cert)? else { return None };
-    let mut rest = tbs;
-    let (tag, _, r) = tlv(rest)?;
-    if tag == 0xa0 {
-        rest = r; // explicit version
-    }
-    // serialNumber, signature, issuer
-    for _ in 0..3 {
-        rest = tlv(rest)?.2;
-    }
-    let (0x30, val, _) = tlv(rest)? else { return None };
-    let (t1, nb, r) = tlv(val)?;
-    let (t2, na, _) = tlv(r)?;
-    Some((der_time(t1, nb)?, der_time(t2, na)?))
-}
-
-fn der_time(tag: u8, v: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(v).ok()?;
-    let s = s.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 if s.len() == 12 => {
-            let yy: i64 = s[..2].parse().ok()?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
-        }
-        0x18 if s.len() == 14 => (s[..4].parse().ok()?, &s[4..]),
-        _ => return None,
-    };
-    let n = |i: usize| -> Option<u32> { rest.get(i..i + 2)?.parse().ok() };
-    let days = crate::timefmt::days_from_civil(year, n(0)?, n(2)?);
-    let secs = days * 86_400 + i64::from(n(4)?) * 3600 + i64::from(n(6)?) * 60 + i64::from(n(8)?);
-    u64::try_from(secs).ok().map(|s| s * 1000)
 }
 
 /// A rustls error in words a technician can act on.
