@@ -190,10 +190,7 @@ pub fn new_token(role: TokenRole, now_ms: u64) -> Result<(String, Token), Accoun
 
 /// The digest a token is stored and looked up by.
 pub fn token_digest(text: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    crate::pki::sha256(text.as_bytes())
 }
 
 /// Account changes for the next state commit.
@@ -263,30 +260,21 @@ pub fn load_tokens(reader: &Reader) -> Result<Vec<(String, Token)>, StoreError> 
 /// Check a change against the accounts as they are (removals of what does not
 /// exist, a token name taken); run by whoever applies it.
 pub fn validate(change: &AccountChange, reader: &Reader) -> Result<(), AccountError> {
+    let user_exists = |name: &str| Ok::<_, AccountError>(load_users(reader)?.iter().any(|(n, _)| n == name));
+    let token_exists = |name: &str| Ok::<_, AccountError>(load_tokens(reader)?.iter().any(|(n, _)| n == name));
     match change {
         AccountChange::SetUser { name, .. } => check_name(name),
-        AccountChange::RemoveUser { name } => {
-            if load_users(reader)?.iter().any(|(n, _)| n == name) {
-                Ok(())
-            } else {
-                Err(AccountError::NoUser(name.clone()))
-            }
-        }
+        AccountChange::RemoveUser { name } if !user_exists(name)? => Err(AccountError::NoUser(name.clone())),
         AccountChange::SetToken { name, .. } => {
             check_name(name)?;
-            if load_tokens(reader)?.iter().any(|(n, _)| n == name) {
+            if token_exists(name)? {
                 Err(AccountError::TokenExists(name.clone()))
             } else {
                 Ok(())
             }
         }
-        AccountChange::RemoveToken { name } => {
-            if load_tokens(reader)?.iter().any(|(n, _)| n == name) {
-                Ok(())
-            } else {
-                Err(AccountError::NoToken(name.clone()))
-            }
-        }
+        AccountChange::RemoveToken { name } if !token_exists(name)? => Err(AccountError::NoToken(name.clone())),
+        AccountChange::RemoveUser { .. } | AccountChange::RemoveToken { .. } => Ok(()),
     }
 }
 

@@ -37,6 +37,18 @@ fn cli_stdin(args: &[&OsStr], input: &str) -> (bool, String, String) {
     )
 }
 
+fn token_create(dir: &Path, name: &str, role: &str) -> (bool, String, String) {
+    common::cli(&[
+        os("token"),
+        os("create"),
+        os("--data-dir"),
+        dir.as_os_str(),
+        os(name),
+        os("--role"),
+        os(role),
+    ])
+}
+
 fn users(dir: &Path) -> Vec<(String, accounts::User)> {
     accounts::load_users(&Reader::new(DataDir::new(dir))).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -92,15 +104,7 @@ fn accounts_without_a_running_appliance() {
     assert_eq!(users(&dir).len(), 1);
 
     // Tokens: printed once, stored as a digest, names unique.
-    let (ok, token, err) = common::cli(&[
-        os("token"),
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("prometheus"),
-        os("--role"),
-        os("metrics"),
-    ]);
+    let (ok, token, err) = token_create(&dir, "prometheus", "metrics");
     assert!(ok, "{err}");
     assert!(err.contains("it is shown only this once"), "{err}");
     let token = token.trim();
@@ -108,15 +112,7 @@ fn accounts_without_a_running_appliance() {
     let t = accounts::load_tokens(&Reader::new(DataDir::new(&dir))).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(t.len(), 1);
     assert_eq!((t[0].1.role, t[0].1.sha256), (TokenRole::Metrics, accounts::token_digest(token)));
-    let (ok, _, err) = common::cli(&[
-        os("token"),
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("prometheus"),
-        os("--role"),
-        os("viewer"),
-    ]);
+    let (ok, _, err) = token_create(&dir, "prometheus", "viewer");
     assert!(!ok && err.contains("a token named \"prometheus\" exists"), "{err}");
     let (ok, out, _) = common::cli(&[os("token"), os("list"), os("--data-dir"), dir.as_os_str()]);
     assert!(
@@ -164,15 +160,7 @@ fn accounts_through_a_running_appliance() {
     assert!(accounts::verify_password(&u[0].1.hash, "a long enough password"));
     let (ok, _, err) = common::cli(&[os("user"), os("remove"), os("--data-dir"), dir.as_os_str(), os("nobody")]);
     assert!(!ok && err.contains("no user \"nobody\""), "{err}");
-    let (ok, _, err) = common::cli(&[
-        os("token"),
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("scripts"),
-        os("--role"),
-        os("viewer"),
-    ]);
+    let (ok, _, err) = token_create(dir, "scripts", "viewer");
     assert!(ok && err.contains("in the running appliance"), "{err}");
     let (status, _) = run.stop();
     assert!(status.success());

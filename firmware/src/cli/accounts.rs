@@ -2,7 +2,7 @@
 //! accounts. A change goes to a running appliance over its control socket, or,
 //! when none runs on the data directory, into the state file directly.
 
-use super::args::{TableOrJson, TokenAction, UserAction};
+use super::args::{AccountList, AccountName, TableOrJson, TokenAction, UserAction};
 use crate::accounts::{self, AccountChange, AccountRows, User};
 use crate::control::{self, Reply, Request};
 use crate::store::DataDir;
@@ -101,7 +101,10 @@ fn list(out: &mut dyn Write, format: TableOrJson, cols: (&str, &str), rows: Vec<
 
 pub fn user(action: UserAction, out: &mut dyn Write) -> Result<()> {
     match action {
-        UserAction::Set { data_dir, name, role } => {
+        UserAction::Set {
+            who: AccountName { data_dir, name },
+            role,
+        } => {
             accounts::check_name(&name)?;
             let pw = read_password()?;
             // Hashed here (argon2id, ~19 MiB, a fraction of a second), never sent or stored in clear.
@@ -114,7 +117,7 @@ pub fn user(action: UserAction, out: &mut dyn Write) -> Result<()> {
             let via = apply(&data_dir, AccountChange::SetUser { name: name.clone(), user })?;
             writeln!(out, "flowwarden: user {name} set ({}) in {via}", role.as_str())?;
         }
-        UserAction::List { data_dir, format } => {
+        UserAction::List(AccountList { data_dir, format }) => {
             super::existing_data_dir(&data_dir)?;
             let users = accounts::load_users(&Reader::new(DataDir::new(&data_dir)))?;
             let rows = users.iter().map(|(n, u)| (n.clone(), u.role.as_str(), u.changed_ms)).collect();
@@ -126,7 +129,7 @@ pub fn user(action: UserAction, out: &mut dyn Write) -> Result<()> {
                 )?;
             }
         }
-        UserAction::Remove { data_dir, name } => {
+        UserAction::Remove(AccountName { data_dir, name }) => {
             let via = apply(&data_dir, AccountChange::RemoveUser { name: name.clone() })?;
             writeln!(out, "flowwarden: user {name} removed from {via}")?;
         }
@@ -136,7 +139,10 @@ pub fn user(action: UserAction, out: &mut dyn Write) -> Result<()> {
 
 pub fn token(action: TokenAction, out: &mut dyn Write) -> Result<()> {
     match action {
-        TokenAction::Create { data_dir, name, role } => {
+        TokenAction::Create {
+            who: AccountName { data_dir, name },
+            role,
+        } => {
             accounts::check_name(&name)?;
             let (text, token) = accounts::new_token(role, crate::timefmt::now_ms())?;
             let via = apply(&data_dir, AccountChange::SetToken { name: name.clone(), token })?;
@@ -148,13 +154,13 @@ pub fn token(action: TokenAction, out: &mut dyn Write) -> Result<()> {
                 role.as_str()
             )?;
         }
-        TokenAction::List { data_dir, format } => {
+        TokenAction::List(AccountList { data_dir, format }) => {
             super::existing_data_dir(&data_dir)?;
             let tokens = accounts::load_tokens(&Reader::new(DataDir::new(&data_dir)))?;
             let rows = tokens.iter().map(|(n, t)| (n.clone(), t.role.as_str(), t.created_ms)).collect();
             list(out, format, ("token", "created"), rows)?;
         }
-        TokenAction::Remove { data_dir, name } => {
+        TokenAction::Remove(AccountName { data_dir, name }) => {
             let via = apply(&data_dir, AccountChange::RemoveToken { name: name.clone() })?;
             writeln!(out, "flowwarden: token {name} removed from {via}")?;
         }

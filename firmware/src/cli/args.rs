@@ -128,53 +128,49 @@ pub enum UserAction {
     /// Create a user or change its password and role. The password is the first
     /// line of stdin when stdin is not a terminal; on a terminal it is asked twice.
     Set {
-        /// The appliance's data directory (created if missing).
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        /// User name: 1-64 characters from A-Z a-z 0-9 . _ -
-        name: String,
+        #[command(flatten)]
+        who: AccountName,
         #[arg(long, value_enum)]
         role: UserRole,
     },
     /// List the users (name, role, when last changed); never shows hashes.
-    List {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
-        format: TableOrJson,
-    },
+    List(AccountList),
     /// Remove a user.
-    Remove {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        name: String,
-    },
+    Remove(AccountName),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
     /// Create a token and print it once (only its SHA-256 is stored).
     Create {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        /// Token name: 1-64 characters from A-Z a-z 0-9 . _ -
-        name: String,
+        #[command(flatten)]
+        who: AccountName,
         #[arg(long, value_enum)]
         role: TokenRole,
     },
     /// List the tokens (name, role, created); never shows a token.
-    List {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
-        format: TableOrJson,
-    },
+    List(AccountList),
     /// Remove a token (it stops working at once).
-    Remove {
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
-        name: String,
-    },
+    Remove(AccountName),
+}
+
+/// A data directory and a user's or token's name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountName {
+    /// The appliance's data directory (created if missing when setting).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// 1-64 characters from A-Z a-z 0-9 . _ -
+    pub name: String,
+}
+
+/// A data directory and how to list.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountList {
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableOrJson,
 }
 
 /// What `query` selects and how it shows it.

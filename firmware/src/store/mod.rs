@@ -19,7 +19,7 @@ pub mod segments;
 pub mod settings;
 pub mod writer;
 
-use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadableTable};
+use redb::{ConcurrencyMode, Database, ReadOnlyDatabase};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,14 +114,9 @@ pub fn commit_state_rows(dir: &DataDir, rows: &mut dyn rows::StateRows) -> Resul
         let mut b = Database::builder();
         b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
         let db = b.create(&path).map_err(|e| StoreError::db(&path, e))?;
+        // The writer's own check: a state file of another schema is refused, a new one stamped.
+        writer::check_schema(&db, &path, schema::STATE_META)?;
         let txn = db.begin_write().map_err(|e| StoreError::db(&path, e))?;
-        {
-            let mut meta = txn.open_table(schema::STATE_META).map_err(|e| StoreError::db(&path, e))?;
-            if meta.get("schema").map_err(|e| StoreError::db(&path, e))?.is_none() {
-                meta.insert("schema", schema::SCHEMA_VERSION)
-                    .map_err(|e| StoreError::db(&path, e))?;
-            }
-        }
         rows.stage(&txn).map_err(|e| StoreError::db(&path, e))?;
         txn.commit().map_err(|e| StoreError::db(&path, e))?;
         rows.committed();

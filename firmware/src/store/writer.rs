@@ -145,7 +145,7 @@ pub struct StoreWriter {
     last_snapshot: Instant,
 }
 
-fn check_schema(db: &Database, path: &std::path::Path, meta: redb::TableDefinition<&str, u64>) -> Result<(), StoreError> {
+pub(super) fn check_schema(db: &Database, path: &std::path::Path, meta: redb::TableDefinition<&str, u64>) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(|e| StoreError::db(path, e))?;
     {
         let mut t = txn.open_table(meta).map_err(|e| StoreError::db(path, e))?;
