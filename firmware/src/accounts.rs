@@ -142,7 +142,8 @@ pub fn check_password(pw: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-fn random<const N: usize>() -> Result<[u8; N], AccountError> {
+/// `N` random bytes from the operating system (ring).
+pub fn random<const N: usize>() -> Result<[u8; N], AccountError> {
     let mut b = [0u8; N];
     ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| AccountError::Random)?;
     Ok(b)

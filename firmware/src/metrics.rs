@@ -548,6 +548,35 @@ pub mod defs {
         ["destination"],
         "Entries waiting in a destination's spool"
     );
+    def!(
+        WEB_CONNECTIONS_REFUSED,
+        "flowwarden_web_connections_refused_total",
+        Counter,
+        ["reason"],
+        "Connections to the page closed before a request (limit, handshake, timeout)"
+    );
+    def!(
+        WEB_REQUESTS,
+        "flowwarden_web_requests_total",
+        Counter,
+        ["status"],
+        "Requests the page answered, by status class (2xx, 3xx, 4xx, 5xx)"
+    );
+    def!(
+        WEB_LOGINS,
+        "flowwarden_web_logins_total",
+        Counter,
+        ["result"],
+        "Login attempts on the page (ok, failed, throttled, setup)"
+    );
+    def!(WEB_SESSIONS, "flowwarden_web_sessions", Gauge, [], "Sessions open on the page");
+    def!(
+        WEB_TABLE_EVICTED,
+        "flowwarden_web_table_evicted_total",
+        Counter,
+        ["table"],
+        "Entries dropped from the page's bounded tables because they were full (sessions, login failures)"
+    );
 }
 
 /// Every definition, for documentation and tests.
@@ -604,6 +633,11 @@ pub fn all() -> Vec<&'static Def> {
         &FORWARD_DROPPED,
         &FORWARD_DELIVERED,
         &FORWARD_QUEUE,
+        &WEB_CONNECTIONS_REFUSED,
+        &WEB_REQUESTS,
+        &WEB_LOGINS,
+        &WEB_SESSIONS,
+        &WEB_TABLE_EVICTED,
     ]
 }
 

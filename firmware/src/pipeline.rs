@@ -49,6 +49,8 @@ pub enum PipelineError {
     Thread(std::io::Error),
     #[error("control socket: {0}")]
     Control(#[from] crate::control::ControlError),
+    #[error("{0}")]
+    Web(#[from] crate::web::WebError),
 }
 
 /// Datagrams queued between the sockets and the decoder.
@@ -377,6 +379,7 @@ pub async fn run_live(
     let bound = collector::bind_all(&addrs, explicit, rcvbuf)?;
     let forward_shared = pipeline.forward.clone();
     let metrics = pipeline.metrics.clone();
+    let pipeline_metrics = pipeline.metrics.clone();
     let counters = Arc::new(SocketCounters::default());
     let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
     let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
@@ -384,7 +387,7 @@ pub async fn run_live(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = crate::control::bind(&data_dir)?;
     let handler = control_handler(pipeline.tx.clone(), crate::store::DataDir::new(&data_dir));
-    let control_task = tokio::spawn(crate::control::serve(control, data_dir.clone(), handler, stop_rx.clone()));
+    let control_task = tokio::spawn(crate::control::serve(control, data_dir.clone(), handler.clone(), stop_rx.clone()));
 
     let dec_counters = counters.clone();
     let decoder = std::thread::Builder::new()
@@ -433,6 +436,21 @@ pub async fn run_live(
         metrics,
         stop_rx.clone(),
     );
+    // The page: its listener lines (and the setup code) come before the ready line.
+    let web = crate::web::start(
+        &cfg.web,
+        crate::web::Appliance {
+            data_dir: data_dir.clone(),
+            metrics: pipeline_metrics,
+            control: Some(handler),
+            clock: Arc::new(crate::timefmt::now_ms),
+            collector: addrs.clone(),
+            forward: cfg.forward.clone(),
+        },
+        rustix::process::geteuid().is_root(),
+        stop_rx.clone(),
+    )
+    .await?;
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
     // A closed stdout (the reader of `run | head` gone) must not stop the appliance.
     let _ = writeln!(std::io::stdout(), "{ready}");
@@ -448,8 +466,12 @@ pub async fn run_live(
     for t in tasks {
         let _ = t.await;
     }
-    // The control server holds a sender to the writer: it ends before the writer may.
+    // The control server (and the page, through its handler) hold a sender to
+    // the writer: they end before the writer may.
     let _ = control_task.await;
+    for t in web.tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     let report = tokio::task::spawn_blocking(move || decoder.join())
         .await
         .ok()

@@ -9,44 +9,10 @@ use flowwarden::accounts::{self, TokenRole, UserRole};
 use flowwarden::store::DataDir;
 use flowwarden::store::reader::Reader;
 use std::ffi::OsStr;
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
-}
-
-/// Run the binary with `input` on stdin; (success, stdout, stderr).
-fn cli_stdin(args: &[&OsStr], input: &str) -> (bool, String, String) {
-    let mut child = std::process::Command::new(common::bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn token_create(dir: &Path, name: &str, role: &str) -> (bool, String, String) {
-    common::cli(&[
-        os("token"),
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os(name),
-        os("--role"),
-        os(role),
-    ])
 }
 
 fn users(dir: &Path) -> Vec<(String, accounts::User)> {
@@ -54,18 +20,11 @@ fn users(dir: &Path) -> Vec<(String, accounts::User)> {
 }
 
 fn user_set(dir: &Path, name: &str, role: &str, pw: &str) -> (bool, String, String) {
-    cli_stdin(
-        &[
-            os("user"),
-            os("set"),
-            os("--data-dir"),
-            dir.as_os_str(),
-            os(name),
-            os("--role"),
-            os(role),
-        ],
-        pw,
-    )
+    common::user_set(dir, name, role, pw)
+}
+
+fn token_create(dir: &Path, name: &str, role: &str) -> (bool, String, String) {
+    common::token_create(dir, name, role)
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! ```text
 //! cli, main ─▶ pipeline (the topology) ─▶ stages
 //! stages: collector, capture, decode, detect, forward, query, accounts ─▶ store ─▶ leaves
-//! control (the channel to a running appliance) ─▶ accounts;  web (the page) ─▶ store, accounts
+//! control (the channel to a running appliance) ─▶ accounts
+//! web (the page) ─▶ what the stages keep (decode, detect, forward, query, store), accounts, control
 //! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki
 //! ```
 
@@ -27,8 +28,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         // The control channel carries the stages' changes to a running appliance.
         "control" => &["accounts"],
         "config" => &["decode", "detect", "forward", "store", "web"],
-        // The page reads the store and checks accounts.
-        "web" => &["store", "accounts"],
+        // The page reads what the stages keep and changes accounts through the control channel.
+        "web" => &["store", "accounts", "control", "decode", "detect", "forward", "query"],
         other => panic!("module {other} is not in the layering table: add it to DESIGN.md and here"),
     })
 }

@@ -28,6 +28,13 @@ pub enum Command {
         /// UDP address to listen on (repeatable; replaces the configured listeners).
         #[arg(long = "listen", value_name = "ADDR:PORT")]
         listen: Vec<SocketAddr>,
+        /// HTTPS address of the status page (repeatable; replaces `[web] listen`; port 0 picks one).
+        #[arg(long = "web-listen", value_name = "ADDR:PORT")]
+        web_listen: Vec<SocketAddr>,
+        /// Plain-HTTP address that redirects to the page, used when the configuration sets no
+        /// `[web] redirect_listen` (the firmware images pass 0.0.0.0:80).
+        #[arg(long = "web-redirect-default", value_name = "ADDR:PORT")]
+        web_redirect_default: Option<SocketAddr>,
         /// Feed a synthetic branch office with injected attacks through the live pipeline.
         #[arg(long)]
         demo: bool,

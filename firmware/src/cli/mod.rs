@@ -86,9 +86,20 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             config,
             data_dir,
             listen,
+            web_listen,
+            web_redirect_default,
             demo,
         } => {
-            let cfg = load_config(config.as_deref())?;
+            let mut cfg = load_config(config.as_deref())?;
+            if !web_listen.is_empty() {
+                cfg.web.listen = Some(web_listen);
+            }
+            if cfg.web.redirect_listen.is_none() {
+                cfg.web.redirect_listen = web_redirect_default;
+            }
+            cfg.web
+                .check()
+                .map_err(|(k, m)| anyhow::anyhow!("--web-listen/--web-redirect-default: [web] {k}: {m}"))?;
             let dir = data_dir.or_else(|| cfg.data_dir.clone()).unwrap_or_else(default_data_dir);
             writable_data_dir(&dir)?;
             run::run(cfg, dir, listen, demo)

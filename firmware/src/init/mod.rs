@@ -562,7 +562,12 @@ fn console_password(lines: &mut impl Iterator<Item = std::io::Result<String>>) -
 
 fn spawn_appliance(exe: &Path, data: &Path) -> Result<Pid> {
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("run").arg("--data-dir").arg(data);
+    // The page on 443 (and [::]:443), plain HTTP on 80 redirecting to it.
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--web-redirect-default")
+        .arg("0.0.0.0:80");
     let user_cfg = data.join("flowwarden.toml");
     if user_cfg.exists() {
         cmd.arg("--config").arg(&user_cfg);

@@ -2,6 +2,7 @@
 //! ingesting through the real pipeline, reading everything back.
 #![allow(dead_code)]
 
+pub mod https;
 pub mod v5;
 
 use flowwarden::config::Config;
@@ -69,6 +70,10 @@ pub struct Running {
     pub child: std::process::Child,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The page's HTTPS address and certificate fingerprint, as `run` printed them.
+    pub web: Option<(std::net::SocketAddr, String)>,
+    /// The page's first-start setup code, if `run` printed one.
+    pub setup_code: Option<String>,
     stdout: std::sync::mpsc::Receiver<String>,
 }
 
@@ -77,7 +82,7 @@ impl Running {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Running {
         use std::io::BufRead;
         let mut child = std::process::Command::new(bin())
-            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["run", "--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdout(std::process::Stdio::piped())
@@ -91,6 +96,8 @@ impl Running {
             child,
             port: 0,
             data_dir: data_dir.to_path_buf(),
+            web: None,
+            setup_code: None,
             stdout: rx,
         };
         let out = out.unwrap_or_else(|| panic!("no stdout"));
@@ -108,6 +115,15 @@ impl Running {
                 .stdout
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no ready line within 30 s"));
+            if let Some(rest) = line.strip_prefix("flowwarden: web https://") {
+                let mut parts = rest.split(' ');
+                let addr = parts.next().unwrap_or_default().trim_end_matches('/');
+                let fp = parts.nth(1).unwrap_or_default().to_string();
+                running.web = addr.parse().ok().map(|a| (a, fp));
+            }
+            if let Some(code) = line.strip_prefix("flowwarden: web setup code ") {
+                running.setup_code = Some(code.trim().to_string());
+            }
             if let Some(rest) = line.split("flowwarden: ready, listening on udp ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 running.port = addr
@@ -189,4 +205,57 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
         }
     }
     panic!("{name} is not installed: run `cargo xtask deps` (apt-get install {package})");
+}
+
+/// Run the binary with `input` on stdin; (success, stdout, stderr).
+pub fn cli_stdin(args: &[&std::ffi::OsStr], input: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `flowwarden user set --data-dir DIR NAME --role ROLE` with `stdin` as its input.
+pub fn user_set(dir: &Path, name: &str, role: &str, stdin: &str) -> (bool, String, String) {
+    let os = std::ffi::OsStr::new;
+    cli_stdin(
+        &[
+            os("user"),
+            os("set"),
+            os("--data-dir"),
+            dir.as_os_str(),
+            os(name),
+            os("--role"),
+            os(role),
+        ],
+        stdin,
+    )
+}
+
+/// `flowwarden token create --data-dir DIR NAME --role ROLE`.
+pub fn token_create(dir: &Path, name: &str, role: &str) -> (bool, String, String) {
+    let os = std::ffi::OsStr::new;
+    cli(&[
+        os("token"),
+        os("create"),
+        os("--data-dir"),
+        dir.as_os_str(),
+        os(name),
+        os("--role"),
+        os(role),
+    ])
 }

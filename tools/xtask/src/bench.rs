@@ -243,7 +243,14 @@ fn live_ours(b: &Bins, out: &Path, rate: u64, records: u64) -> Result<(u64, u64,
     let _ = std::fs::remove_dir_all(&dir);
     let port = free_port()?;
     let mut child = Command::new(&b.fw)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--web-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -54,10 +54,19 @@ pub fn check(root: &Path, build_timeout: Duration) -> Result<()> {
         let _ = Command::new("kill").args([sig, "--", &format!("-{pgid}")]).status();
     };
     let started = Instant::now();
+    let mut web = Vec::new();
     let ready = loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(line) if line.starts_with("flowwarden: ready") => break line,
-            Ok(line) => eprintln!("  {line}"),
+            Ok(line) => {
+                if line.starts_with("flowwarden: web https://") {
+                    web.push(line.clone());
+                }
+                // The one-time setup code is a secret: not copied into CI logs.
+                if !line.starts_with("flowwarden: web setup code") {
+                    eprintln!("  {line}");
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let st = child.wait()?;
@@ -74,6 +83,11 @@ pub fn check(root: &Path, build_timeout: Duration) -> Result<()> {
         }
     };
     eprintln!("xtask: {ready} ({:.0} s after `{cmd}` started)", started.elapsed().as_secs_f64());
+    if web.is_empty() {
+        kill("-KILL");
+        let _ = child.wait();
+        bail!("`{cmd}` printed no `flowwarden: web https://…` line before its ready line");
+    }
     kill("-TERM");
     let stop = Instant::now();
     let status = loop {

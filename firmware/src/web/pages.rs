@@ -1,0 +1,717 @@
+//! The HTML pages: each renders the same view value its `/api/v1/` twin
+//! returns as JSON ([`super::views`]), plus the login/setup form, messages and
+//! the admin forms (send a test event, add or remove a user).
+
+use super::app::{Q, State, csrf_ok, csrf_refused, peer_ip};
+use super::auth::Viewer;
+use super::html::{self, badge, esc, table, time};
+use super::views::{self, Level};
+use crate::units;
+use axum::Form;
+use axum::extract::{Path, State as AxState};
+use axum::http::{StatusCode, request::Parts};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use std::fmt::Write;
+
+fn page(title: &str, active: &str, viewer: &Viewer, body: &str) -> Response {
+    Html(html::layout(title, active, Some(viewer), body)).into_response()
+}
+
+fn failed() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, "the view failed").into_response()
+}
+
+/// A short page with a message and one link.
+pub fn message_page(viewer: Option<&Viewer>, title: &str, text: &str, link: &str, link_text: &str) -> String {
+    html::layout(
+        title,
+        "",
+        viewer,
+        &format!("<p>{}</p><p><a href=\"{}\">{}</a></p>", esc(text), esc(link), esc(link_text)),
+    )
+}
+
+/// `/login`: the form, or first-time setup while no admin exists.
+pub fn login(setup: bool, token: &str, error: Option<&str>) -> String {
+    let mut b = String::new();
+    if let Some(e) = error {
+        let _ = write!(b, "<p class=\"error\" role=\"alert\">{}</p>", esc(e));
+    }
+    if setup {
+        let _ = write!(
+            b,
+            "<section class=\"card\"><h2>First-time setup</h2><p>No admin exists yet. Enter the setup code that \
+             <code>flowwarden run</code> printed (on the appliance: the serial console) and choose the first \
+             admin's name and password (at least {} characters).</p>\
+             <form method=\"post\" action=\"/setup\" class=\"stack\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{t}\">\
+             <label>Setup code <input name=\"code\" autocomplete=\"off\" required placeholder=\"XXXX-XXXX-XXXX\"></label>\
+             <label>Admin user name <input name=\"user\" autocomplete=\"username\" required></label>\
+             <label>Password <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required></label>\
+             <label>Password again <input type=\"password\" name=\"password2\" autocomplete=\"new-password\" required></label>\
+             <button type=\"submit\">Create admin and log in</button></form></section>",
+            crate::accounts::MIN_PASSWORD,
+            t = esc(token)
+        );
+        return html::layout("Set up", "", None, &b);
+    }
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"/login\" class=\"stack card\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <label>User name <input type=\"text\" name=\"user\" autocomplete=\"username\" required autofocus></label>\
+         <label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
+         <button type=\"submit\">Log in</button></form>\
+         <p class=\"hint\">Forgot the password? On the serial console: <code>user set NAME --role admin</code>.</p>",
+        esc(token)
+    );
+    html::layout("Log in", "", None, &b)
+}
+
+fn level_badge(l: Level) -> String {
+    let text = match l {
+        Level::Ok => "OK",
+        Level::Warming => "warming up",
+        Level::Warn => "attention",
+        Level::Bad => "problem",
+    };
+    badge(l.as_str(), text)
+}
+
+fn rate(v: f64, unit: &str) -> String {
+    if v >= 1e6 {
+        format!("{:.2} M{unit}/s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} k{unit}/s", v / 1e3)
+    } else {
+        format!("{v:.1} {unit}/s")
+    }
+}
+
+fn alert_link(a: &serde_json::Value) -> String {
+    let id = a["id"].as_str().unwrap_or("");
+    format!(
+        "<a href=\"/alerts/{}\">{}</a>",
+        html::url(id),
+        esc(a["summary"].as_str().unwrap_or(id))
+    )
+}
+
+fn alert_rows(list: &[serde_json::Value]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|a| {
+            let sev = a["severity"].as_u64().unwrap_or(0);
+            let class = if sev >= 7 {
+                "bad"
+            } else if sev >= 4 {
+                "warn"
+            } else {
+                "ok"
+            };
+            vec![
+                time(a["last_seen"].as_str().unwrap_or("")),
+                esc(a["kind"].as_str().unwrap_or("")),
+                badge(class, &sev.to_string()),
+                esc(a["src"].as_str().unwrap_or("")),
+                esc(a["dst"].as_str().unwrap_or("-")),
+                alert_link(a),
+            ]
+        })
+        .collect()
+}
+
+const ALERT_HEAD: [&str; 6] = ["Last seen", "Kind", "Severity", "Source", "Destination", "Summary"];
+
+pub async fn overview(AxState(s): AxState<State>, v: Viewer) -> Response {
+    let Some(st) = views::build(&s, views::status).await else {
+        return failed();
+    };
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<section class=\"verdict {}\" id=\"verdict\"><h2>{} {}</h2><ul>",
+        st.verdict.as_str(),
+        level_badge(st.verdict),
+        match st.verdict {
+            Level::Ok => "Healthy",
+            Level::Warming => "Warming up",
+            Level::Warn => "Needs attention",
+            Level::Bad => "Not working",
+        }
+    );
+    for c in &st.checks {
+        let _ = write!(
+            b,
+            "<li class=\"{}\">{} <b>{}</b>: {}{}</li>",
+            c.level.as_str(),
+            level_badge(c.level),
+            esc(c.name),
+            esc(&c.reason),
+            c.fix
+                .as_ref()
+                .map(|f| format!(" <span class=\"fix\">→ {}</span>", esc(f)))
+                .unwrap_or_default()
+        );
+    }
+    b.push_str("</ul></section><section class=\"tiles\">");
+    for (k, val) in [
+        ("Flows", rate(st.rate.flows_per_s, "")),
+        ("Traffic", units::bits_per_second(st.rate.bytes_per_s * 8.0)),
+        ("Packets", rate(st.rate.packets_per_s, "")),
+        ("Alerts (24 h)", st.alerts_24h.to_string()),
+        ("History", format!("{:.1} days", st.storage.days_kept)),
+        ("Uptime", units::duration_ms(st.uptime_s * 1000)),
+    ] {
+        let _ = write!(b, "<div class=\"tile\"><span>{k}</span><b>{}</b></div>", esc(&val));
+    }
+    b.push_str("</section>");
+    if let Some(m) = &st.rate.minute {
+        let _ = write!(b, "<p class=\"hint\">Rates of the last complete minute ({}).</p>", time(m));
+    }
+    b.push_str("<h2>Alerts of the last 24 hours</h2>");
+    if !st.alerts_24h_by_kind.is_empty() {
+        let kinds: Vec<String> = st
+            .alerts_24h_by_kind
+            .iter()
+            .map(|(k, n)| format!("<a href=\"/alerts?kind={}\">{} {}</a>", html::url(k), n, esc(k)))
+            .collect();
+        let _ = write!(b, "<p>{}</p>", kinds.join(" · "));
+    }
+    b.push_str(&table(&ALERT_HEAD, &alert_rows(&st.recent_alerts)));
+    b.push_str("<h2>Last errors</h2>");
+    if st.errors.is_empty() {
+        b.push_str("<p>none</p>");
+    } else {
+        b.push_str("<ul class=\"errors\">");
+        for e in &st.errors {
+            let _ = write!(b, "<li>{}</li>", esc(e));
+        }
+        b.push_str("</ul>");
+    }
+    let _ = write!(
+        b,
+        "<h2>This appliance</h2><dl><dt>Version</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd>\
+         <dt>Page</dt><dd>{}</dd><dt>Certificate</dt><dd><code>{}</code></dd><dt>Collector</dt><dd>{}</dd></dl>",
+        esc(&st.version),
+        time(&st.started),
+        esc(&st.web.join(", ")),
+        esc(&st.certificate),
+        esc(&st.collector.join(", "))
+    );
+    page("Overview", "/", &v, &b)
+}
+
+pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
+    let Some(x) = views::build(&s, views::exporters).await else {
+        return failed();
+    };
+    let rows: Vec<Vec<String>> = x
+        .exporters
+        .iter()
+        .map(|e| {
+            let st = &e.stats;
+            let loss = if st.lost_records > 0 {
+                format!(
+                    "{:.2} %",
+                    st.lost_records as f64 * 100.0 / (st.records + st.lost_records).max(1) as f64
+                )
+            } else {
+                "0".into()
+            };
+            vec![
+                format!(
+                    "{}{}",
+                    esc(&st.exporter),
+                    st.name
+                        .as_ref()
+                        .map(|n| format!("<br><small>{}</small>", esc(n)))
+                        .unwrap_or_default()
+                ),
+                esc(&e.versions_seen.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
+                format!(
+                    "{}{}",
+                    time(&e.last_seen),
+                    if e.silent {
+                        " ".to_string() + &badge("bad", "silent")
+                    } else {
+                        String::new()
+                    }
+                ),
+                st.records.to_string(),
+                (st.templates + st.options_templates).to_string(),
+                (st.pending_held.saturating_sub(st.pending_replayed + st.pending_dropped)).to_string(),
+                if st.sampling_rate > 1 {
+                    format!("1:{}", st.sampling_rate)
+                } else {
+                    "-".into()
+                },
+                loss,
+                esc(&format!("{} ms", st.clock_offset_ms)),
+                st.malformed.to_string(),
+                if e.hints.is_empty() {
+                    badge("ok", "OK")
+                } else {
+                    e.hints.iter().map(|h| format!("<div class=\"hint\">{}</div>", esc(h))).collect()
+                },
+            ]
+        })
+        .collect();
+    let mut b = table(
+        &[
+            "Exporter",
+            "Versions",
+            "Last seen",
+            "Records",
+            "Templates",
+            "Waiting",
+            "Sampling",
+            "Seq. loss",
+            "Clock offset",
+            "Decode errors",
+            "Hints",
+        ],
+        &rows,
+    );
+    let _ = write!(
+        b,
+        "<p>Datagrams dropped: {} in the kernel's socket buffers, {} in the decoder queue.</p>",
+        x.kernel_drops, x.queue_drops
+    );
+    page("Exporters", "/exporters", &v, &b)
+}
+
+pub async fn traffic(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
+    let Some(t) = views::build(&s, move |s| views::traffic(s, &q.0)).await else {
+        return failed();
+    };
+    let mut b = String::from("<p class=\"ranges\">");
+    for (name, _, _) in views::RANGES {
+        let cls = if name == t.range { " class=\"active\"" } else { "" };
+        let _ = write!(b, "<a href=\"/traffic?range={name}\"{cls}>{name}</a> ");
+    }
+    b.push_str("</p>");
+    let bytes: Vec<u64> = t.series.iter().map(|p| p.3).collect();
+    let flows: Vec<u64> = t.series.iter().map(|p| p.1).collect();
+    b.push_str(&html::bars(&bytes, &format!("Bytes per {} s", t.bucket_s), units::bytes));
+    b.push_str(&html::bars(&flows, &format!("Flows per {} s", t.bucket_s), |n| n.to_string()));
+    if let Some(n) = &t.note {
+        let _ = write!(b, "<p class=\"hint\">{}</p>", esc(n));
+    }
+    for (name, rows) in &t.top {
+        let _ = write!(b, "<h2>Top {}</h2>", esc(name));
+        let r: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| vec![esc(&r.key), units::bytes(r.bytes), r.packets.to_string(), r.flows.to_string()])
+            .collect();
+        b.push_str(&table(&["Key", "Bytes", "Packets", "Flows"], &r));
+    }
+    page("Traffic", "/traffic", &v, &b)
+}
+
+pub async fn alerts(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
+    let Some(a) = views::build(&s, move |s| views::alerts(s, &q.0)).await else {
+        return failed();
+    };
+    let f = |k: &str| esc(a.filter.get(k).map(String::as_str).unwrap_or(""));
+    let mut b = format!(
+        "<form method=\"get\" action=\"/alerts\" class=\"filters\">\
+         <label>Kind <input name=\"kind\" value=\"{}\" placeholder=\"scan\"></label>\
+         <label>Min. severity <input name=\"severity\" value=\"{}\" size=\"3\"></label>\
+         <label>Host <input name=\"host\" value=\"{}\" placeholder=\"10.0.0.7\"></label>\
+         <label>Since <input name=\"since\" value=\"{}\" placeholder=\"24h\"></label>\
+         <button type=\"submit\">Filter</button></form>",
+        f("kind"),
+        f("severity"),
+        f("host"),
+        f("since")
+    );
+    if let Some(e) = &a.error {
+        let _ = write!(b, "<p class=\"error\">{}</p>", esc(e));
+    }
+    let _ = write!(
+        b,
+        "<p>{} alerts{}</p>",
+        a.total,
+        if a.total > 500 { " (newest 500 shown)" } else { "" }
+    );
+    b.push_str(&table(&ALERT_HEAD, &alert_rows(&a.alerts)));
+    page("Alerts", "/alerts", &v, &b)
+}
+
+pub async fn alert(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>) -> Response {
+    let Some(found) = views::build(&s, move |s| views::alert(s, &id)).await else {
+        return failed();
+    };
+    let Some(d) = found else {
+        let body = message_page(
+            Some(&v),
+            "No such alert",
+            "There is no alert with this id.",
+            "/alerts",
+            "All alerts",
+        );
+        return (StatusCode::NOT_FOUND, Html(body)).into_response();
+    };
+    let a = &d.alert;
+    let mut b = format!("<p class=\"summary\">{}</p><dl>", esc(a["summary"].as_str().unwrap_or("")));
+    for (k, label) in [
+        ("id", "Id"),
+        ("kind", "Kind"),
+        ("severity", "Severity"),
+        ("src", "Source"),
+        ("dst", "Destination"),
+        ("dst_port", "Port"),
+        ("count", "Detections folded in"),
+    ] {
+        let val = match &a[k] {
+            serde_json::Value::String(s) => esc(s),
+            serde_json::Value::Null => "-".into(),
+            other => esc(&other.to_string()),
+        };
+        let _ = write!(b, "<dt>{label}</dt><dd>{val}</dd>");
+    }
+    let _ = write!(
+        b,
+        "<dt>First seen</dt><dd>{}</dd><dt>Last seen</dt><dd>{}</dd>",
+        time(a["first_seen"].as_str().unwrap_or("")),
+        time(a["last_seen"].as_str().unwrap_or(""))
+    );
+    let attack: Vec<String> = a["attack"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|x| x.as_str()).map(esc).collect())
+        .unwrap_or_default();
+    let _ = write!(
+        b,
+        "<dt>ATT&amp;CK</dt><dd>{}</dd></dl>",
+        if attack.is_empty() { "-".into() } else { attack.join(", ") }
+    );
+    b.push_str("<h2>Evidence</h2>");
+    let ev: Vec<Vec<String>> = a["evidence"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    vec![esc(k), esc(&text)]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    b.push_str(&table(&["Field", "Value"], &ev));
+    b.push_str("<h2>SIEM delivery</h2>");
+    let del: Vec<Vec<String>> = d.delivery.iter().map(|x| vec![esc(&x.destination), esc(&x.state)]).collect();
+    b.push_str(&table(&["Destination", "State"], &del));
+    let _ = write!(
+        b,
+        "<p><a class=\"button\" href=\"/flows?filter={}&amp;from={}&amp;to={}\">Flows behind this alert</a></p>",
+        html::url(&d.flows_filter),
+        html::url(&d.flows_from),
+        html::url(&d.flows_to)
+    );
+    page("Alert", "/alerts", &v, &b)
+}
+
+pub async fn flows(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
+    let q = q.0;
+    if matches!(q.format.as_deref(), Some("csv") | Some("json")) {
+        let format = if q.format.as_deref() == Some("csv") {
+            crate::query::output::Format::Csv
+        } else {
+            crate::query::output::Format::Jsonl
+        };
+        return views::build(&s, move |s| views::flows_download(s, &q, format))
+            .await
+            .unwrap_or_else(failed);
+    }
+    let Some(f) = views::build(&s, move |s| views::flows(s, &q)).await else {
+        return failed();
+    };
+    let mut b = format!(
+        "<form method=\"get\" action=\"/flows\" class=\"filters\">\
+         <label class=\"wide\">Filter <input name=\"filter\" value=\"{}\" placeholder=\"src net 10.0.0.0/8 and dst port 443\"></label>\
+         <label>From <input name=\"from\" value=\"{}\" placeholder=\"1h (default)\"></label>\
+         <label>To <input name=\"to\" value=\"{}\" placeholder=\"now\"></label>\
+         <label>Per page <input name=\"limit\" value=\"{}\" size=\"5\"></label>\
+         <button type=\"submit\">Search</button></form>",
+        esc(&f.filter),
+        esc(f.from.as_deref().unwrap_or("")),
+        esc(f.to.as_deref().unwrap_or("")),
+        f.limit
+    );
+    if let Some(e) = &f.error {
+        let _ = write!(b, "<pre class=\"error\">{}</pre>", esc(e));
+    }
+    let rows: Vec<Vec<String>> = f
+        .flows
+        .iter()
+        .map(|r| {
+            let g = |k: &str| match &r[k] {
+                serde_json::Value::String(s) => esc(s),
+                other => esc(&other.to_string()),
+            };
+            vec![
+                time(r["start"].as_str().unwrap_or("")),
+                time(r["end"].as_str().unwrap_or("")),
+                format!("{}:{}", g("src"), g("src_port")),
+                format!("{}:{}", g("dst"), g("dst_port")),
+                g("proto"),
+                units::bytes(r["bytes"].as_u64().unwrap_or(0)),
+                g("packets"),
+                g("exporter"),
+            ]
+        })
+        .collect();
+    b.push_str(&table(
+        &["Start", "End", "Source", "Destination", "Proto", "Bytes", "Packets", "Exporter"],
+        &rows,
+    ));
+    let base = format!(
+        "/flows?filter={}&amp;from={}&amp;to={}&amp;limit={}",
+        html::url(&f.filter),
+        html::url(f.from.as_deref().unwrap_or("")),
+        html::url(f.to.as_deref().unwrap_or("")),
+        f.limit
+    );
+    b.push_str("<p class=\"pager\">");
+    if f.page > 1 {
+        let _ = write!(b, "<a href=\"{base}&amp;page={}\">← previous</a> ", f.page - 1);
+    }
+    let _ = write!(b, "page {} ", f.page);
+    if f.more {
+        let _ = write!(b, "<a href=\"{base}&amp;page={}\">next →</a>", f.page + 1);
+    }
+    let _ = write!(
+        b,
+        " · download this page: <a href=\"{base}&amp;page={p}&amp;format=csv\">CSV</a> \
+         <a href=\"{base}&amp;page={p}&amp;format=json\">JSON lines</a></p>",
+        p = f.page
+    );
+    page("Flows", "/flows", &v, &b)
+}
+
+pub async fn storage(AxState(s): AxState<State>, v: Viewer) -> Response {
+    let Some(x) = views::build(&s, views::storage).await else {
+        return failed();
+    };
+    let m = &x.summary;
+    let mut b = String::from("<dl>");
+    for (k, val) in [
+        ("Flows kept", m.flows_kept.to_string()),
+        ("Oldest flow", m.oldest_flow.as_deref().map(time).unwrap_or_else(|| "-".into())),
+        ("History", format!("{:.1} days", m.days_kept)),
+        ("Used", units::bytes(m.bytes_used)),
+        ("Capacity (budget or disk, whichever is smaller)", units::bytes(m.capacity_bytes)),
+        ("Budget", units::bytes(m.budget_bytes)),
+        ("Bytes per flow", format!("{:.1}", x.bytes_per_flow)),
+        ("Segments", m.segments.to_string()),
+        ("Flows evicted (oldest first, by the budget)", m.flows_evicted.to_string()),
+        ("Segments evicted", x.segments_evicted.to_string()),
+        ("Roll-up rows trimmed", x.rollup_rows_trimmed.to_string()),
+        ("Failed commits", m.commit_failures.to_string()),
+        ("Disk full", m.disk_full.to_string()),
+        ("Damaged files moved aside", m.files_damaged.to_string()),
+        ("Data directory", esc(&x.data_dir)),
+    ] {
+        let _ = write!(b, "<dt>{}</dt><dd>{val}</dd>", esc(k));
+    }
+    b.push_str("</dl>");
+    page("Storage", "/storage", &v, &b)
+}
+
+pub async fn forwarding(AxState(s): AxState<State>, v: Viewer) -> Response {
+    let Some(f) = views::build(&s, views::forwarding).await else {
+        return failed();
+    };
+    let mut b = String::new();
+    if f.destinations.is_empty() {
+        b.push_str(
+            "<p>No SIEM destination is configured: alerts stay on this box. Add a <code>[[forward]]</code> table to the configuration.</p>",
+        );
+    }
+    for d in &f.destinations {
+        let g = |k: &str| match &d[k] {
+            serde_json::Value::String(s) => esc(s),
+            serde_json::Value::Null => "-".into(),
+            other => esc(&other.to_string()),
+        };
+        let _ = write!(
+            b,
+            "<section class=\"card\"><h2>{} <small>{} {} {} {}</small></h2><dl>\
+             <dt>State</dt><dd>{}</dd><dt>Last success</dt><dd>{}</dd><dt>Last error</dt><dd>{} {}</dd>\
+             <dt>Queue</dt><dd>{} entries, oldest {} s</dd><dt>Delivered</dt><dd>{}</dd><dt>Dropped (spool full)</dt><dd>{}</dd>\
+             <dt>TLS</dt><dd>{} {}</dd><dt>Server certificate until</dt><dd>{}</dd><dt>Client certificate until</dt><dd>{}</dd></dl>",
+            g("name"),
+            g("transport"),
+            g("address"),
+            g("framing"),
+            g("format"),
+            g("state"),
+            g("last_success"),
+            g("last_error"),
+            d["last_error_at"].as_str().map(|t| format!("({})", time(t))).unwrap_or_default(),
+            g("queue_depth"),
+            g("oldest_entry_age_s"),
+            g("delivered"),
+            g("dropped"),
+            g("tls_version"),
+            g("tls_cipher"),
+            g("server_cert_not_after"),
+            g("client_cert_not_after"),
+        );
+        if v.is_admin() {
+            let _ = write!(
+                b,
+                "<form method=\"post\" action=\"/forwarding/test\">{}<input type=\"hidden\" name=\"destination\" value=\"{}\">\
+                 <button type=\"submit\">Send test event</button></form>",
+                html::csrf(&v),
+                g("name")
+            );
+        }
+        b.push_str("</section>");
+    }
+    page("Forwarding", "/forwarding", &v, &b)
+}
+
+pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
+    let v2 = v.clone();
+    let Some(x) = views::build(&s, move |s| views::system(s, &v2)).await else {
+        return failed();
+    };
+    let mut b = format!(
+        "<dl><dt>Version</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Uptime</dt><dd>{}</dd>\
+         <dt>Page</dt><dd>{}</dd><dt>Certificate</dt><dd><code>{}</code> until {}</dd><dt>Collector</dt><dd>{}</dd></dl>",
+        esc(&x.version),
+        time(&x.started),
+        units::duration_ms(x.uptime_s * 1000),
+        esc(&x.web.join(", ")),
+        esc(&x.certificate),
+        x.certificate_not_after.as_deref().map(time).unwrap_or_else(|| "-".into()),
+        esc(&x.collector.join(", "))
+    );
+    if let Some(d) = &x.detectors {
+        b.push_str("<h2>Detectors</h2>");
+        let rows: Vec<Vec<String>> = d
+            .detectors
+            .iter()
+            .map(|x| vec![esc(&x.name), esc(x.state.as_str()), esc(&x.detail)])
+            .collect();
+        b.push_str(&table(&["Detector", "State", "Detail"], &rows));
+    }
+    if let Some(users) = &x.users {
+        b.push_str("<h2>Users</h2>");
+        let rows: Vec<Vec<String>> = users
+            .iter()
+            .map(|(n, r, c)| {
+                vec![
+                    esc(n),
+                    esc(r),
+                    time(c),
+                    format!(
+                        "<form method=\"post\" action=\"/system/users\">{}<input type=\"hidden\" name=\"action\" value=\"remove\">\
+                         <input type=\"hidden\" name=\"user\" value=\"{}\"><button type=\"submit\">Remove</button></form>",
+                        html::csrf(&v),
+                        esc(n)
+                    ),
+                ]
+            })
+            .collect();
+        b.push_str(&table(&["User", "Role", "Changed", ""], &rows));
+        let _ = write!(
+            b,
+            "<form method=\"post\" action=\"/system/users\" class=\"filters\">{}<input type=\"hidden\" name=\"action\" value=\"set\">\
+             <label>User <input name=\"user\" required></label>\
+             <label>Role <select name=\"role\"><option>viewer</option><option>admin</option></select></label>\
+             <label>Password <input type=\"password\" name=\"password\" autocomplete=\"new-password\" required></label>\
+             <button type=\"submit\">Add or change user</button></form>",
+            html::csrf(&v)
+        );
+    }
+    b.push_str("<h2>Audit log</h2>");
+    let rows: Vec<Vec<String>> = x
+        .audit
+        .iter()
+        .map(|e| vec![html::time_ms(e.at_ms), esc(&e.action), esc(&e.actor), esc(&e.addr), esc(&e.detail)])
+        .collect();
+    b.push_str(&table(&["Time", "Action", "By", "From", "Detail"], &rows));
+    page("System", "/system", &v, &b)
+}
+
+#[derive(Deserialize)]
+pub struct TestForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    destination: String,
+}
+
+/// Admin: send a test event to one SIEM destination.
+pub async fn forward_test(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<TestForm>) -> Response {
+    if !v.is_admin() {
+        return forbidden(&v);
+    }
+    if !csrf_ok(&parts.headers, &v.csrf, &f.csrf) {
+        return csrf_refused(Some(&v));
+    }
+    let cfgs: Vec<_> = s.app.forward.iter().filter(|c| c.name == f.destination).cloned().collect();
+    if cfgs.is_empty() {
+        let body = message_page(
+            Some(&v),
+            "Unknown destination",
+            "There is no such destination.",
+            "/forwarding",
+            "Forwarding",
+        );
+        return (StatusCode::NOT_FOUND, Html(body)).into_response();
+    }
+    let results = crate::forward::test_all(&cfgs).await;
+    let text: Vec<String> = results
+        .iter()
+        .map(|(n, r)| match r {
+            Ok(line) => format!("{n}: {line}"),
+            Err(e) => format!("{n}: FAILED: {e}"),
+        })
+        .collect();
+    s.audit_action(&v, peer_ip(&parts), "forward_test", text.join("; "));
+    let body = message_page(Some(&v), "Test event", &text.join("\n"), "/forwarding", "Forwarding");
+    Html(body).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct UserForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    password: String,
+}
+
+fn forbidden(v: &Viewer) -> Response {
+    let body = message_page(Some(v), "Not allowed", "This needs an admin.", "/", "Overview");
+    (StatusCode::FORBIDDEN, Html(body)).into_response()
+}
+
+/// Admin: add, change or remove a user (through the control channel, as `flowwarden user`).
+pub async fn user_change(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<UserForm>) -> Response {
+    if !v.is_admin() {
+        return forbidden(&v);
+    }
+    if !csrf_ok(&parts.headers, &v.csrf, &f.csrf) {
+        return csrf_refused(Some(&v));
+    }
+    let result = s.user_change(&f.action, &f.user, &f.role, f.password).await;
+    let (status, title, text) = match &result {
+        Ok(what) => (StatusCode::OK, "Done", what.clone()),
+        Err(e) => (StatusCode::BAD_REQUEST, "Not changed", e.clone()),
+    };
+    s.audit_action(&v, peer_ip(&parts), "user_change", format!("{} {}: {}", f.action, f.user, text));
+    (status, Html(message_page(Some(&v), title, &text, "/system", "System"))).into_response()
+}
