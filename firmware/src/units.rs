@@ -70,6 +70,15 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
+/// A signed offset (clock differences): `-350 ms`, `+42 s`, `-1d 20h`.
+pub fn offset_ms(ms: i64) -> String {
+    if ms.unsigned_abs() < 1000 {
+        return format!("{ms} ms");
+    }
+    let sign = if ms < 0 { "-" } else { "+" };
+    format!("{sign}{}", duration_ms(ms.unsigned_abs()))
+}
+
 /// A duration in seconds (see [`duration_ms`]).
 pub fn duration_s(s: f64) -> String {
     if !s.is_finite() || s <= 0.0 {

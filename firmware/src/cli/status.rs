@@ -64,15 +64,6 @@ pub fn metrics(data_dir: &Path, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// Exporter clock minus arrival, signed, in the one duration format.
-fn offset_text(ms: i64) -> String {
-    if ms.unsigned_abs() < 1000 {
-        return format!("{ms} ms");
-    }
-    let sign = if ms < 0 { "-" } else { "+" };
-    format!("{sign}{}", units::duration_ms(ms.unsigned_abs()))
-}
-
 pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> Result<()> {
     let reader = Reader::new(DataDir::new(data_dir));
     let list = crate::decode::rows::load_exporters(&reader)?;
@@ -127,7 +118,7 @@ pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
                         "-".into()
                     },
                     rfc3339_ms(e.last_seen_ms)[..19].replace('T', " "),
-                    offset_text(e.clock_offset_ms),
+                    units::offset_ms(e.clock_offset_ms),
                 ]);
             }
             if t.is_empty() {

@@ -57,7 +57,13 @@ pub struct Inner {
     pub cert_not_after_ms: Option<u64>,
     pub started_ms: u64,
     urls: Mutex<Vec<SocketAddr>>,
+    /// Records per second per exporter, from the live counters (housekeeping).
+    rates: Mutex<RateTable>,
 }
+
+/// Per exporter: (counter at the last sample, its time, records/s since the one before).
+#[derive(Default)]
+struct RateTable(std::collections::HashMap<String, (u64, u64, f64)>);
 
 impl std::ops::Deref for State {
     type Target = Inner;
@@ -82,6 +88,7 @@ impl State {
             cert_not_after_ms,
             started_ms,
             urls: Mutex::new(Vec::new()),
+            rates: Mutex::new(RateTable::default()),
         }))
     }
 
@@ -91,6 +98,29 @@ impl State {
 
     pub fn reader(&self) -> Reader {
         Reader::new(DataDir::new(&self.app.data_dir))
+    }
+
+    /// An exporter's records per second over the last sampling interval.
+    pub fn record_rate(&self, exporter: &str) -> f64 {
+        let r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        r.0.get(exporter).map(|x| x.2).unwrap_or(0.0)
+    }
+
+    /// Sample the per-exporter record counters (as many as the registry keeps series).
+    fn sample_rates(&self) {
+        let now = self.now();
+        let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        for s in self.app.metrics.snapshot() {
+            if s.name != defs::DECODE_RECORDS.name {
+                continue;
+            }
+            let Some((_, exporter)) = s.labels.first() else { continue };
+            let e = r.0.entry(exporter.clone()).or_insert((s.value, now, 0.0));
+            let dt = now.saturating_sub(e.1);
+            if dt >= 1000 {
+                *e = (s.value, now, s.value.saturating_sub(e.0) as f64 * 1000.0 / dt as f64);
+            }
+        }
     }
 
     pub fn set_urls(&self, urls: &[SocketAddr]) {
@@ -249,6 +279,7 @@ pub async fn housekeeping(state: State, mut stop: tokio::sync::watch::Receiver<b
     let gauge = state.app.metrics.gauge(&defs::WEB_SESSIONS, &[]);
     loop {
         gauge.set(state.sessions.count(state.now()) as u64);
+        state.sample_rates();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.changed() => break,
@@ -423,15 +454,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// A form post from a page of this appliance: Sec-Fetch-Site (when sent) says
 /// same-origin, Origin (when sent) is this host, and `given` is `expected`.
+/// Under `Referrer-Policy: no-referrer` browsers send `Origin: null` on form
+/// posts; that is accepted only together with `Sec-Fetch-Site: same-origin`.
 pub fn csrf_ok(headers: &HeaderMap, expected: &str, given: &str) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| !matches!(s, "same-origin" | "none")) {
         return false;
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if origin != format!("https://{host}") {
+        let ok = if origin == "null" {
+            site == Some("same-origin")
+        } else {
+            origin == format!("https://{host}")
+        };
+        if !ok {
             return false;
         }
     }
@@ -739,5 +776,10 @@ mod tests {
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert!(!csrf_ok(&h, "abc", "abc"));
+        // Browsers send Origin: null on form posts under Referrer-Policy: no-referrer.
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(csrf_ok(&h, "abc", "abc"));
+        h.remove("sec-fetch-site");
+        assert!(!csrf_ok(&h, "abc", "abc"), "null origin without Sec-Fetch-Site");
     }
 }

@@ -117,8 +117,8 @@ pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// A bar chart of `values` (one bar per bucket) as inline SVG, with the
-/// largest value labelled.
-pub fn bars(values: &[u64], label: &str, unit: fn(u64) -> String) -> String {
+/// largest value labelled and `span_html` (already escaped) after the caption.
+pub fn bars(values: &[u64], label: &str, unit: fn(u64) -> String, span_html: &str) -> String {
     let (w, h) = (720.0_f64, 140.0_f64);
     let max = values.iter().copied().max().unwrap_or(0).max(1) as f64;
     let n = values.len().max(1) as f64;
@@ -142,7 +142,7 @@ pub fn bars(values: &[u64], label: &str, unit: fn(u64) -> String) -> String {
     }
     let _ = write!(
         s,
-        "<line x1=\"0\" y1=\"{h}\" x2=\"{w}\" y2=\"{h}\" class=\"axis\"/></svg><figcaption>{} (peak {})</figcaption></figure>",
+        "<line x1=\"0\" y1=\"{h}\" x2=\"{w}\" y2=\"{h}\" class=\"axis\"/></svg><figcaption>{} (peak {}){span_html}</figcaption></figure>",
         esc(label),
         esc(&unit(max as u64))
     );

@@ -159,7 +159,7 @@ pub async fn overview(AxState(s): AxState<State>, v: Viewer) -> Response {
         ("Flows", rate(st.rate.flows_per_s, "")),
         ("Traffic", units::bits_per_second(st.rate.bytes_per_s * 8.0)),
         ("Packets", rate(st.rate.packets_per_s, "")),
-        ("Alerts (24 h)", st.alerts_24h.to_string()),
+        ("Alerts (24 h)", format!("{} ({} kept)", st.alerts_24h, st.alerts_total)),
         ("History", format!("{:.1} days", st.storage.days_kept)),
         ("Uptime", units::duration_ms(st.uptime_s * 1000)),
     ] {
@@ -238,6 +238,7 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
                         String::new()
                     }
                 ),
+                rate(e.records_per_s, ""),
                 st.records.to_string(),
                 (st.templates + st.options_templates).to_string(),
                 (st.pending_held.saturating_sub(st.pending_replayed + st.pending_dropped)).to_string(),
@@ -247,7 +248,7 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
                     "-".into()
                 },
                 loss,
-                esc(&format!("{} ms", st.clock_offset_ms)),
+                esc(&units::offset_ms(st.clock_offset_ms)),
                 st.malformed.to_string(),
                 if e.hints.is_empty() {
                     badge("ok", "OK")
@@ -262,9 +263,10 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
             "Exporter",
             "Versions",
             "Last seen",
+            "Records/s",
             "Records",
-            "Templates",
-            "Waiting",
+            "Template records",
+            "Waiting for template",
             "Sampling",
             "Seq. loss",
             "Clock offset",
@@ -275,8 +277,9 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
     );
     let _ = write!(
         b,
-        "<p>Datagrams dropped: {} in the kernel's socket buffers, {} in the decoder queue.</p>",
-        x.kernel_drops, x.queue_drops
+        "<p>Templates known now: {}; data sets waiting for their template: {}. Datagrams dropped: {} in the kernel's \
+         socket buffers, {} in the decoder queue.</p>",
+        x.templates_known, x.sets_waiting, x.kernel_drops, x.queue_drops
     );
     page("Exporters", "/exporters", &v, &b)
 }
@@ -293,8 +296,13 @@ pub async fn traffic(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
     b.push_str("</p>");
     let bytes: Vec<u64> = t.series.iter().map(|p| p.3).collect();
     let flows: Vec<u64> = t.series.iter().map(|p| p.1).collect();
-    b.push_str(&html::bars(&bytes, &format!("Bytes per {} s", t.bucket_s), units::bytes));
-    b.push_str(&html::bars(&flows, &format!("Flows per {} s", t.bucket_s), |n| n.to_string()));
+    let span = match (t.series.first(), t.series.last()) {
+        (Some(a), Some(z)) => format!(", {} to {}", time(&a.0), time(&z.0)),
+        _ => String::new(),
+    };
+    let every = units::duration_ms(t.bucket_s * 1000);
+    b.push_str(&html::bars(&bytes, &format!("Bytes per {every}"), units::bytes, &span));
+    b.push_str(&html::bars(&flows, &format!("Flows per {every}"), |n| n.to_string(), &span));
     if let Some(n) = &t.note {
         let _ = write!(b, "<p class=\"hint\">{}</p>", esc(n));
     }
@@ -389,17 +397,7 @@ pub async fn alert(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>
     b.push_str("<h2>Evidence</h2>");
     let ev: Vec<Vec<String>> = a["evidence"]
         .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    vec![esc(k), esc(&text)]
-                })
-                .collect()
-        })
+        .map(|o| o.iter().map(|(k, v)| vec![esc(k), esc(&evidence_text(v))]).collect())
         .unwrap_or_default();
     b.push_str(&table(&["Field", "Value"], &ev));
     b.push_str("<h2>SIEM delivery</h2>");
@@ -455,10 +453,10 @@ pub async fn flows(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
             };
             vec![
                 time(r["start"].as_str().unwrap_or("")),
-                time(r["end"].as_str().unwrap_or("")),
+                units::duration_ms(duration_between(r["start"].as_str(), r["end"].as_str())),
                 format!("{}:{}", g("src"), g("src_port")),
                 format!("{}:{}", g("dst"), g("dst_port")),
-                g("proto"),
+                proto_text(r["proto"].as_u64()),
                 units::bytes(r["bytes"].as_u64().unwrap_or(0)),
                 g("packets"),
                 g("exporter"),
@@ -466,7 +464,16 @@ pub async fn flows(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
         })
         .collect();
     b.push_str(&table(
-        &["Start", "End", "Source", "Destination", "Proto", "Bytes", "Packets", "Exporter"],
+        &[
+            "Start",
+            "Duration",
+            "Source",
+            "Destination",
+            "Proto",
+            "Bytes",
+            "Packets",
+            "Exporter",
+        ],
         &rows,
     ));
     let base = format!(
@@ -612,7 +619,7 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
                     time(c),
                     format!(
                         "<form method=\"post\" action=\"/system/users\">{}<input type=\"hidden\" name=\"action\" value=\"remove\">\
-                         <input type=\"hidden\" name=\"user\" value=\"{}\"><button type=\"submit\">Remove</button></form>",
+                         <input type=\"hidden\" name=\"user\" value=\"{}\"><button type=\"submit\" class=\"danger\">Remove</button></form>",
                         html::csrf(&v),
                         esc(n)
                     ),
@@ -714,4 +721,38 @@ pub async fn user_change(AxState(s): AxState<State>, v: Viewer, parts: Parts, Fo
     };
     s.audit_action(&v, peer_ip(&parts), "user_change", format!("{} {}: {}", f.action, f.user, text));
     (status, Html(message_page(Some(&v), title, &text, "/system", "System"))).into_response()
+}
+
+/// Milliseconds between two RFC 3339 times (0 if either does not parse).
+fn duration_between(start: Option<&str>, end: Option<&str>) -> u64 {
+    let p = |t: Option<&str>| t.and_then(|t| crate::timefmt::parse_time(t, 0).ok());
+    match (p(start), p(end)) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    }
+}
+
+/// A protocol number as its name where it has one (`tcp`, `udp`, …).
+fn proto_text(p: Option<u64>) -> String {
+    match p.and_then(|p| u8::try_from(p).ok()) {
+        Some(n) => crate::flow::proto_name(n).map(str::to_string).unwrap_or_else(|| n.to_string()),
+        None => "-".into(),
+    }
+}
+
+/// An evidence value for people: lists comma-separated (the first 20, then how
+/// many more), strings as they are, numbers as JSON writes them.
+fn evidence_text(v: &serde_json::Value) -> String {
+    const SHOWN: usize = 20;
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => {
+            let mut parts: Vec<String> = items.iter().take(SHOWN).map(evidence_text).collect();
+            if items.len() > SHOWN {
+                parts.push(format!("… and {} more", items.len() - SHOWN));
+            }
+            parts.join(", ")
+        }
+        other => other.to_string(),
+    }
 }

@@ -72,6 +72,7 @@ pub struct Status {
     /// The last complete minute of stored flows.
     pub rate: Rate,
     pub alerts_24h: u64,
+    pub alerts_total: u64,
     pub alerts_24h_by_kind: BTreeMap<String, u64>,
     pub recent_alerts: Vec<serde_json::Value>,
     pub errors: Vec<String>,
@@ -392,6 +393,7 @@ pub fn status(state: &State) -> Status {
         checks,
         rate: last_minute(state),
         alerts_24h: recent.len() as u64,
+        alerts_total: alerts.len() as u64,
         alerts_24h_by_kind: by_kind,
         recent_alerts: recent.iter().take(5).map(|a| a.to_json()).collect(),
         errors,
@@ -407,14 +409,20 @@ pub struct ExporterView {
     pub versions_seen: Vec<u16>,
     pub last_seen: String,
     pub silent: bool,
+    /// Records per second over the last few seconds (live).
+    pub records_per_s: f64,
     pub hints: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Exporters {
     pub exporters: Vec<ExporterView>,
+    /// Datagrams lost in the kernel's socket buffers and in the decoder queue.
     pub kernel_drops: u64,
     pub queue_drops: u64,
+    /// Templates known now and data sets waiting for theirs (all exporters).
+    pub templates_known: u64,
+    pub sets_waiting: u64,
 }
 
 pub fn exporters(state: &State) -> Exporters {
@@ -462,6 +470,7 @@ pub fn exporters(state: &State) -> Exporters {
                 hints.push(format!("{} flows had implausible times and were re-dated", e.time_clamped));
             }
             ExporterView {
+                records_per_s: state.record_rate(&e.exporter),
                 versions_seen: versions,
                 last_seen: rfc3339_ms(e.last_seen_ms),
                 silent,
@@ -470,11 +479,12 @@ pub fn exporters(state: &State) -> Exporters {
             }
         })
         .collect();
-    let sum = |d: &'static crate::metrics::Def| -> u64 { m.snapshot().iter().filter(|s| s.name == d.name).map(|s| s.value).sum() };
     Exporters {
         exporters: views,
-        kernel_drops: sum(&defs::COLLECTOR_DROPPED),
-        queue_drops: sum(&defs::DECODE_DROPPED),
+        kernel_drops: m.value(&defs::COLLECTOR_DROPPED, &["kernel"]),
+        queue_drops: m.value(&defs::COLLECTOR_DROPPED, &["decoder_queue"]),
+        templates_known: m.value(&defs::DECODE_TEMPLATES, &[]),
+        sets_waiting: m.value(&defs::DECODE_PENDING_SETS, &[]),
     }
 }
 

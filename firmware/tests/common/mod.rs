@@ -4,6 +4,7 @@
 
 pub mod https;
 pub mod v5;
+pub mod webdriver;
 
 use flowwarden::config::Config;
 use flowwarden::flow::FlowRecord;

@@ -34,6 +34,9 @@ const PEERS: &[(&str, &str)] = &[
     ("rsyslog-gnutls", "/usr/share/doc/rsyslog-gnutls/copyright"),
     // init::gpt's unit test checks its partition table against sfdisk.
     ("fdisk", "sfdisk"),
+    // The page's browser test: headless Chromium driven over WebDriver.
+    ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
 ];
 
 fn root() -> PathBuf {
