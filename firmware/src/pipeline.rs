@@ -133,6 +133,8 @@ pub struct Pipeline {
     pub forward: Arc<crate::forward::spool::ForwardShared>,
     /// The process's metrics (every stage publishes here; the writer snapshots them).
     pub metrics: Arc<Registry>,
+    /// What goes into the forwarding spools with the next state commit (alerts, the page's audit events).
+    pub outbox: Outbox,
 }
 
 impl Pipeline {
@@ -177,6 +179,7 @@ impl Pipeline {
             .name("store-writer".into())
             .spawn(move || run_writer(writer, rx))
             .map_err(PipelineError::Thread)?;
+        let spool_outbox = outbox.clone();
         let (detect_tx, detector) = if cfg.detect.enabled {
             let engine = Engine::new(cfg.detect.clone(), cfg.network.internal.clone(), detect_loaded);
             let (dtx, drx) = sync_channel(cfg.collector.queue_batches);
@@ -203,6 +206,7 @@ impl Pipeline {
             counters: Arc::new(PipelineCounters::default()),
             forward,
             metrics,
+            outbox: spool_outbox,
         })
     }
 
@@ -380,6 +384,7 @@ pub async fn run_live(
     let forward_shared = pipeline.forward.clone();
     let metrics = pipeline.metrics.clone();
     let pipeline_metrics = pipeline.metrics.clone();
+    let audit_outbox = pipeline.outbox.clone();
     let counters = Arc::new(SocketCounters::default());
     let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
     let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
@@ -446,6 +451,7 @@ pub async fn run_live(
             clock: Arc::new(crate::timefmt::now_ms),
             collector: addrs.clone(),
             forward: cfg.forward.clone(),
+            audit_outbox: Some(audit_outbox),
         },
         rustix::process::geteuid().is_root(),
         stop_rx.clone(),

@@ -972,3 +972,72 @@ fn unconfirmed_batches_are_sent_again_marked() {
     }
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
 }
+
+#[test]
+fn page_audit_events_reach_rsyslog() {
+    let d = tmp();
+    let pki = Pki::new(d.path());
+    let rs = Rsyslog::new(&d.path().join("rsyslog"), &pki);
+    let ca = pki.p("ca.pem");
+    let mut text = BASE.to_string();
+    text += &forward_block(
+        "cef-octet",
+        rs.port("octet"),
+        &format!("ca_file = \"{ca}\"\nserver_name = \"localhost\""),
+    );
+    text += &forward_block(
+        "json-tcp",
+        rs.port("tcp"),
+        "transport = \"tcp\"\nframing = \"lf\"\nformat = \"json\"",
+    );
+    let cfg_path = d.path().join("flowwarden.toml");
+    write(&cfg_path, &text);
+    let data = d.path().join("data");
+    let (ok, _, err) = common::user_set(&data, "tech", "admin", "a good long password\n");
+    assert!(ok, "{err}");
+    let run = Running::start(&data, &["--config", &cfg_path.display().to_string()]);
+    let (addr, fp) = run.web.clone().unwrap_or_else(|| panic!("no web line"));
+    let mut c = common::https::Client::new(addr, &fp);
+    for password in ["not the password", "a good long password"] {
+        let page = c.get("/login");
+        let csrf = page
+            .body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_string();
+        c.post_form("/login", &[("user", "tech"), ("password", password), ("csrf", &csrf)]);
+    }
+    // CEF over TLS: syslog MSGID audit, cat=audit, the actor and the source address.
+    let lines = rs.wait_for("octet", "the failed and the good login", |l| {
+        l.iter().filter(|x| x.contains("cat=audit")).count() >= 2
+    });
+    let audit: Vec<&String> = lines.iter().filter(|x| x.contains("cat=audit")).collect();
+    let failed = audit
+        .iter()
+        .find(|x| x.contains("act=login_failed"))
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert!(
+        failed.contains(" audit ") && failed.contains("|audit|"),
+        "MSGID and signature: {failed}"
+    );
+    assert!(failed.contains("src=127.0.0.1") && failed.contains("suser=tech"), "{failed}");
+    let ok = audit
+        .iter()
+        .find(|x| x.contains("act=login "))
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert!(ok.contains("suser=tech"), "{ok}");
+    // ECS JSON: authentication events with their outcome.
+    let json = rs.wait_for("tcp", "audit events", |l| l.iter().filter(|x| x.contains("\"audit\"")).count() >= 2);
+    let outcomes: Vec<String> = json
+        .iter()
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+        .filter(|v| v["event"]["dataset"] == "flowwarden.audit")
+        .map(|v| format!("{}:{}", v["event"]["action"], v["event"]["outcome"]))
+        .collect();
+    assert!(outcomes.contains(&"\"login_failed\":\"failure\"".to_string()), "{outcomes:?}");
+    assert!(outcomes.contains(&"\"login\":\"success\"".to_string()), "{outcomes:?}");
+    run.stop();
+}

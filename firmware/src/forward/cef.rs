@@ -125,6 +125,16 @@ pub fn body(env: &Envelope<'_>) -> String {
             x.add("msg", ev.message());
             x.labelled("cs1", "version", Some(s.version));
         }
+        Event::Audit(r) => {
+            x.add("cat", "audit");
+            x.add("act", &r.action);
+            x.add("suser", &r.actor);
+            if let Ok(ip) = r.addr.parse::<std::net::IpAddr>() {
+                x.add("src", ip);
+            }
+            x.add("msg", ev.message());
+            x.labelled("cs1", "detail", Some(&r.detail));
+        }
     }
     let ext: Vec<String> = x.0.iter().map(|(k, v)| format!("{k}={}", value_escape(v))).collect();
     format!(

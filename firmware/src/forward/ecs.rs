@@ -85,6 +85,19 @@ pub fn body(env: &Envelope<'_>, with_evidence: bool) -> String {
             v["flowwarden"]["gap"] = json!({"first_lost": g.first_lost, "last_lost": g.last_lost, "lost": g.lost()});
         }
         Event::Test => {}
+        Event::Audit(r) => {
+            let auth = r.action.starts_with("login") || r.action.starts_with("setup") || r.action == "logout";
+            v["event"]["category"] = json!([if auth { "authentication" } else { "configuration" }]);
+            v["event"]["action"] = json!(r.action);
+            v["event"]["outcome"] = json!(if r.action.ends_with("_failed") || r.action.ends_with("_throttled") {
+                "failure"
+            } else {
+                "success"
+            });
+            v["user"] = json!({"name": r.actor});
+            v["source"] = json!({"ip": r.addr});
+            v["flowwarden"]["audit"] = json!({"detail": r.detail});
+        }
     }
     v.to_string()
 }

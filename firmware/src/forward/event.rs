@@ -25,6 +25,20 @@ pub enum Event {
     Heartbeat(Heartbeat),
     Gap(Gap),
     Test,
+    /// A login, failure, lockout, logout, account change or admin action on the page.
+    Audit(AuditRecord),
+}
+
+/// What the page's audit trail forwards (spooled like alerts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// `login`, `login_failed`, `login_throttled`, `logout`, `setup`, `user_change`, …
+    pub action: String,
+    /// User name, `token:NAME`, or `-` before login.
+    pub actor: String,
+    /// Source address of the request.
+    pub addr: String,
+    pub detail: String,
 }
 
 /// The periodic "still here" event, so the SIEM can alert on silence.
@@ -103,6 +117,7 @@ impl Event {
             Event::Heartbeat(_) => "heartbeat",
             Event::Gap(_) => "gap",
             Event::Test => "test",
+            Event::Audit(_) => "audit",
         }
     }
 
@@ -119,6 +134,7 @@ impl Event {
             Event::Heartbeat(_) => "Forwarder heartbeat",
             Event::Gap(_) => "Forwarding gap: events lost",
             Event::Test => "Forwarding test event",
+            Event::Audit(_) => "Status page audit event",
         }
     }
 
@@ -127,6 +143,11 @@ impl Event {
         match self {
             Event::Alert(a) => a.severity.min(10),
             Event::Gap(_) => 7,
+            Event::Audit(r) => match r.action.as_str() {
+                "login_throttled" => 5,
+                "login_failed" | "setup_failed" => 4,
+                _ => 2,
+            },
             Event::Heartbeat(_) | Event::Test => 0,
         }
     }
@@ -157,6 +178,7 @@ impl Event {
                 g.last_lost
             ),
             Event::Test => "flowwarden forward-test: test event".into(),
+            Event::Audit(r) => format!("{} by {} from {}: {}", r.action, r.actor, r.addr, r.detail),
         }
     }
 }

@@ -95,6 +95,13 @@ pub fn body(env: &Envelope<'_>) -> String {
             kv.push(("cat", "test".into()));
             kv.push(("summary", ev.message()));
         }
+        Event::Audit(r) => {
+            kv.push(("cat", "audit".into()));
+            kv.push(("action", r.action.clone()));
+            kv.push(("usrName", r.actor.clone()));
+            kv.push(("src", r.addr.clone()));
+            kv.push(("summary", ev.message()));
+        }
     }
     if let Some(seq) = env.seq {
         kv.push(("sequence", seq.to_string()));

@@ -129,7 +129,16 @@ impl ForwardShared {
 #[derive(Debug, Clone, Default)]
 pub struct Outbox {
     entries: Arc<Mutex<Vec<Handed>>>,
+    /// Audit events from the page: (waiting, in the transaction being built).
+    /// Unlike alerts nobody hands them over again, so a failed commit puts them back.
+    audit: Arc<Mutex<AuditQueue>>,
 }
+
+/// Encoded audit entries: (waiting, taken into the transaction being built).
+type AuditQueue = (std::collections::VecDeque<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Audit events waiting for a state commit; beyond this the oldest is dropped (counted by the caller).
+pub const AUDIT_QUEUE: usize = 1024;
 
 /// An alert id and its encoded spool entry.
 type Handed = (String, Vec<u8>);
@@ -150,23 +159,69 @@ impl Outbox {
         }
     }
 
-    /// Take the entries, an alert updated several times only in its latest version.
+    /// Queue an audit event for every destination; returns how many older
+    /// events were dropped to stay within [`AUDIT_QUEUE`] (0 or 1).
+    pub fn push_audit(&self, record: super::event::AuditRecord) -> u64 {
+        let entry = SpoolEntry {
+            at_ms: crate::timefmt::now_ms(),
+            event: super::event::Event::Audit(record),
+        };
+        let Ok(bytes) = serde_json::to_vec(&entry) else { return 0 };
+        let mut g = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let dropped = if g.0.len() >= AUDIT_QUEUE {
+            g.0.pop_front();
+            1
+        } else {
+            0
+        };
+        g.0.push_back(bytes);
+        dropped
+    }
+
+    /// Take the entries, an alert updated several times only in its latest
+    /// version, then the audit events.
     fn take(&self) -> Vec<Vec<u8>> {
         let all = std::mem::take(&mut *self.entries.lock().unwrap_or_else(|p| p.into_inner()));
         let last: HashMap<&str, usize> = all.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
-        all.iter()
+        let mut out: Vec<Vec<u8>> = all
+            .iter()
             .enumerate()
             .filter(|(i, (id, _))| last.get(id.as_str()) == Some(i))
             .map(|(_, (_, e))| e.clone())
-            .collect()
+            .collect();
+        let mut g = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let audit: Vec<Vec<u8>> = g.0.drain(..).collect();
+        out.extend(audit.iter().cloned());
+        g.1.extend(audit);
+        out
+    }
+
+    /// The transaction holding the taken audit events committed.
+    fn audit_committed(&self) {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner()).1.clear();
+    }
+
+    /// It failed: the taken audit events wait again, in order, ahead of newer ones.
+    fn audit_failed(&self) {
+        let mut g = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = std::mem::take(&mut g.1);
+        for e in taken.into_iter().rev() {
+            g.0.push_front(e);
+        }
+        while g.0.len() > AUDIT_QUEUE {
+            g.0.pop_back();
+        }
     }
 
     fn clear(&self) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut g = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.clear();
+        g.1.clear();
     }
 
     fn is_empty(&self) -> bool {
-        self.entries.lock().map(|g| g.is_empty()).unwrap_or(true)
+        self.entries.lock().map(|g| g.is_empty()).unwrap_or(true) && self.audit.lock().map(|g| g.0.is_empty()).unwrap_or(true)
     }
 }
 
@@ -354,6 +409,7 @@ impl StateParticipant for SpoolBook {
     }
 
     fn committed(&mut self) {
+        self.outbox.audit_committed();
         self.on_committed();
         use crate::metrics::defs::{FORWARD_DROPPED, FORWARD_QUEUE};
         for d in &self.dests {
@@ -365,8 +421,10 @@ impl StateParticipant for SpoolBook {
     }
 
     fn failed(&mut self) {
-        // The alert rows hand their alerts over again when the commit is retried.
-        self.outbox.clear();
+        // The alert rows hand their alerts over again when the commit is retried;
+        // the audit events wait in the outbox again.
+        self.outbox.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.outbox.audit_failed();
         self.on_failed();
     }
 }
@@ -435,5 +493,51 @@ impl SpoolReader {
     /// Destination states as last persisted (JSON).
     pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.named_rows(FORWARD_STATE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::event::{AuditRecord, Event};
+
+    fn record(action: &str) -> AuditRecord {
+        AuditRecord {
+            action: action.into(),
+            ..AuditRecord::default()
+        }
+    }
+
+    fn actions(entries: &[Vec<u8>]) -> Vec<String> {
+        entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<SpoolEntry>(e).ok())
+            .filter_map(|e| match e.event {
+                Event::Audit(r) => Some(r.action),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn audit_events_survive_a_failed_commit_in_order_and_are_bounded() {
+        let o = Outbox::default();
+        for a in ["a0", "a1", "a2"] {
+            assert_eq!(o.push_audit(record(a)), 0);
+        }
+        assert_eq!(actions(&o.take()), ["a0", "a1", "a2"]);
+        assert!(o.is_empty(), "taken: nothing waits");
+        o.push_audit(record("a3"));
+        o.audit_failed();
+        assert_eq!(actions(&o.take()), ["a0", "a1", "a2", "a3"], "put back ahead of newer ones");
+        o.audit_committed();
+        assert!(o.is_empty());
+        o.audit_failed();
+        assert!(o.is_empty(), "committed events are not sent twice");
+        let dropped: u64 = (0..AUDIT_QUEUE + 5).map(|i| o.push_audit(record(&format!("b{i}")))).sum();
+        assert_eq!(dropped, 5);
+        let kept = actions(&o.take());
+        assert_eq!(kept.len(), AUDIT_QUEUE);
+        assert_eq!(kept[0], "b5", "the oldest went first");
     }
 }

@@ -154,14 +154,25 @@ impl State {
         }
     }
 
+    /// An audit event: logged, kept for `/system`, and spooled for every SIEM destination.
     fn audit(&self, action: &str, actor: &str, addr: IpAddr, detail: impl Into<String>) {
-        self.audit.record(AuditEvent {
+        let e = AuditEvent {
             at_ms: self.now(),
             action: action.into(),
             actor: actor.into(),
             addr: addr.to_string(),
             detail: detail.into(),
-        });
+        };
+        if let Some(outbox) = &self.app.audit_outbox {
+            let dropped = outbox.push_audit(crate::forward::event::AuditRecord {
+                action: e.action.clone(),
+                actor: e.actor.clone(),
+                addr: e.addr.clone(),
+                detail: e.detail.clone(),
+            });
+            self.evicted("audit_outbox", dropped);
+        }
+        self.audit.record(e);
     }
 
     /// An admin action, audited.
@@ -551,11 +562,12 @@ async fn login(AxState(state): AxState<State>, parts: Parts, Form(f): Form<Login
     let metric = |r: &str| state.app.metrics.counter(&defs::WEB_LOGINS, &[r]).inc();
     if let Some(w) = state.throttle.check(ip, &f.user, now) {
         metric("throttled");
+        let who = shown_name(&f.user);
         state.audit(
             "login_throttled",
-            "-",
+            &who,
             ip,
-            format!("user {:?}: refused, wait {} s", f.user, w.ms.div_ceil(1000)),
+            format!("user {who:?}: refused, wait {} s", w.ms.div_ceil(1000)),
         );
         let msg = format!("Too many failed logins from {}: try again in {} s.", w.what, w.ms.div_ceil(1000));
         return login_form(&state, &parts.headers, StatusCode::TOO_MANY_REQUESTS, Some(&msg));
@@ -585,7 +597,8 @@ async fn login(AxState(state): AxState<State>, parts: Parts, Form(f): Form<Login
             metric("failed");
             let evicted = state.throttle.fail(ip, &f.user, now);
             state.evicted("login_failures", evicted);
-            state.audit("login_failed", "-", ip, format!("user {:?}: wrong user name or password", f.user));
+            let who = shown_name(&f.user);
+            state.audit("login_failed", &who, ip, format!("user {who:?}: wrong user name or password"));
             login_form(
                 &state,
                 &parts.headers,
@@ -594,6 +607,16 @@ async fn login(AxState(state): AxState<State>, parts: Parts, Form(f): Form<Login
             )
         }
     }
+}
+
+/// A user name as typed into the form, fit for logs and the SIEM: at most 64
+/// characters, control characters replaced.
+fn shown_name(s: &str) -> String {
+    let mut out: String = s.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    if out.is_empty() { "-".into() } else { out }
 }
 
 /// An argon2id hash of a random password, verified against when the user does not exist.
