@@ -17,6 +17,7 @@ mod image;
 mod kernel;
 mod qemu;
 mod readme;
+mod webcheck;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ const PEERS: &[(&str, &str)] = &[
     // The page's browser test: headless Chromium driven over WebDriver.
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
+    // The QEMU test reads the guest's page from the host.
+    ("curl", "curl"),
+    ("openssl", "openssl"),
 ];
 
 fn root() -> PathBuf {

@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Vm {
+    /// Host ports forwarded to the guest's page (443) and redirect (80).
+    web: crate::webcheck::Ports,
     child: Child,
     stdin: ChildStdin,
     lines: Arc<Mutex<Vec<String>>>,
@@ -43,6 +45,10 @@ impl Vm {
     fn start(board: &Board, disk: &Path, udp_port: u16, dir: &Path, boot_no: u32) -> Result<Vm> {
         let q = board.qemu.as_ref().context("board has no [qemu] table")?;
         let monitor = dir.join(format!("monitor-{boot_no}.sock"));
+        let web = crate::webcheck::Ports {
+            https: free_tcp_port()?,
+            http: free_tcp_port()?,
+        };
         let _ = std::fs::remove_file(&monitor);
         let mut cmd = Command::new(&q.command[0]);
         cmd.args(&q.command[1..])
@@ -50,7 +56,10 @@ impl Vm {
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()))
             .arg("-netdev")
-            .arg(format!("user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2055"))
+            .arg(format!(
+                "user,id=n0,hostfwd=udp:127.0.0.1:{udp_port}-:2055,hostfwd=tcp:127.0.0.1:{}-:443,hostfwd=tcp:127.0.0.1:{}-:80",
+                web.https, web.http
+            ))
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
@@ -86,12 +95,18 @@ impl Vm {
             }
         });
         Ok(Vm {
+            web,
             child,
             stdin,
             lines,
             started: Instant::now(),
             monitor,
         })
+    }
+
+    /// Console line `i` (empty if there is none).
+    fn line(&self, i: usize) -> String {
+        self.lines.lock().ok().and_then(|l| l.get(i).cloned()).unwrap_or_default()
     }
 
     fn len(&self) -> usize {
@@ -257,6 +272,10 @@ fn wipe(disk: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 fn free_udp_port() -> Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -379,6 +398,20 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     ensure!(stored1 == sent1, "guest stored {stored1} flows of {sent1} sent");
     let status = vm.console("status", Duration::from_secs(30))?;
     eprintln!("xtask: status:\n{}", status.join("\n"));
+
+    // The page, from the host over the forwarded ports: the console's listener
+    // line and one-time setup code, then what a technician's laptop does.
+    let i = vm.wait_for(
+        "flowwarden: web https://0.0.0.0:443/ certificate sha256:",
+        0,
+        Duration::from_secs(1),
+    )?;
+    let fingerprint = vm.line(i).split("certificate ").nth(1).unwrap_or_default().trim().to_string();
+    let i = vm.wait_for("flowwarden: web setup code ", 0, Duration::from_secs(1))?;
+    let code = vm.line(i).split("setup code ").nth(1).unwrap_or_default().trim().to_string();
+    vm.wait_for("flowwarden: web http://0.0.0.0:80/ redirects to https", 0, Duration::from_secs(1))?;
+    let verdict = crate::webcheck::check(&dir, vm.web, &fingerprint, &code, "field tech pass 42")?;
+    eprintln!("xtask: {board_name}: the page over HTTPS: verdict {verdict}");
 
     // 3. Reboot from the console: flows and templates survive. An NTP server (chronyd)
     //    now answers on the host: the next boot must sync from it through 10.0.2.2.
