@@ -278,6 +278,18 @@ fn roles_csrf_tokens_throttle_and_metrics() {
         "{actions:?}"
     );
 
+    // The diagnostics bundle: admins only, one JSON attachment without secrets.
+    assert_eq!(v.get("/system/diagnostics").status, 403);
+    let diag = a.get("/system/diagnostics");
+    assert_eq!(diag.status, 200);
+    assert!(diag.header("content-disposition").is_some_and(|h| h.starts_with("attachment;")));
+    let dj = diag.json();
+    assert!(dj["status"]["checks"].is_array() && dj["metrics"].as_str().is_some_and(|m| m.contains("flowwarden_")));
+    assert!(
+        !diag.body.contains("$argon2id$") && !diag.body.contains(&viewer_token),
+        "no hashes or tokens"
+    );
+
     // Bearer tokens: viewer for the API, metrics for /metrics, nothing else.
     let bearer = |t: &str| format!("Bearer {t}");
     let mut t = client(&r);

@@ -91,6 +91,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             demo,
         } => {
             let mut cfg = load_config(config.as_deref())?;
+            cfg.web.config_file = config.clone();
             if !web_listen.is_empty() {
                 cfg.web.listen = Some(web_listen);
             }

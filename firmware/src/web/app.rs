@@ -47,6 +47,8 @@ pub struct State(pub Arc<Inner>);
 pub struct Inner {
     pub app: Appliance,
     pub metrics_public: bool,
+    /// The configuration file `run` was started with (for the diagnostics bundle).
+    pub config_file: Option<std::path::PathBuf>,
     pub sessions: Sessions,
     pub throttle: Throttle,
     pub setup: SetupCode,
@@ -78,6 +80,7 @@ impl State {
         State(Arc::new(Inner {
             app,
             metrics_public: cfg.metrics_public,
+            config_file: cfg.config_file.clone(),
             sessions: Sessions::new(cfg.session_idle.ms()),
             throttle: Throttle::default(),
             setup: SetupCode::default(),
@@ -312,7 +315,8 @@ pub fn router(state: State) -> Router {
         .route("/system", get(pages::system))
         .route("/logout", post(logout))
         .route("/forwarding/test", post(pages::forward_test))
-        .route("/system/users", post(pages::user_change));
+        .route("/system/users", post(pages::user_change))
+        .route("/system/diagnostics", get(views::diagnostics));
     let api = Router::new()
         .route("/api/v1/status", get(views::api_status))
         .route("/api/v1/exporters", get(views::api_exporters))

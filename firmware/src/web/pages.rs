@@ -637,6 +637,12 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
             html::csrf(&v)
         );
     }
+    if v.is_admin() {
+        b.push_str(
+            "<p><a class=\"button\" href=\"/system/diagnostics\">Download the diagnostics bundle</a> \
+             <span class=\"hint\">configuration (secrets redacted), every view and the live metrics, one JSON file for support</span></p>",
+        );
+    }
     b.push_str("<h2>Audit log</h2>");
     let rows: Vec<Vec<String>> = x
         .audit

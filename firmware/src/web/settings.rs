@@ -24,6 +24,10 @@ pub struct WebConfig {
     pub session_idle: Span,
     /// Plain HTTP listener that only redirects to HTTPS (off unless set).
     pub redirect_listen: Option<SocketAddr>,
+    /// The configuration file `run` was started with (not a key: set by `run`,
+    /// read for the diagnostics bundle).
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -35,6 +39,7 @@ impl Default for WebConfig {
             metrics_public: false,
             session_idle: Span(30 * 60_000),
             redirect_listen: None,
+            config_file: None,
         }
     }
 }

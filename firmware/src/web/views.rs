@@ -986,3 +986,88 @@ pub async fn api_forwarding(AxState(s): AxState<State>, _v: Viewer) -> Response 
 pub async fn api_system(AxState(s): AxState<State>, v: Viewer) -> Response {
     json(build(&s, move |s| system(s, &v)).await)
 }
+
+/// The configuration file's text with every value of a key that names a
+/// secret (password, secret, token, private key material) replaced.
+pub fn redacted_config(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let secret =
+                l.contains('=') && !key.starts_with('#') && ["password", "secret", "token", "private"].iter().any(|w| key.contains(w));
+            if secret || l.contains("-----BEGIN") {
+                format!("{} = \"(redacted)\"", l.split('=').next().unwrap_or("").trim_end())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `/system/diagnostics` (admins): one JSON file for support: version, the
+/// configuration (secrets redacted), and every view's snapshot, the live
+/// metrics included. No password hashes, tokens or audit details of others.
+pub async fn diagnostics(AxState(s): AxState<State>, v: Viewer) -> Response {
+    if !v.is_admin() {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": "the diagnostics bundle needs an admin" })),
+        )
+            .into_response();
+    }
+    let built = build(&s, move |s| {
+        let config = match &s.config_file {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => serde_json::json!({ "file": p.display().to_string(), "text": redacted_config(&t) }),
+                Err(e) => serde_json::json!({ "file": p.display().to_string(), "error": e.to_string() }),
+            },
+            None => serde_json::json!({ "file": null, "text": "(built-in defaults)" }),
+        };
+        let mut system = system(s, &v);
+        system.users = system.users.map(|u| u.into_iter().map(|(n, r, _)| (n, r, String::new())).collect());
+        serde_json::json!({
+            "generated": rfc3339_ms(s.now()),
+            "version": env!("CARGO_PKG_VERSION"),
+            "config": config,
+            "status": status(s),
+            "exporters": exporters(s),
+            "storage": storage(s),
+            "forwarding": forwarding(s),
+            "system": system,
+            "alerts": alerts(s, &ListQuery::default()).total,
+            "metrics": s.app.metrics.prometheus(),
+        })
+    })
+    .await;
+    match built {
+        Some(v) => {
+            let name = format!("flowwarden-diagnostics-{}.json", rfc3339_ms(s.now()).replace(':', ""));
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json".to_string()),
+                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+                ],
+                serde_json::to_string_pretty(&v).unwrap_or_default(),
+            )
+                .into_response()
+        }
+        None => json::<()>(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diagnostics_config_hides_secrets_only() {
+        let text = "[web]\nsession_idle = \"1h\"\n# password = \"commented\"\n[[forward]]\nname = \"soc\"\nclient_key_file = \"/data/k.pem\"\napi_token = \"abc\"\nPassword=\"x\"\n";
+        let r = redacted_config(text);
+        assert!(r.contains("session_idle = \"1h\"") && r.contains("name = \"soc\""), "{r}");
+        assert!(r.contains("client_key_file = \"/data/k.pem\""), "a path is not a secret: {r}");
+        assert!(r.contains("api_token = \"(redacted)\"") && !r.contains("abc"), "{r}");
+        assert!(r.contains("Password = \"(redacted)\""), "{r}");
+        assert!(r.contains("# password = \"commented\""), "{r}");
+    }
+}

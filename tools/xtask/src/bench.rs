@@ -23,7 +23,7 @@ struct Bins {
     fg: PathBuf,
 }
 
-fn cmd_out(c: &mut Command) -> Result<String> {
+pub fn cmd_out(c: &mut Command) -> Result<String> {
     let o = c.output().with_context(|| format!("cannot run {c:?}"))?;
     if !o.status.success() {
         bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -85,7 +85,7 @@ fn du(path: &Path) -> u64 {
     total
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -517,6 +517,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if let Some(section) = &before {
         md.push_str(section);
     }
+    md.push('\n');
+    md.push_str(&crate::pagebench::measure(&b.fw, &b.fg, &out, hosts)?);
     std::fs::write(out.join("results.md"), &md)?;
     if !quick {
         // The firmware-image section comes from `cargo xtask qemu-test`, not from this

@@ -15,6 +15,7 @@ mod cpio;
 mod eval;
 mod image;
 mod kernel;
+mod pagebench;
 mod qemu;
 mod readme;
 mod webcheck;
@@ -220,6 +221,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   readme                      run the README's run command, wait for ready, stop it
   soak [--cases N] [--seeds N] [--boots N]   long suites CI does not run (property tests, hostile seeds, full eval, boots)
   bench [--quick] [--before BIN]   benchmarks beside nfcapd (BENCHMARKS.md); BIN: an older build to compare
+  bench-page [--hosts N]      the status page's weight and time per page over a 2-hour office (N hosts, default 3000)
   eval [--quick] [--profile P]   detection quality on flowgen scenarios and real captures
   build --arch x86_64|aarch64 static binary for a firmware image
   image --board NAME          disk image for a board
@@ -271,6 +273,23 @@ fn dispatch(args: &[String]) -> Result<()> {
         "readme" => {
             check_flags(command, rest, &[])?;
             readme::check(&root(), std::time::Duration::from_secs(1800))
+        }
+        "bench-page" => {
+            check_flags(command, rest, &[("--hosts", true)])?;
+            deps()?;
+            let root = root();
+            run(cargo().args(["build", "--release", "-p", "flowwarden", "-p", "flowgen"]))?;
+            let out = root.join("bench-out");
+            std::fs::create_dir_all(&out)?;
+            let hosts = flag(rest, "--hosts").unwrap_or("3000");
+            let md = pagebench::measure(
+                &root.join("target/release/flowwarden"),
+                &root.join("target/release/flowgen"),
+                &out,
+                hosts,
+            )?;
+            println!("{md}");
+            Ok(())
         }
         "bench" => {
             check_flags(command, rest, &[("--quick", false), ("--before", true)])?;
