@@ -30,6 +30,12 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Accounts(AccountChange),
+    /// An alert acknowledged (by the page's admin `by`, at `at_ms`).
+    AckAlert {
+        id: String,
+        by: String,
+        at_ms: u64,
+    },
 }
 
 /// The appliance's answer.

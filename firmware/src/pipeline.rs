@@ -524,9 +524,34 @@ const COUNTERS_EVERY: u64 = 32;
 /// the socket buffers. Offline ingest blocks on the queue, so it loses nothing.
 const DETECTOR_NICE: i32 = 19;
 
+/// Hand `rows` (whose `committed()` tells `done`) to the store writer, force a
+/// commit, and wait: Ok once the transaction holding them committed.
+fn commit_through_writer(
+    tx: &Option<SyncSender<StoreMsg>>,
+    rows: Box<dyn StateRows + Send>,
+    done: std::sync::mpsc::Receiver<()>,
+) -> Result<(), String> {
+    let Some(tx) = tx else {
+        return Err("this appliance has no store writer".into());
+    };
+    let (reply_tx, reply_rx) = sync_channel(1);
+    if tx.send(StoreMsg::Rows(rows)).is_err() || tx.send(StoreMsg::Sync(reply_tx)).is_err() || reply_rx.recv().is_err() {
+        return Err("the store writer has stopped; nothing changed".into());
+    }
+    if done.try_recv().is_err() {
+        // The rows stay queued and are written by the next commit that succeeds.
+        return Err(
+            "the state file could not be written now (see the appliance's log); the change is queued and \
+                    takes effect when a state commit succeeds"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// What the control channel's requests do in a running appliance: account
 /// changes are checked against the state file, committed by the store writer
-/// (the reply waits for the commit) and logged.
+/// (the reply waits for the commit) and logged; so are alert acknowledgements.
 fn control_handler(tx: Option<SyncSender<StoreMsg>>, dir: crate::store::DataDir) -> crate::control::Handler {
     use crate::accounts::{AccountChange, AccountRows};
     use crate::control::{Reply, Request};
@@ -541,28 +566,32 @@ fn control_handler(tx: Option<SyncSender<StoreMsg>>, dir: crate::store::DataDir)
                 AccountChange::SetToken { name, token } => format!("token {name} created ({})", token.role.as_str()),
                 AccountChange::RemoveToken { name } => format!("token {name} removed"),
             };
-            let Some(tx) = &tx else {
-                return Reply::Refused("this appliance has no store writer".into());
-            };
-            let (reply_tx, reply_rx) = sync_channel(1);
             let (done_tx, done_rx) = sync_channel(1);
             let rows = AccountRows {
                 changes: vec![change],
                 notify: Some(done_tx),
             };
-            if tx.send(StoreMsg::Rows(Box::new(rows))).is_err() || tx.send(StoreMsg::Sync(reply_tx)).is_err() || reply_rx.recv().is_err() {
-                return Reply::Refused("the store writer has stopped; nothing changed".into());
+            match commit_through_writer(&tx, Box::new(rows), done_rx) {
+                Ok(()) => {
+                    tracing::info!("accounts: {what} (control channel)");
+                    Reply::Done
+                }
+                Err(e) => Reply::Refused(e),
             }
-            if done_rx.try_recv().is_err() {
-                // The rows stay queued and are written by the next commit that succeeds.
-                return Reply::Refused(
-                    "the state file could not be written now (see the appliance's log); the change is queued and \
-                     takes effect when a state commit succeeds"
-                        .into(),
-                );
+        }
+        Request::AckAlert { id, by, at_ms } => {
+            let (done_tx, done_rx) = sync_channel(1);
+            let rows = crate::detect::rows::AckRows {
+                acks: vec![(id.clone(), crate::detect::rows::Ack { by: by.clone(), at_ms })],
+                notify: Some(done_tx),
+            };
+            match commit_through_writer(&tx, Box::new(rows), done_rx) {
+                Ok(()) => {
+                    tracing::info!("alert {id} acknowledged by {by}");
+                    Reply::Done
+                }
+                Err(e) => Reply::Refused(e),
             }
-            tracing::info!("accounts: {what} (control channel)");
-            Reply::Done
         }
     })
 }

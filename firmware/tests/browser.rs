@@ -101,6 +101,9 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
         assert!(main.contains(t.as_str().unwrap_or("?")), "{main}");
     }
     b.screenshot(&shots().join("alert.png"));
+    // The admin acknowledges it; the page and the list say so.
+    b.click("form[action$='/ack'] button");
+    assert!(b.text("main").contains("Acknowledged by tech"), "{}", b.text("main"));
     b.click("a.button");
     assert!(b.url().contains("/flows?filter="), "{}", b.url());
     let filter = b
@@ -129,6 +132,9 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
     // One time (the start) per flow row; the page shows its first 100.
     assert_eq!(rows, cli_rows.len().min(100), "flows behind the alert: page vs query");
     b.screenshot(&shots().join("flows.png"));
+
+    b.goto(&format!("{base}/alerts"));
+    assert!(b.text("main table").contains("✓ tech"), "the list shows the acknowledgement");
 
     // A filter error says where it is wrong.
     b.goto(&format!("{base}/flows?filter=dst%20prot%2080"));

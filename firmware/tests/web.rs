@@ -243,6 +243,7 @@ fn roles_csrf_tokens_throttle_and_metrics() {
         v.post_form("/forwarding/test", &[("csrf", &csrf), ("destination", "x")]).status,
         403
     );
+    assert_eq!(v.post_form("/alerts/fw-0123456789abcdef/ack", &[("csrf", &csrf)]).status, 403);
 
     // An admin: CSRF token and origin are both required.
     let mut a = client(&r);

@@ -6,7 +6,7 @@ use super::{DetectLoaded, EngineStatus, StoredAlert};
 use crate::store::StoreError;
 use crate::store::reader::Reader;
 use crate::store::rows::StateRows;
-use crate::store::schema::{ALERTS, DETECT_STATE};
+use crate::store::schema::{ALERT_ACKS, ALERTS, DETECT_STATE};
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 /// Alerts kept in the state file; beyond it the least recently seen go (counted).
@@ -97,6 +97,48 @@ pub fn load_alerts(reader: &Reader) -> Result<(Vec<StoredAlert>, u64), StoreErro
         }
     }
     Ok((out, bad))
+}
+
+/// An alert acknowledged by someone on the page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    pub by: String,
+    pub at_ms: u64,
+}
+
+/// Acknowledgements for the next state commit.
+#[derive(Debug)]
+pub struct AckRows {
+    pub acks: Vec<(String, Ack)>,
+    /// Told once the transaction holding them committed.
+    pub notify: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl StateRows for AckRows {
+    fn stage(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        let mut t = txn.open_table(ALERT_ACKS)?;
+        for (id, ack) in &self.acks {
+            if let Ok(v) = serde_json::to_vec(ack) {
+                t.insert(id.as_str(), v.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        if let Some(n) = self.notify.take() {
+            let _ = n.try_send(());
+        }
+    }
+}
+
+/// Every acknowledgement, by alert id (undecodable rows skipped).
+pub fn load_acks(reader: &Reader) -> Result<std::collections::BTreeMap<String, Ack>, StoreError> {
+    Ok(reader
+        .state_rows(ALERT_ACKS)?
+        .into_iter()
+        .filter_map(|(k, v)| serde_json::from_slice(&v).ok().map(|a| (k, a)))
+        .collect())
 }
 
 /// The learning state as last published.

@@ -40,6 +40,8 @@ pub const FORWARD_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("fo
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// State: token name -> postcard `accounts::Token` (role, SHA-256 of the token).
 pub const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// State: alert id -> JSON `detect::rows::Ack` (who acknowledged it on the page, and when).
+pub const ALERT_ACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("alert_acks");
 /// State: named counters and settings ("schema", store counters).
 pub const STATE_META: TableDefinition<&str, u64> = TableDefinition::new("state_meta");
 

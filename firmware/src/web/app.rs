@@ -269,6 +269,23 @@ impl State {
         }
     }
 
+    /// Acknowledge an alert through the control channel's handler (the store writer commits it).
+    pub async fn ack(&self, id: &str, by: &str) -> Result<(), String> {
+        let Some(handler) = self.app.control.clone() else {
+            return Err("this appliance cannot change state from the page".into());
+        };
+        let req = crate::control::Request::AckAlert {
+            id: id.to_string(),
+            by: by.to_string(),
+            at_ms: self.now(),
+        };
+        match tokio::task::spawn_blocking(move || handler(req)).await {
+            Ok(crate::control::Reply::Done) => Ok(()),
+            Ok(crate::control::Reply::Refused(why)) => Err(why),
+            Err(e) => Err(format!("the change did not run: {e}")),
+        }
+    }
+
     /// Run argon2id off the async threads, at most [`ARGON_SLOTS`] at once.
     async fn verify(&self, hash: String, password: String) -> Option<bool> {
         let _slot = tokio::time::timeout(ARGON_WAIT, self.argon.acquire()).await.ok()?.ok()?;
@@ -309,6 +326,7 @@ pub fn router(state: State) -> Router {
         .route("/traffic", get(pages::traffic))
         .route("/alerts", get(pages::alerts))
         .route("/alerts/{id}", get(pages::alert))
+        .route("/alerts/{id}/ack", post(pages::alert_ack))
         .route("/flows", get(pages::flows))
         .route("/storage", get(pages::storage))
         .route("/forwarding", get(pages::forwarding))

@@ -159,7 +159,10 @@ pub async fn overview(AxState(s): AxState<State>, v: Viewer) -> Response {
         ("Flows", rate(st.rate.flows_per_s, "")),
         ("Traffic", units::bits_per_second(st.rate.bytes_per_s * 8.0)),
         ("Packets", rate(st.rate.packets_per_s, "")),
-        ("Alerts (24 h)", format!("{} ({} kept)", st.alerts_24h, st.alerts_total)),
+        (
+            "Alerts (24 h)",
+            format!("{} ({} new, {} kept)", st.alerts_24h, st.alerts_24h_new, st.alerts_total),
+        ),
         ("History", format!("{:.1} days", st.storage.days_kept)),
         ("Uptime", units::duration_ms(st.uptime_s * 1000)),
     ] {
@@ -339,11 +342,26 @@ pub async fn alerts(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
     }
     let _ = write!(
         b,
-        "<p>{} alerts{}</p>",
+        "<p>{} alerts, {} not acknowledged{}</p>",
         a.total,
+        a.unacknowledged,
         if a.total > 500 { " (newest 500 shown)" } else { "" }
     );
-    b.push_str(&table(&ALERT_HEAD, &alert_rows(&a.alerts)));
+    let rows: Vec<Vec<String>> = alert_rows(&a.alerts)
+        .into_iter()
+        .zip(&a.alerts)
+        .map(|(mut r, j)| {
+            let id = j["id"].as_str().unwrap_or("");
+            r.push(match a.acknowledged.get(id) {
+                Some(k) => format!("✓ {}", esc(&k.by)),
+                None => badge("warn", "new"),
+            });
+            r
+        })
+        .collect();
+    let mut head = ALERT_HEAD.to_vec();
+    head.push("Acknowledged");
+    b.push_str(&table(&head, &rows));
     page("Alerts", "/alerts", &v, &b)
 }
 
@@ -352,14 +370,7 @@ pub async fn alert(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>
         return failed();
     };
     let Some(d) = found else {
-        let body = message_page(
-            Some(&v),
-            "No such alert",
-            "There is no alert with this id.",
-            "/alerts",
-            "All alerts",
-        );
-        return (StatusCode::NOT_FOUND, Html(body)).into_response();
+        return no_such_alert(&v);
     };
     let a = &d.alert;
     let mut b = format!("<p class=\"summary\">{}</p><dl>", esc(a["summary"].as_str().unwrap_or("")));
@@ -400,6 +411,20 @@ pub async fn alert(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>
         .map(|o| o.iter().map(|(k, v)| vec![esc(k), esc(&evidence_text(v))]).collect())
         .unwrap_or_default();
     b.push_str(&table(&["Field", "Value"], &ev));
+    match &d.acknowledged {
+        Some(k) => {
+            let _ = write!(b, "<p>Acknowledged by {} at {}.</p>", esc(&k.by), html::time_ms(k.at_ms));
+        }
+        None if v.is_admin() => {
+            let _ = write!(
+                b,
+                "<form method=\"post\" action=\"/alerts/{}/ack\">{}<button type=\"submit\">Acknowledge</button></form>",
+                html::url(a["id"].as_str().unwrap_or("")),
+                html::csrf(&v)
+            );
+        }
+        None => b.push_str("<p>Not acknowledged yet.</p>"),
+    }
     b.push_str("<h2>SIEM delivery</h2>");
     let del: Vec<Vec<String>> = d.delivery.iter().map(|x| vec![esc(&x.destination), esc(&x.state)]).collect();
     b.push_str(&table(&["Destination", "State"], &del));
@@ -510,6 +535,12 @@ pub async fn storage(AxState(s): AxState<State>, v: Viewer) -> Response {
         ("Flows kept", m.flows_kept.to_string()),
         ("Oldest flow", m.oldest_flow.as_deref().map(time).unwrap_or_else(|| "-".into())),
         ("History", format!("{:.1} days", m.days_kept)),
+        (
+            "History the capacity holds at this rate",
+            x.projected_days
+                .map(|d| format!("about {d:.0} days"))
+                .unwrap_or_else(|| "not known yet".into()),
+        ),
         ("Used", units::bytes(m.bytes_used)),
         ("Capacity (budget or disk, whichever is smaller)", units::bytes(m.capacity_bytes)),
         ("Budget", units::bytes(m.budget_bytes)),
@@ -707,6 +738,11 @@ pub struct UserForm {
     password: String,
 }
 
+fn no_such_alert(v: &Viewer) -> Response {
+    let body = message_page(Some(v), "No such alert", "There is no alert with this id.", "/alerts", "All alerts");
+    (StatusCode::NOT_FOUND, Html(body)).into_response()
+}
+
 fn forbidden(v: &Viewer) -> Response {
     let body = message_page(Some(v), "Not allowed", "This needs an admin.", "/", "Overview");
     (StatusCode::FORBIDDEN, Html(body)).into_response()
@@ -761,4 +797,35 @@ fn evidence_text(v: &serde_json::Value) -> String {
         }
         other => other.to_string(),
     }
+}
+
+#[derive(Deserialize)]
+pub struct AckForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Admin: acknowledge an alert (kept in the state file, audited), back to its page.
+pub async fn alert_ack(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>, parts: Parts, Form(f): Form<AckForm>) -> Response {
+    if !v.is_admin() {
+        return forbidden(&v);
+    }
+    if !csrf_ok(&parts.headers, &v.csrf, &f.csrf) {
+        return csrf_refused(Some(&v));
+    }
+    let id2 = id.clone();
+    let exists = views::build(&s, move |s| views::alert(s, &id2).is_some()).await.unwrap_or(false);
+    if !exists {
+        return no_such_alert(&v);
+    }
+    if let Err(e) = s.ack(&id, &v.name).await {
+        let body = message_page(Some(&v), "Not acknowledged", &e, &format!("/alerts/{id}"), "The alert");
+        return (StatusCode::SERVICE_UNAVAILABLE, Html(body)).into_response();
+    }
+    s.audit_action(&v, peer_ip(&parts), "alert_ack", format!("alert {id} acknowledged"));
+    (
+        StatusCode::SEE_OTHER,
+        [(axum::http::header::LOCATION, format!("/alerts/{}", html::url(&id)))],
+    )
+        .into_response()
 }

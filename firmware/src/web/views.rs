@@ -72,6 +72,8 @@ pub struct Status {
     /// The last complete minute of stored flows.
     pub rate: Rate,
     pub alerts_24h: u64,
+    /// Of the last 24 h's alerts, not acknowledged yet.
+    pub alerts_24h_new: u64,
     pub alerts_total: u64,
     pub alerts_24h_by_kind: BTreeMap<String, u64>,
     pub recent_alerts: Vec<serde_json::Value>,
@@ -362,6 +364,7 @@ pub fn status(state: &State) -> Status {
     }
 
     let verdict = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
+    let acks = crate::detect::rows::load_acks(&reader).unwrap_or_default();
     let day_ago = now.saturating_sub(24 * HOUR);
     let mut recent: Vec<&crate::alert::Alert> = alerts.iter().map(|s| &s.alert).filter(|a| a.last_seen_ms >= day_ago).collect();
     recent.sort_by_key(|a| std::cmp::Reverse(a.last_seen_ms));
@@ -393,6 +396,7 @@ pub fn status(state: &State) -> Status {
         checks,
         rate: last_minute(state),
         alerts_24h: recent.len() as u64,
+        alerts_24h_new: recent.iter().filter(|a| !acks.contains_key(&a.id)).count() as u64,
         alerts_total: alerts.len() as u64,
         alerts_24h_by_kind: by_kind,
         recent_alerts: recent.iter().take(5).map(|a| a.to_json()).collect(),
@@ -493,6 +497,10 @@ pub fn exporters(state: &State) -> Exporters {
 pub struct Alerts {
     pub alerts: Vec<serde_json::Value>,
     pub total: u64,
+    /// Of `total`, not acknowledged yet.
+    pub unacknowledged: u64,
+    /// Acknowledgements of the listed alerts, by id.
+    pub acknowledged: BTreeMap<String, crate::detect::rows::Ack>,
     pub filter: BTreeMap<String, String>,
     pub error: Option<String>,
 }
@@ -552,9 +560,16 @@ pub fn alerts(state: &State, q: &ListQuery) -> Alerts {
         })
         .collect();
     list.sort_by(|a, b| (b.last_seen_ms, &b.id).cmp(&(a.last_seen_ms, &a.id)));
+    let acks = crate::detect::rows::load_acks(&state.reader()).unwrap_or_default();
+    let shown = &list[..list.len().min(500)];
     Alerts {
         total: list.len() as u64,
-        alerts: list.iter().take(500).map(|a| a.to_json()).collect(),
+        unacknowledged: list.iter().filter(|a| !acks.contains_key(&a.id)).count() as u64,
+        acknowledged: shown
+            .iter()
+            .filter_map(|a| acks.get(&a.id).map(|k| (a.id.clone(), k.clone())))
+            .collect(),
+        alerts: shown.iter().map(|a| a.to_json()).collect(),
         filter,
         error,
     }
@@ -570,6 +585,8 @@ pub struct AlertDetail {
     pub flows_to: String,
     /// Per configured destination: whether the alert reached it.
     pub delivery: Vec<Delivery>,
+    /// Who acknowledged it on the page, and when.
+    pub acknowledged: Option<crate::detect::rows::Ack>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -608,7 +625,9 @@ pub fn alert(state: &State, id: &str) -> Option<AlertDetail> {
             }
         })
         .collect();
+    let acknowledged = crate::detect::rows::load_acks(&reader).ok().and_then(|mut m| m.remove(&a.id));
     Some(AlertDetail {
+        acknowledged,
         flows_filter: filter,
         flows_from: rfc3339_ms(a.first_seen_ms.saturating_sub(MINUTE)),
         flows_to: rfc3339_ms(a.last_seen_ms + MINUTE),
@@ -846,6 +865,8 @@ pub struct Storage {
     #[serde(flatten)]
     pub summary: StorageSummary,
     pub bytes_per_flow: f64,
+    /// Days of history the capacity holds at the rate seen so far (None: too little data yet).
+    pub projected_days: Option<f64>,
     pub segments_evicted: u64,
     pub rollup_rows_trimmed: u64,
     pub data_dir: String,
@@ -856,6 +877,8 @@ pub fn storage(state: &State) -> Storage {
     let m = &state.app.metrics;
     Storage {
         bytes_per_flow: summary.bytes_used as f64 / summary.flows_kept.max(1) as f64,
+        projected_days: (summary.days_kept > 0.01 && summary.bytes_used > 0)
+            .then(|| summary.capacity_bytes as f64 / (summary.bytes_used as f64 / summary.days_kept)),
         segments_evicted: m.value(&defs::STORE_SEGMENTS_EVICTED, &[]),
         rollup_rows_trimmed: m.value(&defs::STORE_ROLLUP_ROWS_TRIMMED, &[]),
         data_dir: state.app.data_dir.display().to_string(),

@@ -23,6 +23,15 @@ struct Bins {
     fg: PathBuf,
 }
 
+/// flowgen's office of `hosts` hosts (intensity 8) from `start` (Unix s) for
+/// `dur`, exported as `version`, written to `pcap`.
+pub fn office_pcap(fg: &Path, hosts: &str, start: &str, dur: &str, version: &str, pcap: &Path) -> Result<()> {
+    run(Command::new(fg)
+        .args(["--hosts", hosts, "--intensity", "8", "--start", start, "--duration", dur])
+        .args(["--version", version, "--pcap"])
+        .arg(pcap))
+}
+
 pub fn cmd_out(c: &mut Command) -> Result<String> {
     let o = c.output().with_context(|| format!("cannot run {c:?}"))?;
     if !o.status.success() {
@@ -331,21 +340,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     for v in ["ipfix", "v9", "v5"] {
         let p = out.join(format!("synthetic-{v}.pcap"));
         if !p.exists() {
-            run(Command::new(&b.fg)
-                .args([
-                    "--hosts",
-                    hosts,
-                    "--intensity",
-                    "8",
-                    "--start",
-                    START,
-                    "--duration",
-                    dur,
-                    "--version",
-                    v,
-                    "--pcap",
-                ])
-                .arg(&p))?;
+            office_pcap(&b.fg, hosts, START, dur, v, &p)?;
         }
         syn.push((v, p));
     }

@@ -36,21 +36,7 @@ pub fn measure(fw: &Path, fg: &Path, out: &Path, hosts: &str) -> Result<String> 
         .unwrap_or(0);
     let start = (now - 2 * 3600) / 60 * 60;
     let pcap = out.join("page-office.pcap");
-    crate::run(
-        Command::new(fg)
-            .args([
-                "--hosts",
-                hosts,
-                "--intensity",
-                "8",
-                "--start",
-                &start.to_string(),
-                "--duration",
-                "2h",
-            ])
-            .args(["--version", "ipfix", "--pcap"])
-            .arg(&pcap),
-    )?;
+    crate::bench::office_pcap(fg, hosts, &start.to_string(), "2h", "ipfix", &pcap)?;
     let dir = out.join("page-store");
     let _ = std::fs::remove_dir_all(&dir);
     let ingest = Command::new(fw).arg("ingest").arg("--data-dir").arg(&dir).arg(&pcap).output()?;
