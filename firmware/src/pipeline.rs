@@ -452,6 +452,7 @@ pub async fn run_live(
             collector: addrs.clone(),
             forward: cfg.forward.clone(),
             audit_outbox: Some(audit_outbox),
+            host_status_dir: Some(PathBuf::from("/run/flowwarden")),
         },
         rustix::process::geteuid().is_root(),
         stop_rx.clone(),

@@ -49,6 +49,8 @@ pub struct Appliance {
     pub collector: Vec<SocketAddr>,
     /// The configured SIEM destinations (for "send test event" and the overview's checks).
     pub forward: Vec<crate::forward::settings::ForwardConfig>,
+    /// Where PID 1 writes `network.json` and `time.json` (`/run/flowwarden`; None: not known).
+    pub host_status_dir: Option<PathBuf>,
     /// Where audit events go to be spooled for every `[[forward]]` destination.
     pub audit_outbox: Option<crate::forward::spool::Outbox>,
 }

@@ -330,7 +330,7 @@ pub async fn alerts(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
          <label>Kind <input name=\"kind\" value=\"{}\" placeholder=\"scan\"></label>\
          <label>Min. severity <input name=\"severity\" value=\"{}\" size=\"3\"></label>\
          <label>Host <input name=\"host\" value=\"{}\" placeholder=\"10.0.0.7\"></label>\
-         <label>Since <input name=\"since\" value=\"{}\" placeholder=\"24h\"></label>\
+         <label>Since <input name=\"since\" value=\"{}\" placeholder=\"-24h\"></label>\
          <button type=\"submit\">Filter</button></form>",
         f("kind"),
         f("severity"),
@@ -456,7 +456,7 @@ pub async fn flows(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
     let mut b = format!(
         "<form method=\"get\" action=\"/flows\" class=\"filters\">\
          <label class=\"wide\">Filter <input name=\"filter\" value=\"{}\" placeholder=\"src net 10.0.0.0/8 and dst port 443\"></label>\
-         <label>From <input name=\"from\" value=\"{}\" placeholder=\"1h (default)\"></label>\
+         <label>From <input name=\"from\" value=\"{}\" placeholder=\"-1h (default)\"></label>\
          <label>To <input name=\"to\" value=\"{}\" placeholder=\"now\"></label>\
          <label>Per page <input name=\"limit\" value=\"{}\" size=\"5\"></label>\
          <button type=\"submit\">Search</button></form>",
@@ -630,6 +630,45 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
         x.certificate_not_after.as_deref().map(time).unwrap_or_else(|| "-".into()),
         esc(&x.collector.join(", "))
     );
+    b.push_str("<h2>Network and time</h2>");
+    match (&x.network, &x.time) {
+        (None, None) => b.push_str(
+            "<p class=\"hint\">Not managed by flowwarden here: the host's own network and clock settings apply \
+             (on the appliance image PID 1 sets them up and this section shows them).</p>",
+        ),
+        (net, time) => {
+            b.push_str("<dl>");
+            if let Some(n) = net {
+                let g = |k: &str| match &n[k] {
+                    serde_json::Value::String(s) => esc(s),
+                    serde_json::Value::Null => "-".into(),
+                    other => esc(&other.to_string()),
+                };
+                let _ = write!(
+                    b,
+                    "<dt>Interface</dt><dd>{} ({})</dd><dt>Address</dt><dd>{}</dd><dt>Gateway</dt><dd>{}</dd><dt>DNS</dt><dd>{}</dd>",
+                    g("interface"),
+                    g("mode"),
+                    g("address"),
+                    g("gateway"),
+                    g("dns")
+                );
+            }
+            if let Some(t) = time {
+                let text = if t["synced"] == true {
+                    format!(
+                        "synchronised from {} (stratum {})",
+                        t["server"].as_str().unwrap_or("?"),
+                        t["stratum"]
+                    )
+                } else {
+                    format!("NOT synchronised: {}", t["reason"].as_str().unwrap_or("no answer"))
+                };
+                let _ = write!(b, "<dt>Time</dt><dd>{}</dd>", esc(&text));
+            }
+            b.push_str("</dl>");
+        }
+    }
     if let Some(d) = &x.detectors {
         b.push_str("<h2>Detectors</h2>");
         let rows: Vec<Vec<String>> = d

@@ -124,6 +124,14 @@ fn storage_summary(state: &State) -> StorageSummary {
     }
 }
 
+/// One of the JSON files PID 1 writes about the host (`network.json`,
+/// `time.json` in `/run/flowwarden` on the image); None on a laptop.
+fn host_status(state: &State, name: &str) -> Option<serde_json::Value> {
+    let dir = state.app.host_status_dir.as_ref()?;
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The last complete minute's rates from the roll-ups.
 fn last_minute(state: &State) -> Rate {
     let now = state.now();
@@ -236,6 +244,32 @@ pub fn status(state: &State) -> Status {
         }
     });
 
+    // Time: the box's own synchronisation (what PID 1 recorded on the image).
+    if let Some(t) = host_status(state, "time.json") {
+        checks.push(if t["synced"] == true {
+            Check {
+                name: "time",
+                level: Level::Ok,
+                reason: format!(
+                    "the box's clock is synchronised from {} (stratum {}, offset {:.1} ms at boot)",
+                    t["server"].as_str().unwrap_or("?"),
+                    t["stratum"],
+                    t["offset_ns"].as_f64().unwrap_or(0.0) / 1e6
+                ),
+                fix: None,
+            }
+        } else {
+            Check {
+                name: "time",
+                level: Level::Warn,
+                reason: format!(
+                    "the box's clock is not synchronised ({}); it runs on its hardware clock",
+                    t["reason"].as_str().unwrap_or("no answer")
+                ),
+                fix: Some("give the box an NTP server it can reach (DHCP option 42, or the image's [system.time] ntp_servers)".into()),
+            }
+        });
+    }
     // Time: the exporters' clocks against the box's.
     let worst = exporters.iter().max_by_key(|e| e.clock_offset_ms.unsigned_abs());
     checks.push(match worst {
@@ -908,6 +942,9 @@ pub struct System {
     pub certificate: String,
     pub certificate_not_after: Option<String>,
     pub collector: Vec<String>,
+    /// The management network and time sync as PID 1 set them up (the image only).
+    pub network: Option<serde_json::Value>,
+    pub time: Option<serde_json::Value>,
     pub detectors: Option<crate::detect::EngineStatus>,
     /// (name, role, changed); only for admins.
     pub users: Option<Vec<(String, String, String)>>,
@@ -932,6 +969,8 @@ pub fn system(state: &State, viewer: &Viewer) -> System {
         certificate: state.fingerprint.clone(),
         certificate_not_after: state.cert_not_after_ms.map(rfc3339_ms),
         collector: state.app.collector.iter().map(|a| format!("udp {a}")).collect(),
+        network: host_status(state, "network.json"),
+        time: host_status(state, "time.json"),
         detectors: crate::detect::rows::load_status(&reader).ok().flatten(),
         users,
         audit: state.audit.recent(),
