@@ -145,6 +145,9 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
     assert_eq!(b.count("svg.chart"), 2);
     assert!(b.count("svg.chart rect") > 10);
     assert!(b.text("main").contains("Top talkers"));
+    // Every top list has rows (from the roll-ups; the demo's last day is in range).
+    let empty = b.script("return [...document.querySelectorAll('main table')].filter(t => t.querySelector('td.none')).length");
+    assert_eq!(empty, 0, "a top list is empty");
     b.screenshot(&shots().join("traffic.png"));
 
     for (path, expect) in [

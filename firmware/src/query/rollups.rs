@@ -235,6 +235,41 @@ pub fn top(reader: &Reader, scope: &Scope, key: TopKey, by: By, limit: usize) ->
     Ok(certify(kind, by, limit, top_n, &lists).map(|rows| (rows, totals)))
 }
 
+/// An approximate ranking for views that must not scan (the status page):
+/// each whole hour's stored top list summed, so every value is a lower bound
+/// (a key counts only in the hours whose list holds it). None when the range
+/// has no stored lists. Callers say it is approximate.
+pub fn top_from_hour_lists(reader: &Reader, scope: &Scope, key: TopKey, by: By, limit: usize) -> Result<Option<Vec<Row>>, StoreError> {
+    let kind = match key {
+        TopKey::Src => top::SRC,
+        TopKey::Dst => top::DST,
+        TopKey::DstPort => top::DST_PORT,
+        TopKey::Conversation => top::CONVERSATION,
+        TopKey::Proto => return Ok(None),
+    };
+    let m = match by {
+        By::Bytes => metric::BYTES,
+        By::Packets => metric::PACKETS,
+        By::Flows => metric::FLOWS,
+    };
+    let first = scope.from - scope.from % HOUR;
+    let hours: Vec<u64> = (first..scope.to.min(first + 400 * 24 * HOUR)).step_by(HOUR as usize).collect();
+    let mut sums: HashMap<Key, Counts> = HashMap::new();
+    let mut any = false;
+    for (_, list) in reader.hour_tops(&hours, kind, m)? {
+        for e in list.into_iter().flatten() {
+            any = true;
+            if let Some(k) = typed(kind, &e.key) {
+                let c = sums.entry(k).or_default();
+                c.0 += e.flows;
+                c.1 += e.packets;
+                c.2 += e.bytes;
+            }
+        }
+    }
+    Ok(any.then(|| ranked(sums.into_iter().collect(), by, limit)))
+}
+
 /// The proto key is answered from the minute rows above.
 fn unreachable_proto() -> u8 {
     top::SRC

@@ -311,6 +311,12 @@ pub async fn traffic(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
     }
     for (name, rows) in &t.top {
         let _ = write!(b, "<h2>Top {}</h2>", esc(name));
+        if t.top_approximate.contains(name) {
+            b.push_str(
+                "<p class=\"hint\">Approximate: summed from each hour's stored top list (every value is at least \
+                 this; the exact ranking: <code>flowwarden query --top</code>).</p>",
+            );
+        }
         let r: Vec<Vec<String>> = rows
             .iter()
             .map(|r| vec![esc(&r.key), units::bytes(r.bytes), r.packets.to_string(), r.flows.to_string()])

@@ -800,6 +800,9 @@ pub struct Traffic {
     /// (bucket start, flows, packets, bytes).
     pub series: Vec<(String, u64, u64, u64)>,
     pub top: BTreeMap<String, Vec<TopRow>>,
+    /// Top lists summed from each hour's stored list (values at least these,
+    /// the order may differ from an exact ranking): `flowwarden query --top` is exact.
+    pub top_approximate: Vec<String>,
     pub note: Option<String>,
 }
 
@@ -859,6 +862,7 @@ pub fn traffic(state: &State, q: &ListQuery) -> Traffic {
         filter: Filter::Any,
     };
     let mut top = BTreeMap::new();
+    let mut approximate = Vec::new();
     for (name, key) in [
         ("talkers", TopKey::Src),
         ("destinations", TopKey::Dst),
@@ -866,11 +870,17 @@ pub fn traffic(state: &State, q: &ListQuery) -> Traffic {
         ("ports", TopKey::DstPort),
         ("protocols", TopKey::Proto),
     ] {
+        // Exact from the roll-ups where they can; else each hour's stored list
+        // summed (lower bounds, said so) — never a scan of the raw flows here.
         let rows = match query::rollups::top(&reader, &top_scope, key, By::Bytes, 10) {
             Ok(Ok((rows, _))) => rows,
-            _ => query::top(&reader, &top_scope, key, By::Bytes, 10)
-                .map(|(r, _, _, _)| r)
-                .unwrap_or_default(),
+            _ => match query::rollups::top_from_hour_lists(&reader, &top_scope, key, By::Bytes, 10) {
+                Ok(Some(rows)) => {
+                    approximate.push(name.to_string());
+                    rows
+                }
+                _ => Vec::new(),
+            },
         };
         top.insert(
             name.to_string(),
@@ -889,6 +899,7 @@ pub fn traffic(state: &State, q: &ListQuery) -> Traffic {
         bucket_s: bucket / 1000,
         series: points,
         top,
+        top_approximate: approximate,
         note,
     }
 }
