@@ -781,14 +781,32 @@ pub struct ListQuery {
     pub filter: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub page: Option<u64>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub limit: Option<u64>,
     pub format: Option<String>,
     pub kind: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub severity: Option<u8>,
     pub host: Option<String>,
     pub since: Option<String>,
     pub range: Option<String>,
+}
+
+/// A number from a form field: an empty field (a form submitted with it
+/// blank) is no value; anything else must parse (the 400 names the field).
+fn empty_as_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// Re-exported for the views: the extractors they use.
@@ -798,6 +816,17 @@ pub type Id = Path<String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_form_numbers_are_no_value() {
+        let parse = |q: &str| {
+            let uri: axum::http::Uri = format!("/alerts?{q}").parse().unwrap_or_default();
+            Query::<ListQuery>::try_from_uri(&uri).map(|q| q.0)
+        };
+        let q = parse("kind=scan&severity=&host=&limit=50").unwrap_or_default();
+        assert_eq!((q.severity, q.limit, q.kind.as_deref()), (None, Some(50), Some("scan")));
+        assert!(parse("severity=high").is_err());
+    }
 
     #[test]
     fn the_stand_in_hash_is_a_real_argon2id_hash() {

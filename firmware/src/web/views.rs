@@ -458,6 +458,8 @@ pub struct Exporters {
     /// Datagrams lost in the kernel's socket buffers and in the decoder queue.
     pub kernel_drops: u64,
     pub queue_drops: u64,
+    /// Datagrams that were not NetFlow/IPFIX (another sender on the port, or not an exporter).
+    pub not_netflow: u64,
     /// Templates known now and data sets waiting for theirs (all exporters).
     pub templates_known: u64,
     pub sets_waiting: u64,
@@ -521,6 +523,7 @@ pub fn exporters(state: &State) -> Exporters {
         exporters: views,
         kernel_drops: m.value(&defs::COLLECTOR_DROPPED, &["kernel"]),
         queue_drops: m.value(&defs::COLLECTOR_DROPPED, &["decoder_queue"]),
+        not_netflow: m.value(&defs::DECODE_DROPPED, &["not_netflow"]),
         templates_known: m.value(&defs::DECODE_TEMPLATES, &[]),
         sets_waiting: m.value(&defs::DECODE_PENDING_SETS, &[]),
     }

@@ -158,6 +158,25 @@ impl Browser {
             .to_string()
     }
 
+    /// Wait (up to 30 s) until `cond` holds: a click that submits a form
+    /// returns before the next page has loaded.
+    pub fn wait_until(&self, what: &str, cond: impl Fn(&Browser) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "waited 30 s for {what}; at {}", self.url());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until the page's `main` shows `needle`.
+    pub fn wait_for_text(&self, needle: &str) {
+        self.wait_until(needle, |b| {
+            b.script("const m = document.querySelector('main'); return m ? m.innerText : ''")
+                .as_str()
+                .is_some_and(|t| t.contains(needle))
+        });
+    }
+
     pub fn script(&self, js: &str) -> Value {
         self.cmd("POST", "/execute/sync", Some(json!({ "script": js, "args": [] })))
     }
