@@ -999,15 +999,7 @@ fn page_audit_events_reach_rsyslog() {
     let (addr, fp) = run.web.clone().unwrap_or_else(|| panic!("no web line"));
     let mut c = common::https::Client::new(addr, &fp);
     for password in ["not the password", "a good long password"] {
-        let page = c.get("/login");
-        let csrf = page
-            .body
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or_default()
-            .to_string();
-        c.post_form("/login", &[("user", "tech"), ("password", password), ("csrf", &csrf)]);
+        c.login("tech", password);
     }
     // CEF over TLS: syslog MSGID audit, cat=audit, the actor and the source address.
     let lines = rs.wait_for("octet", "the failed and the good login", |l| {

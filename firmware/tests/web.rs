@@ -7,7 +7,7 @@
 mod common;
 
 use common::Running;
-use common::https::{Client, Resp};
+use common::https::{Client, Resp, csrf_field};
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 
@@ -73,20 +73,8 @@ fn audit_actions(c: &mut Client) -> Vec<String> {
         .collect()
 }
 
-/// The hidden CSRF field of a page's form.
-fn csrf_field(html: &str) -> String {
-    html.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_else(|| panic!("no csrf field in {html}"))
-        .to_string()
-}
-
 fn login(c: &mut Client, user: &str, password: &str) -> Resp {
-    let page = c.get("/login");
-    assert_eq!(page.status, 200);
-    let csrf = csrf_field(&page.body);
-    c.post_form("/login", &[("user", user), ("password", password), ("csrf", &csrf)])
+    c.login(user, password)
 }
 
 fn assert_headers(r: &Resp, what: &str) {

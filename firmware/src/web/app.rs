@@ -17,7 +17,7 @@ use crate::accounts::{AccountChange, TokenRole, User, UserRole};
 use crate::metrics::defs;
 use crate::store::DataDir;
 use crate::store::reader::Reader;
-use axum::extract::{FromRequestParts, Path, Query, State as AxState};
+use axum::extract::{FromRequestParts, Query, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -159,23 +159,17 @@ impl State {
 
     /// An audit event: logged, kept for `/system`, and spooled for every SIEM destination.
     fn audit(&self, action: &str, actor: &str, addr: IpAddr, detail: impl Into<String>) {
-        let e = AuditEvent {
-            at_ms: self.now(),
+        let record = crate::forward::event::AuditRecord {
             action: action.into(),
             actor: actor.into(),
             addr: addr.to_string(),
             detail: detail.into(),
         };
         if let Some(outbox) = &self.app.audit_outbox {
-            let dropped = outbox.push_audit(crate::forward::event::AuditRecord {
-                action: e.action.clone(),
-                actor: e.actor.clone(),
-                addr: e.addr.clone(),
-                detail: e.detail.clone(),
-            });
+            let dropped = outbox.push_audit(record.clone());
             self.evicted("audit_outbox", dropped);
         }
-        self.audit.record(e);
+        self.audit.record(AuditEvent { at_ms: self.now(), record });
     }
 
     /// An admin action, audited.
@@ -255,29 +249,25 @@ impl State {
     /// Apply an account change through the control channel's handler (the
     /// store writer commits it).
     async fn change(&self, change: AccountChange) -> Result<(), String> {
-        let Some(handler) = self.app.control.clone() else {
-            return Err("this appliance cannot change accounts from the page".into());
-        };
-        let req = crate::control::Request::Accounts(change);
-        match tokio::task::spawn_blocking(move || handler(req)).await {
-            Ok(crate::control::Reply::Done) => {
-                *self.tokens.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Ok(())
-            }
-            Ok(crate::control::Reply::Refused(why)) => Err(why),
-            Err(e) => Err(format!("the change did not run: {e}")),
-        }
+        self.control(crate::control::Request::Accounts(change)).await?;
+        *self.tokens.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
     /// Acknowledge an alert through the control channel's handler (the store writer commits it).
     pub async fn ack(&self, id: &str, by: &str) -> Result<(), String> {
-        let Some(handler) = self.app.control.clone() else {
-            return Err("this appliance cannot change state from the page".into());
-        };
-        let req = crate::control::Request::AckAlert {
+        self.control(crate::control::Request::AckAlert {
             id: id.to_string(),
             by: by.to_string(),
             at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// Ask the control channel's handler (it blocks until the store writer committed).
+    async fn control(&self, req: crate::control::Request) -> Result<(), String> {
+        let Some(handler) = self.app.control.clone() else {
+            return Err("this appliance cannot change state from the page".into());
         };
         match tokio::task::spawn_blocking(move || handler(req)).await {
             Ok(crate::control::Reply::Done) => Ok(()),
@@ -445,12 +435,17 @@ impl IntoResponse for Rejection {
     }
 }
 
+/// The open session a request's cookie names (touched: its idle time starts again).
+fn session(headers: &HeaderMap, state: &State) -> Option<Viewer> {
+    cookie(headers, SESSION_COOKIE).and_then(|id| state.sessions.get(id, state.now()))
+}
+
 impl FromRequestParts<State> for Viewer {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, Self::Rejection> {
         let api = parts.uri.path().starts_with("/api/");
-        if let Some(v) = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| state.sessions.get(id, state.now())) {
+        if let Some(v) = session(&parts.headers, state) {
             return Ok(v);
         }
         if api {
@@ -475,7 +470,7 @@ impl axum::extract::OptionalFromRequestParts<State> for Viewer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Option<Self>, Self::Rejection> {
-        Ok(cookie(&parts.headers, SESSION_COOKIE).and_then(|id| state.sessions.get(id, state.now())))
+        Ok(session(&parts.headers, state))
     }
 }
 
@@ -757,7 +752,7 @@ async fn logout(AxState(state): AxState<State>, viewer: Viewer, parts: Parts, Fo
 /// `/metrics`: the live registry in the Prometheus text format 0.0.4.
 async fn metrics(AxState(state): AxState<State>, headers: HeaderMap) -> Response {
     let allowed = state.metrics_public
-        || cookie(&headers, SESSION_COOKIE).is_some_and(|id| state.sessions.get(id, state.now()).is_some())
+        || session(&headers, &state).is_some()
         || bearer(&headers).is_some_and(|t| matches!(auth::token_role(&state.tokens(), t), Some((_, TokenRole::Metrics))));
     if !allowed {
         return (
@@ -809,9 +804,8 @@ where
     }
 }
 
-/// Re-exported for the views: the extractors they use.
+/// The list views' query-string extractor.
 pub type Q = Query<ListQuery>;
-pub type Id = Path<String>;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! change and admin action becomes one event, logged (target `audit`) and kept
 //! in a bounded ring shown on `/system` (the oldest falls out first).
 
+use crate::forward::event::AuditRecord;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -9,17 +10,12 @@ use std::sync::Mutex;
 /// Events kept for `/system`.
 pub const KEPT: usize = 256;
 
+/// An audit event as kept for `/system`: when, and what the SIEM gets too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEvent {
     pub at_ms: u64,
-    /// `login`, `login_failed`, `login_throttled`, `logout`, `setup`, `user_set`, …
-    pub action: String,
-    /// Who did it (user name, `token:NAME`, or `-` before login).
-    pub actor: String,
-    /// The source address.
-    pub addr: String,
-    /// What it concerned and how it ended, in words.
-    pub detail: String,
+    #[serde(flatten)]
+    pub record: AuditRecord,
 }
 
 #[derive(Default)]
@@ -29,7 +25,8 @@ pub struct Audit {
 
 impl Audit {
     pub fn record(&self, e: AuditEvent) {
-        tracing::info!(target: "audit", "{} by {} from {}: {}", e.action, e.actor, e.addr, e.detail);
+        let r = &e.record;
+        tracing::info!(target: "audit", "{} by {} from {}: {}", r.action, r.actor, r.addr, r.detail);
         let mut r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if r.len() >= KEPT {
             r.pop_front();

@@ -55,12 +55,10 @@ pub struct Appliance {
     pub audit_outbox: Option<crate::forward::spool::Outbox>,
 }
 
-/// A started page: its listeners' addresses, its fingerprint, the tasks.
+/// A started page: its listeners' addresses and tasks.
 pub struct Started {
+    /// The HTTPS addresses actually bound.
     pub urls: Vec<SocketAddr>,
-    pub redirect: Option<SocketAddr>,
-    pub fingerprint: String,
-    pub setup_code: Option<String>,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -125,27 +123,17 @@ pub async fn start(cfg: &WebConfig, app: Appliance, root: bool, stop: tokio::syn
             &format!("flowwarden: web https://{u}/ certificate {}", identity.fingerprint),
         );
     }
-    let redirect_addr = match redirect {
-        Some(l) => {
-            let bound = l.local_addr().ok();
-            let port = urls.first().map(|u| u.port()).unwrap_or(443);
-            tasks.push(tokio::spawn(listen::serve_redirect(l, port, shared.clone(), stop.clone())));
-            if let Some(b) = bound {
-                say(&mut out, &format!("flowwarden: web http://{b}/ redirects to https"));
-            }
-            bound
+    if let Some(l) = redirect {
+        let port = urls.first().map(|u| u.port()).unwrap_or(443);
+        if let Ok(b) = l.local_addr() {
+            say(&mut out, &format!("flowwarden: web http://{b}/ redirects to https"));
         }
-        None => None,
-    };
-    let setup_code = state.refresh_setup();
+        tasks.push(tokio::spawn(listen::serve_redirect(l, port, shared.clone(), stop.clone())));
+    }
+    // Prints the setup code while no admin exists.
+    state.refresh_setup();
     tasks.push(tokio::spawn(app::housekeeping(state, stop)));
-    Ok(Started {
-        urls,
-        redirect: redirect_addr,
-        fingerprint: identity.fingerprint,
-        setup_code,
-        tasks,
-    })
+    Ok(Started { urls, tasks })
 }
 
 /// A line on stdout (the console on the image) and in the log.

@@ -724,7 +724,10 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
     let rows: Vec<Vec<String>> = x
         .audit
         .iter()
-        .map(|e| vec![html::time_ms(e.at_ms), esc(&e.action), esc(&e.actor), esc(&e.addr), esc(&e.detail)])
+        .map(|e| {
+            let r = &e.record;
+            vec![html::time_ms(e.at_ms), esc(&r.action), esc(&r.actor), esc(&r.addr), esc(&r.detail)]
+        })
         .collect();
     b.push_str(&table(&["Time", "Action", "By", "From", "Detail"], &rows));
     page("System", "/system", &v, &b)

@@ -121,6 +121,25 @@ impl Client {
     }
 }
 
+/// The hidden CSRF field of a page's form.
+pub fn csrf_field(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf field in {html}"))
+        .to_string()
+}
+
+impl Client {
+    /// Log in through the form as a browser does (GET /login for its token, then POST).
+    pub fn login(&mut self, user: &str, password: &str) -> Resp {
+        let page = self.get("/login");
+        assert_eq!(page.status, 200);
+        let csrf = csrf_field(&page.body);
+        self.post_form("/login", &[("user", user), ("password", password), ("csrf", &csrf)])
+    }
+}
+
 fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
