@@ -36,6 +36,9 @@ pub enum Request {
         by: String,
         at_ms: u64,
     },
+    /// Read the configuration file again and apply it (`flowwarden reload`,
+    /// the page's settings).
+    Reload,
 }
 
 /// The appliance's answer.
@@ -45,6 +48,8 @@ pub enum Reply {
     Done,
     /// Not applied, and why.
     Refused(String),
+    /// The configuration was reloaded (what the appliance said).
+    Reloaded(String),
 }
 
 #[derive(Debug, Error)]

@@ -43,36 +43,46 @@ pub struct Def {
 /// Distinct label sets kept per metric.
 pub const MAX_SERIES: usize = 4096;
 
+/// One series' value, and what a cumulative source restarted at zero adds to
+/// it (see [`Registry::rebase`]).
+#[derive(Debug, Default)]
+struct Cell {
+    value: AtomicU64,
+    base: AtomicU64,
+}
+
 /// A counter handle (cheap to clone, one atomic add per update).
 #[derive(Debug, Clone)]
-pub struct Counter(Arc<AtomicU64>);
+pub struct Counter(Arc<Cell>);
 
 impl Counter {
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.value.fetch_add(1, Ordering::Relaxed);
     }
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.value.fetch_add(n, Ordering::Relaxed);
     }
-    /// Raise to `v` if below (a counter mirrored from a cumulative source).
+    /// Raise to `v` (plus the base of earlier generations) if below: a counter
+    /// mirrored from a cumulative source.
     pub fn set_at_least(&self, v: u64) {
-        self.0.fetch_max(v, Ordering::Relaxed);
+        let v = v.saturating_add(self.0.base.load(Ordering::Relaxed));
+        self.0.value.fetch_max(v, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.value.load(Ordering::Relaxed)
     }
 }
 
 /// A gauge handle.
 #[derive(Debug, Clone)]
-pub struct Gauge(Arc<AtomicU64>);
+pub struct Gauge(Arc<Cell>);
 
 impl Gauge {
     pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.value.store(v, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.value.load(Ordering::Relaxed)
     }
 }
 
@@ -111,7 +121,7 @@ pub fn series_name(name: &str, labels: &[(&str, String)]) -> String {
 
 #[derive(Debug, Default)]
 struct Series {
-    by_labels: BTreeMap<Vec<String>, Arc<AtomicU64>>,
+    by_labels: BTreeMap<Vec<String>, Arc<Cell>>,
 }
 
 #[derive(Debug, Default)]
@@ -136,7 +146,7 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn cell(&self, def: &'static Def, values: &[&str]) -> Arc<AtomicU64> {
+    fn cell(&self, def: &'static Def, values: &[&str]) -> Arc<Cell> {
         let mut key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         key.resize(def.labels.len(), String::new());
         let mut g = self.lock();
@@ -173,7 +183,7 @@ impl Registry {
                     name,
                     kind: def.kind,
                     labels: def.labels.iter().copied().zip(values.iter().cloned()).collect(),
-                    value: cell.load(Ordering::Relaxed),
+                    value: cell.value.load(Ordering::Relaxed),
                 });
             }
         }
@@ -187,7 +197,7 @@ impl Registry {
         g.metrics
             .get(def.name)
             .and_then(|(_, s)| s.by_labels.get(&key))
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|c| c.value.load(Ordering::Relaxed))
             .unwrap_or(0)
     }
 
@@ -200,10 +210,27 @@ impl Registry {
             let _ = writeln!(s, "# TYPE {name} {}", def.kind.as_str());
             for (values, cell) in &series.by_labels {
                 let labels: Vec<(&str, String)> = def.labels.iter().copied().zip(values.iter().cloned()).collect();
-                let _ = writeln!(s, "{} {}", series_name(name, &labels), cell.load(Ordering::Relaxed));
+                let _ = writeln!(s, "{} {}", series_name(name, &labels), cell.value.load(Ordering::Relaxed));
             }
         }
         s
+    }
+
+    /// A new generation of the stages starts (a configuration reload): the
+    /// cumulative sources of the metrics `restarted` names begin again at zero,
+    /// so each such counter's present value becomes the base its mirrored
+    /// values add to. Counters never go back, nor stall; metrics whose sources
+    /// carry on (or are restored from the state file) are left alone.
+    pub fn rebase(&self, restarted: impl Fn(&str) -> bool) {
+        let g = self.lock();
+        for (name, (def, series)) in &g.metrics {
+            if def.kind != Kind::Counter || !restarted(name) {
+                continue;
+            }
+            for cell in series.by_labels.values() {
+                cell.base.store(cell.value.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Updates that were folded into `overflow` series.
@@ -675,6 +702,25 @@ mod tests {
             text.contains("# TYPE flowwarden_store_bytes gauge\nflowwarden_store_bytes 1024\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_reload_neither_rewinds_nor_stalls_mirrored_counters() {
+        let r = Registry::new();
+        let dropped = r.counter(&defs::PIPELINE_DROPPED_FLOWS, &["store"]);
+        let records = r.counter(&defs::DECODE_RECORDS, &["192.0.2.1:2055"]);
+        dropped.set_at_least(40);
+        records.set_at_least(1000);
+        // A reload: the pipeline's drops restart at 0, the exporter's records
+        // are restored from the state file and carry on.
+        r.rebase(|name| name == defs::PIPELINE_DROPPED_FLOWS.name);
+        dropped.set_at_least(0);
+        assert_eq!(dropped.get(), 40);
+        dropped.set_at_least(5);
+        assert_eq!(dropped.get(), 45, "new drops count at once");
+        records.set_at_least(1000);
+        records.set_at_least(1010);
+        assert_eq!(records.get(), 1010, "a carried source is not counted twice");
     }
 
     #[test]

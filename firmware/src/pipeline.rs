@@ -69,6 +69,40 @@ pub enum Backpressure {
     Drop,
 }
 
+/// What outlives one generation of the stages (a configuration reload keeps
+/// them): the metrics registry and the forwarding outbox the page's audit
+/// events wait in.
+#[derive(Clone)]
+pub struct Lasting {
+    pub metrics: Arc<Registry>,
+    pub outbox: Outbox,
+}
+
+impl Lasting {
+    pub fn new() -> Lasting {
+        Lasting {
+            metrics: Registry::new(),
+            outbox: Outbox::default(),
+        }
+    }
+}
+
+impl Default for Lasting {
+    fn default() -> Self {
+        Lasting::new()
+    }
+}
+
+impl PipelineReport {
+    /// Add another generation's flow counts (a reload ended it).
+    fn add(&mut self, other: &PipelineReport) {
+        self.flows_committed += other.flows_committed;
+        self.flows_evicted += other.flows_evicted;
+        self.flows_dropped_queue += other.flows_dropped_queue;
+        self.flows_dropped_store += other.flows_dropped_store;
+    }
+}
+
 /// Counters of the pipeline itself.
 #[derive(Debug, Default)]
 pub struct PipelineCounters {
@@ -123,7 +157,9 @@ pub struct Pipeline {
     tx: Option<SyncSender<StoreMsg>>,
     writer: Option<JoinHandle<Arc<StoreCounters>>>,
     detect_tx: Option<SyncSender<DetectMsg>>,
-    detector: Option<JoinHandle<()>>,
+    detector: Option<JoinHandle<Option<Engine>>>,
+    /// Tells the detector thread to hand its engine back instead of finishing it.
+    detect_handoff: Arc<std::sync::atomic::AtomicBool>,
     store_counters: Arc<StoreCounters>,
     batch: Vec<FlowRecord>,
     batch_flows: usize,
@@ -140,6 +176,19 @@ pub struct Pipeline {
 impl Pipeline {
     /// Open the data directory and start the writer thread.
     pub fn open(cfg: &Config, data_dir: &Path, mode: Backpressure) -> Result<Pipeline, PipelineError> {
+        Pipeline::open_with(cfg, data_dir, mode, Lasting::new(), Carried::default())
+    }
+
+    /// [`Pipeline::open`] publishing into handles that outlive it, and going on
+    /// with the decoder and detection engine of the generation before (a
+    /// reload: they take the new settings and keep their state).
+    pub fn open_with(
+        cfg: &Config,
+        data_dir: &Path,
+        mode: Backpressure,
+        lasting: Lasting,
+        carried: Carried,
+    ) -> Result<Pipeline, PipelineError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
             path: data_dir.to_path_buf(),
             source: e,
@@ -150,7 +199,7 @@ impl Pipeline {
             settings.commit_max_flows = 262_144;
         }
         let dir = DataDir::new(data_dir);
-        let metrics = Registry::new();
+        let Lasting { metrics, outbox } = lasting;
         let mut writer = StoreWriter::open(dir.clone(), settings, metrics.clone())?;
         // What the stages persisted, read back beside the writer.
         let reader = Reader::new(dir.clone());
@@ -164,30 +213,49 @@ impl Pipeline {
                 max_bytes: f.spool_bytes(),
             })
             .collect();
-        let outbox = Outbox::default();
         let book = crate::forward::spool::SpoolBook::load(&dir.state(), dests, forward.clone(), outbox.clone(), metrics.clone())?;
         writer.add_participant(Box::new(book));
         let store_counters = writer.counters.clone();
-        let decoder = Decoder::new(
-            &cfg.decoder_settings(),
-            crate::decode::rows::load_templates(&reader)?,
-            crate::decode::rows::load_exporters(&reader)?,
-        )?;
-        let detect_loaded = crate::detect::rows::load(&reader)?;
+        let decoder = match carried.decoder {
+            Some((mut d, old)) => {
+                let fixed = d.reconfigure(&cfg.decoder_settings(), &old);
+                if !fixed.is_empty() {
+                    tracing::warn!("{} changed: takes effect when the appliance restarts", fixed.join(", "));
+                }
+                d
+            }
+            None => Decoder::new(
+                &cfg.decoder_settings(),
+                crate::decode::rows::load_templates(&reader)?,
+                crate::decode::rows::load_exporters(&reader)?,
+            )?,
+        };
         let (tx, rx) = sync_channel(cfg.collector.queue_batches);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(writer, rx))
             .map_err(PipelineError::Thread)?;
         let spool_outbox = outbox.clone();
+        let detect_handoff = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (detect_tx, detector) = if cfg.detect.enabled {
-            let engine = Engine::new(cfg.detect.clone(), cfg.network.internal.clone(), detect_loaded);
+            let engine = match carried.engine {
+                Some(mut e) => {
+                    e.reconfigure(cfg.detect.clone(), cfg.network.internal.clone());
+                    e
+                }
+                None => Engine::new(
+                    cfg.detect.clone(),
+                    cfg.network.internal.clone(),
+                    crate::detect::rows::load(&reader)?,
+                ),
+            };
             let (dtx, drx) = sync_channel(cfg.collector.queue_batches);
             let wtx = tx.clone();
             let m = metrics.clone();
+            let handoff = detect_handoff.clone();
             let h = std::thread::Builder::new()
                 .name("detect".into())
-                .spawn(move || run_detector(engine, drx, wtx, outbox, m))
+                .spawn(move || run_detector(engine, drx, wtx, outbox, m, handoff))
                 .map_err(PipelineError::Thread)?;
             (Some(dtx), Some(h))
         } else {
@@ -199,6 +267,7 @@ impl Pipeline {
             writer: Some(handle),
             detect_tx,
             detector,
+            detect_handoff,
             store_counters,
             batch: Vec::with_capacity(cfg.collector.batch_flows),
             batch_flows: cfg.collector.batch_flows,
@@ -319,12 +388,32 @@ impl Pipeline {
 
     /// Flush, stop the writer and report.
     pub fn finish(mut self) -> PipelineReport {
+        self.stop(false).0
+    }
+
+    /// Stop this generation for a reload: everything is written as by
+    /// [`Pipeline::finish`], but the decoder (templates, data waiting for
+    /// them, exporter health) and, with `keep_engine`, the detection engine
+    /// (sessions, windows, open alerts) are handed back unfinished, for
+    /// [`Pipeline::open_with`] to go on with.
+    pub fn hand_over(mut self, keep_engine: bool, settings: crate::decode::settings::DecoderSettings) -> (PipelineReport, Carried) {
+        let (report, engine) = self.stop(keep_engine);
+        let Pipeline { decoder, .. } = self;
+        (
+            report,
+            Carried {
+                decoder: Some((decoder, settings)),
+                engine,
+            },
+        )
+    }
+
+    fn stop(&mut self, keep_engine: bool) -> (PipelineReport, Option<Engine>) {
         self.flush();
         // The detector finishes first: its last alerts and state go to the writer.
+        self.detect_handoff.store(keep_engine, Ordering::Relaxed);
         drop(self.detect_tx.take());
-        if let Some(h) = self.detector.take() {
-            let _ = h.join();
-        }
+        let engine = self.detector.take().and_then(|h| h.join().ok().flatten());
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(StoreMsg::Rows(Box::new(DecoderRows {
                 templates: self.decoder.template_changes(),
@@ -336,7 +425,7 @@ impl Pipeline {
         }
         let c = &self.store_counters;
         let g = StoreCounters::get;
-        PipelineReport {
+        let report = PipelineReport {
             decode: self.decoder.totals.clone(),
             flows_committed: g(&c.flows_committed),
             flows_dropped_queue: self.counters.flows_dropped.load(Ordering::Relaxed),
@@ -360,61 +449,106 @@ impl Pipeline {
             templates: self.decoder.template_count(),
             exporters_evicted: self.decoder.exporters_evicted(),
             flows_dropped_detect_queue: self.counters.detect_flows_dropped.load(Ordering::Relaxed),
-        }
+        };
+        (report, engine)
     }
 }
 
-/// `flowwarden run`: the pipeline behind the collector's sockets, the decoder
-/// thread between them, and the SIEM senders, until `shutdown` resolves;
-/// returns what was stored. `on_ready` gets the bound addresses once the
-/// sockets listen (the demo sends there).
-pub async fn run_live(
-    cfg: Config,
-    data_dir: PathBuf,
-    listen: Vec<SocketAddr>,
-    shutdown: impl Future<Output = ()>,
-    on_ready: impl FnOnce(&[SocketAddr]),
-) -> Result<PipelineReport, PipelineError> {
-    // The data directory first: a second appliance on it is named before any socket is taken.
-    let mut pipeline = Pipeline::open(&cfg, &data_dir, Backpressure::Drop)?;
-    let rcvbuf = cfg.collector.receive_buffer.resolve(0).max(4096) as usize;
-    let explicit = !listen.is_empty();
-    let addrs = if explicit { listen } else { cfg.collector.listen.clone() };
-    let bound = collector::bind_all(&addrs, explicit, rcvbuf)?;
-    let forward_shared = pipeline.forward.clone();
-    let metrics = pipeline.metrics.clone();
-    let pipeline_metrics = pipeline.metrics.clone();
-    let audit_outbox = pipeline.outbox.clone();
-    let counters = Arc::new(SocketCounters::default());
-    let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
-    let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
-    // The control channel (accounts now; config, updates later) commits through this writer.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let control = crate::control::bind(&data_dir)?;
-    let handler = control_handler(pipeline.tx.clone(), crate::store::DataDir::new(&data_dir));
-    let control_task = tokio::spawn(crate::control::serve(control, data_dir.clone(), handler.clone(), stop_rx.clone()));
+/// What a stopped generation hands to the next (see [`Pipeline::hand_over`]):
+/// the decoder with the settings it ran with, and the detection engine.
+#[derive(Default)]
+pub struct Carried {
+    pub decoder: Option<(Decoder, crate::decode::settings::DecoderSettings)>,
+    pub engine: Option<Engine>,
+}
 
-    let dec_counters = counters.clone();
+/// How `run` reads its configuration again for a reload: the file it was
+/// started with (or the data directory's `flowwarden.toml`), validated exactly
+/// like `check-config`, with the command line's overrides applied.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// A reload asked for; the control channel waits for what happened.
+type ReloadAsk = Option<SyncSender<Result<String, String>>>;
+
+/// The store writer's sender for the control channel: swapped at each reload,
+/// None while the stages restart (requests then wait a moment).
+type WriterSlot = Arc<std::sync::Mutex<Option<SyncSender<StoreMsg>>>>;
+
+/// Metrics whose sources start again at zero in a new generation (the store
+/// writer and the pipeline's own queues; the decoder, the detection engine,
+/// the sockets and the spools carry on).
+fn restarts_with_generation(name: &str) -> bool {
+    name.starts_with("flowwarden_store_") || name == defs::PIPELINE_DROPPED_FLOWS.name
+}
+
+type DatagramRx = std::sync::mpsc::Receiver<collector::Datagram>;
+
+/// One generation of the stages behind the collector's sockets: the pipeline
+/// (writer, detector) owned by the decoder thread, and the SIEM senders.
+struct Generation {
+    decoder: JoinHandle<(DatagramRx, PipelineReport, Carried)>,
+    /// Set: the decoder thread stops and hands its pipeline over (a reload).
+    hand_over: Arc<std::sync::atomic::AtomicU8>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    senders_stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// `hand_over` values.
+const RUNNING: u8 = 0;
+const HAND_OVER_KEEP_ENGINE: u8 = 1;
+const HAND_OVER_FINISH_ENGINE: u8 = 2;
+
+struct GenerationParts<'a> {
+    cfg: &'a Config,
+    data_dir: &'a Path,
+    rx: DatagramRx,
+    counters: Arc<SocketCounters>,
+    inodes: Vec<u64>,
+    slot: &'a WriterSlot,
+}
+
+fn start_generation(pipeline: Pipeline, p: GenerationParts<'_>) -> Result<Generation, PipelineError> {
+    *p.slot.lock().unwrap_or_else(|e| e.into_inner()) = pipeline.tx.clone();
+    let (senders_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let senders = crate::forward::spawn_all(
+        &p.cfg.forward,
+        &crate::store::DataDir::new(p.data_dir),
+        pipeline.forward.clone(),
+        pipeline.metrics.clone(),
+        stop_rx,
+    );
+    let hand_over = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
+    let flag = hand_over.clone();
+    let settings = p.cfg.decoder_settings();
+    let GenerationParts { rx, counters, inodes, .. } = p;
+    let mut pipeline = pipeline;
     let decoder = std::thread::Builder::new()
         .name("decoder".into())
         .spawn(move || {
             let mut last_flush = Instant::now();
             let mut last_kernel = Instant::now();
-            let mut reported_drops = 0;
+            let mut reported_drops = counters.kernel_drops.load(Ordering::Relaxed);
             loop {
+                let mode = flag.load(Ordering::Relaxed);
+                if mode != RUNNING {
+                    // A reload: what is still queued waits for the next generation.
+                    pipeline.publish_socket_metrics(&counters);
+                    let (report, carried) = pipeline.hand_over(mode == HAND_OVER_KEEP_ENGINE, settings);
+                    return (rx, report, carried);
+                }
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok((src, arrival, data)) => pipeline.datagram(src, arrival, &data),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
                 if last_flush.elapsed() >= FLUSH_EVERY {
-                    pipeline.publish_socket_metrics(&dec_counters);
+                    pipeline.publish_socket_metrics(&counters);
                     pipeline.flush();
                     last_flush = Instant::now();
                 }
                 if last_kernel.elapsed() >= KERNEL_STATS_EVERY {
                     let drops = collector::kernel_drops(&inodes);
-                    dec_counters.kernel_drops.store(drops, Ordering::Relaxed);
+                    counters.kernel_drops.store(drops, Ordering::Relaxed);
                     if drops > reported_drops {
                         tracing::warn!(
                             "kernel dropped {} datagrams in socket buffers (total {drops})",
@@ -425,65 +559,219 @@ pub async fn run_live(
                     last_kernel = Instant::now();
                 }
             }
-            dec_counters.kernel_drops.store(collector::kernel_drops(&inodes), Ordering::Relaxed);
-            pipeline.publish_socket_metrics(&dec_counters);
-            pipeline.finish()
+            counters.kernel_drops.store(collector::kernel_drops(&inodes), Ordering::Relaxed);
+            pipeline.publish_socket_metrics(&counters);
+            let report = pipeline.finish();
+            (rx, report, Carried::default())
         })
         .map_err(PipelineError::Thread)?;
+    Ok(Generation {
+        decoder,
+        hand_over,
+        senders,
+        senders_stop,
+    })
+}
 
+impl Generation {
+    /// Stop the senders (their last state reaches the writer's final commit),
+    /// then the decoder thread, which writes everything and hands over (a
+    /// reload, `hand_over` set) or finishes (the sockets closed).
+    async fn stop(self, hand_over: u8, slot: &WriterSlot) -> (std::sync::mpsc::Receiver<collector::Datagram>, PipelineReport, Carried) {
+        let _ = self.senders_stop.send(true);
+        for s in self.senders {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        // The control channel's sender goes first, or the writer never ends.
+        slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.hand_over.store(hand_over, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || self.decoder.join())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| {
+                tracing::error!("the decoder thread failed");
+                let (_, rx) = sync_channel(1);
+                (rx, PipelineReport::default(), Carried::default())
+            })
+    }
+}
+
+/// What changed between two configurations that a reload cannot apply (the
+/// sockets and the page stay as they are until the next start).
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.collector.listen != new.collector.listen {
+        out.push("collector.listen");
+    }
+    if old.collector.receive_buffer != new.collector.receive_buffer {
+        out.push("collector.receive_buffer");
+    }
+    if old.web != new.web {
+        out.push("[web]");
+    }
+    if old.data_dir != new.data_dir {
+        out.push("data_dir");
+    }
+    out
+}
+
+/// `flowwarden run`: the pipeline behind the collector's sockets, the decoder
+/// thread between them, and the SIEM senders, until `shutdown` resolves;
+/// returns what was stored. `on_ready` gets the bound addresses once the
+/// sockets listen (the demo sends there). SIGHUP, `flowwarden reload` and the
+/// page's settings reload the configuration through `reload`: the stages
+/// behind the sockets restart with the new settings (the decoder and the
+/// detection engine keep their state) while the sockets, the page and the
+/// control channel stay; datagrams wait in the queue meanwhile.
+pub async fn run_live(
+    cfg: Config,
+    data_dir: PathBuf,
+    listen: Vec<SocketAddr>,
+    reload: Reloader,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&[SocketAddr]),
+) -> Result<PipelineReport, PipelineError> {
+    let lasting = Lasting::new();
+    // The data directory first: a second appliance on it is named before any socket is taken.
+    let pipeline = Pipeline::open_with(&cfg, &data_dir, Backpressure::Drop, lasting.clone(), Carried::default())?;
+    let rcvbuf = cfg.collector.receive_buffer.resolve(0).max(4096) as usize;
+    let explicit = !listen.is_empty();
+    let addrs = if explicit { listen } else { cfg.collector.listen.clone() };
+    let bound = collector::bind_all(&addrs, explicit, rcvbuf)?;
+    let counters = Arc::new(SocketCounters::default());
+    let inodes: Vec<u64> = bound.iter().map(|b| b.inode).collect();
+    let (tx, rx) = sync_channel::<collector::Datagram>(DATAGRAM_QUEUE);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The control channel (accounts, acknowledgements, reloads) commits through the writer of the day.
+    let slot: WriterSlot = Arc::new(std::sync::Mutex::new(None));
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadAsk>(4);
+    let control = crate::control::bind(&data_dir)?;
+    let handler = control_handler(slot.clone(), crate::store::DataDir::new(&data_dir), reload_tx.clone());
+    let control_task = tokio::spawn(crate::control::serve(control, data_dir.clone(), handler.clone(), stop_rx.clone()));
+    let mut generation = start_generation(
+        pipeline,
+        GenerationParts {
+            cfg: &cfg,
+            data_dir: &data_dir,
+            rx,
+            counters: counters.clone(),
+            inodes: inodes.clone(),
+            slot: &slot,
+        },
+    )?;
     let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
     let (tasks, summary) = collector::spawn_receivers(bound, tx, counters.clone(), stop_rx.clone())?;
-    // SIEM senders: one per [[forward]] destination, fed from the spools.
-    let senders = crate::forward::spawn_all(
-        &cfg.forward,
-        &crate::store::DataDir::new(&data_dir),
-        forward_shared,
-        metrics,
-        stop_rx.clone(),
-    );
     // The page: its listener lines (and the setup code) come before the ready line.
     let web = crate::web::start(
         &cfg.web,
         crate::web::Appliance {
             data_dir: data_dir.clone(),
-            metrics: pipeline_metrics,
+            metrics: lasting.metrics.clone(),
             control: Some(handler),
             clock: Arc::new(crate::timefmt::now_ms),
             collector: addrs.clone(),
             forward: cfg.forward.clone(),
-            audit_outbox: Some(audit_outbox),
+            audit_outbox: Some(lasting.outbox.clone()),
             host_status_dir: Some(PathBuf::from("/run/flowwarden")),
         },
         rustix::process::geteuid().is_root(),
         stop_rx.clone(),
     )
     .await?;
+    let hup_task = tokio::spawn(reload_on_sighup(reload_tx, stop_rx.clone()));
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
     // A closed stdout (the reader of `run | head` gone) must not stop the appliance.
     let _ = writeln!(std::io::stdout(), "{ready}");
     tracing::info!("{ready}");
     on_ready(&addrs);
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut cfg = cfg;
+    // What the generations before the last one stored and lost.
+    let mut earlier = PipelineReport::default();
+    loop {
+        let ask = tokio::select! {
+            _ = &mut shutdown => break,
+            a = reload_rx.recv() => a,
+        };
+        let Some(reply) = ask else { break };
+        let outcome = match reload() {
+            Err(e) => Err(e),
+            Ok(new) => {
+                let (rx, done, carried) = generation
+                    .stop(
+                        if new.detect.enabled {
+                            HAND_OVER_KEEP_ENGINE
+                        } else {
+                            HAND_OVER_FINISH_ENGINE
+                        },
+                        &slot,
+                    )
+                    .await;
+                lasting.metrics.rebase(restarts_with_generation);
+                earlier.add(&done);
+                let parts = |cfg| GenerationParts {
+                    cfg,
+                    data_dir: &data_dir,
+                    rx,
+                    counters: counters.clone(),
+                    inodes: inodes.clone(),
+                    slot: &slot,
+                };
+                match Pipeline::open_with(&new, &data_dir, Backpressure::Drop, lasting.clone(), carried) {
+                    Ok(p) => {
+                        generation = start_generation(p, parts(&new))?;
+                        let later = needs_restart(&cfg, &new);
+                        web.state.reconfigure(new.forward.clone());
+                        cfg = new;
+                        Ok(if later.is_empty() {
+                            "configuration reloaded".to_string()
+                        } else {
+                            format!(
+                                "configuration reloaded; {} changed and take effect when the appliance restarts",
+                                later.join(", ")
+                            )
+                        })
+                    }
+                    Err(e) => {
+                        // The old settings again (their stages start afresh from the state file).
+                        tracing::error!("reload: {e}; going on with the previous configuration");
+                        let p = Pipeline::open_with(&cfg, &data_dir, Backpressure::Drop, lasting.clone(), Carried::default())?;
+                        generation = start_generation(p, parts(&cfg))?;
+                        Err(format!("{e}; the previous configuration stays"))
+                    }
+                }
+            }
+        };
+        let line = match &outcome {
+            Ok(m) => format!("flowwarden: {m}"),
+            Err(e) => format!("flowwarden: reload refused: {e}"),
+        };
+        let _ = writeln!(std::io::stdout(), "{line}");
+        if outcome.is_ok() {
+            tracing::info!("{line}");
+        } else {
+            tracing::warn!("{line}");
+        }
+        if let Some(r) = reply {
+            let _ = r.try_send(outcome);
+        }
+    }
     tracing::info!("shutting down: draining received datagrams");
     let _ = stop_tx.send(true);
-    // Senders report their last state before the writer's final commit.
-    for s in senders {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
-    }
     for t in tasks {
         let _ = t.await;
     }
-    // The control server (and the page, through its handler) hold a sender to
-    // the writer: they end before the writer may.
+    let _ = hup_task.await;
+    // The control server (and the page, through its handler) reach the writer:
+    // they end before it may.
     let _ = control_task.await;
     for t in web.tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let report = tokio::task::spawn_blocking(move || decoder.join())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default();
+    // The sockets are closed: the decoder drains the queue and finishes.
+    let (_, mut report, _) = generation.stop(RUNNING, &slot).await;
+    report.add(&earlier);
     let losses: Vec<String> = [
         (counters.queue_drops.load(Ordering::Relaxed), "datagrams in the decoder queue"),
         (
@@ -527,13 +815,18 @@ const DETECTOR_NICE: i32 = 19;
 
 /// Hand `rows` (whose `committed()` tells `done`) to the store writer, force a
 /// commit, and wait: Ok once the transaction holding them committed.
-fn commit_through_writer(
-    tx: &Option<SyncSender<StoreMsg>>,
-    rows: Box<dyn StateRows + Send>,
-    done: std::sync::mpsc::Receiver<()>,
-) -> Result<(), String> {
+fn commit_through_writer(slot: &WriterSlot, rows: Box<dyn StateRows + Send>, done: std::sync::mpsc::Receiver<()>) -> Result<(), String> {
+    // While a reload restarts the stages there is no writer for a moment.
+    let mut tx = None;
+    for _ in 0..100 {
+        tx = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if tx.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let Some(tx) = tx else {
-        return Err("this appliance has no store writer".into());
+        return Err("the appliance is restarting its stages (a reload); nothing changed, try again".into());
     };
     let (reply_tx, reply_rx) = sync_channel(1);
     if tx.send(StoreMsg::Rows(rows)).is_err() || tx.send(StoreMsg::Sync(reply_tx)).is_err() || reply_rx.recv().is_err() {
@@ -553,7 +846,7 @@ fn commit_through_writer(
 /// What the control channel's requests do in a running appliance: account
 /// changes are checked against the state file, committed by the store writer
 /// (the reply waits for the commit) and logged; so are alert acknowledgements.
-fn control_handler(tx: Option<SyncSender<StoreMsg>>, dir: crate::store::DataDir) -> crate::control::Handler {
+fn control_handler(tx: WriterSlot, dir: crate::store::DataDir, reload: tokio::sync::mpsc::Sender<ReloadAsk>) -> crate::control::Handler {
     use crate::accounts::{AccountChange, AccountRows};
     use crate::control::{Reply, Request};
     Arc::new(move |req: Request| match req {
@@ -594,7 +887,40 @@ fn control_handler(tx: Option<SyncSender<StoreMsg>>, dir: crate::store::DataDir)
                 Err(e) => Reply::Refused(e),
             }
         }
+        Request::Reload => {
+            let (reply_tx, reply_rx) = sync_channel(1);
+            if reload.blocking_send(Some(reply_tx)).is_err() {
+                return Reply::Refused("the appliance is stopping".into());
+            }
+            match reply_rx.recv_timeout(RELOAD_WAIT) {
+                Ok(Ok(m)) => Reply::Reloaded(m),
+                Ok(Err(e)) => Reply::Refused(e),
+                Err(_) => Reply::Refused("the reload did not finish in time (see the appliance's log)".into()),
+            }
+        }
     })
+}
+
+/// How long `flowwarden reload` waits for the stages to restart.
+const RELOAD_WAIT: Duration = Duration::from_secs(120);
+
+/// SIGHUP asks for a reload (as daemons do), until the appliance stops.
+async fn reload_on_sighup(reload: tokio::sync::mpsc::Sender<ReloadAsk>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler: reload through `flowwarden reload` only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                if reload.send(None).await.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Detection's rows joined to forwarding: the alerts are stored and handed to
@@ -624,7 +950,8 @@ fn run_detector(
     wtx: SyncSender<StoreMsg>,
     outbox: Outbox,
     metrics: Arc<Registry>,
-) {
+    handoff: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<Engine> {
     let evicted = metrics.counter(&defs::DETECT_EVICTED, &["alerts"]);
     let rows = |engine: &mut Engine| -> StoreMsg {
         engine.publish_metrics(&metrics);
@@ -652,7 +979,7 @@ fn run_detector(
                 }
                 if (engine.has_update() || batches.is_multiple_of(COUNTERS_EVERY)) && wtx.send(rows(&mut engine)).is_err() {
                     tracing::error!("store writer gone: detector stops");
-                    return;
+                    return None;
                 }
             }
             DetectMsg::Sync(reply) => {
@@ -661,6 +988,12 @@ fn run_detector(
             }
         }
     }
+    // A reload goes on with this engine: what it holds is not final.
+    if handoff.load(Ordering::Relaxed) {
+        let _ = wtx.send(rows(&mut engine));
+        return Some(engine);
+    }
     engine.finish();
     let _ = wtx.send(rows(&mut engine));
+    None
 }

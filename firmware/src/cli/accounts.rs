@@ -15,7 +15,7 @@ use std::path::Path;
 /// Apply a change where it belongs; returns where it went (for the message).
 fn apply(dir: &Path, change: AccountChange) -> Result<&'static str> {
     match control::request(dir, &Request::Accounts(change.clone()))? {
-        Some(Reply::Done) => Ok("the running appliance"),
+        Some(Reply::Done | Reply::Reloaded(_)) => Ok("the running appliance"),
         Some(Reply::Refused(why)) => bail!("{why}"),
         None => {
             super::writable_data_dir(dir)?;

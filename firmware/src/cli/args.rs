@@ -121,6 +121,13 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Make a running appliance read its configuration file again and apply it
+    /// (as SIGHUP does); prints what it did, or why it kept the old one.
+    Reload {
+        /// The running appliance's data directory (its control socket is there).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Validate a configuration file; print what it sets and any warnings.
     CheckConfig {
         /// The configuration file (TOML).

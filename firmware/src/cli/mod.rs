@@ -21,6 +21,10 @@ use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The configuration `run` reads from its data directory when no `--config`
+/// is given; the page's settings save there.
+pub const SAVED_CONFIG: &str = "flowwarden.toml";
+
 fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
@@ -91,19 +95,20 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             demo,
         } => {
             let mut cfg = load_config(config.as_deref())?;
-            cfg.web.config_file = config.clone();
-            if !web_listen.is_empty() {
-                cfg.web.listen = Some(web_listen);
-            }
-            if cfg.web.redirect_listen.is_none() {
-                cfg.web.redirect_listen = web_redirect_default;
-            }
-            cfg.web
-                .check()
-                .map_err(|(k, m)| anyhow::anyhow!("--web-listen/--web-redirect-default: [web] {k}: {m}"))?;
             let dir = data_dir.or_else(|| cfg.data_dir.clone()).unwrap_or_else(default_data_dir);
             writable_data_dir(&dir)?;
-            run::run(cfg, dir, listen, demo)
+            // Without --config, the data directory's file (written by the page's settings) if there is one.
+            let file = config.unwrap_or_else(|| dir.join(SAVED_CONFIG));
+            let overrides = run::Overrides {
+                file,
+                web_listen,
+                web_redirect_default,
+            };
+            if overrides.file.exists() {
+                cfg = Config::load(&overrides.file)?;
+            }
+            let cfg = overrides.apply(cfg)?;
+            run::run(cfg, dir, listen, overrides, demo)
         }
         Command::Ingest { config, data_dir, files } => {
             let cfg = load_config(config.as_deref())?;
@@ -143,6 +148,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::User { action } => accounts::user(action, out),
         Command::Token { action } => accounts::token(action, out),
         Command::CheckConfig { file } => status::check_config(&file, out),
+        Command::Reload { data_dir } => run::reload(&data_dir, out),
         Command::Version => {
             writeln!(
                 out,

@@ -7,7 +7,59 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Result<()> {
+/// Where `run` reads its configuration (again, at a reload) and what its
+/// command line changes in it.
+pub struct Overrides {
+    /// `--config`, else the data directory's `flowwarden.toml` (which may not exist: the built-in defaults).
+    pub file: PathBuf,
+    pub web_listen: Vec<SocketAddr>,
+    pub web_redirect_default: Option<SocketAddr>,
+}
+
+impl Overrides {
+    /// The command line's settings over the file's.
+    pub fn apply(&self, mut cfg: Config) -> Result<Config> {
+        cfg.web.config_file = Some(self.file.clone());
+        if !self.web_listen.is_empty() {
+            cfg.web.listen = Some(self.web_listen.clone());
+        }
+        if cfg.web.redirect_listen.is_none() {
+            cfg.web.redirect_listen = self.web_redirect_default;
+        }
+        cfg.web
+            .check()
+            .map_err(|(k, m)| anyhow::anyhow!("--web-listen/--web-redirect-default: [web] {k}: {m}"))?;
+        Ok(cfg)
+    }
+
+    /// Read the file again (a reload), validated as `check-config` does.
+    fn reload(&self) -> std::result::Result<Config, String> {
+        let cfg = if self.file.exists() {
+            Config::load(&self.file).map_err(|e| e.to_string())?
+        } else {
+            Config::default()
+        };
+        self.apply(cfg).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// `flowwarden reload`: ask the running appliance to apply its configuration file again.
+pub fn reload(dir: &Path, out: &mut dyn Write) -> Result<()> {
+    match crate::control::request(dir, &crate::control::Request::Reload)? {
+        Some(crate::control::Reply::Reloaded(what)) => {
+            writeln!(out, "flowwarden: {what}")?;
+            Ok(())
+        }
+        Some(crate::control::Reply::Refused(why)) => bail!("reload refused: {why}"),
+        Some(crate::control::Reply::Done) => Ok(()),
+        None => bail!(
+            "{}: no appliance is running on this data directory (its configuration is read when `run` starts)",
+            dir.display()
+        ),
+    }
+}
+
+pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, overrides: Overrides, demo: bool) -> Result<()> {
     if demo && !cfg!(feature = "demo") {
         bail!("--demo: this build has no demo (firmware images are built without it; use a laptop build)");
     }
@@ -31,6 +83,15 @@ pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Re
             }
         };
         tracing::info!("data directory {}", dir.display());
+        if overrides.file.exists() {
+            tracing::info!("configuration {}", overrides.file.display());
+        } else {
+            tracing::info!(
+                "built-in configuration ({} is read at a reload once it exists)",
+                overrides.file.display()
+            );
+        }
+        let reloader: crate::pipeline::Reloader = Box::new(move || overrides.reload());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut demo_thread: Option<std::thread::JoinHandle<()>> = None;
         let on_ready = |addrs: &[SocketAddr]| {
@@ -46,7 +107,7 @@ pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, demo: bool) -> Re
             #[cfg(not(feature = "demo"))]
             let _ = (addrs, &stop, &mut demo_thread);
         };
-        let res = crate::pipeline::run_live(cfg, dir, listen, shutdown, on_ready).await;
+        let res = crate::pipeline::run_live(cfg, dir, listen, reloader, shutdown, on_ready).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(h) = demo_thread {
             let _ = h.join();

@@ -178,6 +178,37 @@ impl Engine {
         e
     }
 
+    /// New settings while running (a configuration reload): the learned
+    /// baselines, open alerts, counters and every detector whose settings did
+    /// not change keep their state; a detector whose settings changed starts
+    /// its windows afresh (its old windows were measured by other rules).
+    pub fn reconfigure(&mut self, d: DetectConfig, internal: Vec<IpNet>) {
+        if d == self.cfg && internal == self.internal {
+            return;
+        }
+        self.internal = internal;
+        self.learning_hours = d.baseline.learning_period.ms().div_ceil(HOUR_MS);
+        self.capacity_hours = d.baseline.history_days as usize * 24;
+        if d.sessions != self.cfg.sessions {
+            self.sessions = sessions::Sessions::new(d.sessions.clone());
+        }
+        if d.exfil != self.cfg.exfil {
+            self.exfil = exfil::Exfil::new(d.exfil.clone());
+        }
+        if d.beacon != self.cfg.beacon {
+            self.beacon = beacon::Beacon::new(d.beacon.clone());
+        }
+        if d.scan != self.cfg.scan {
+            self.scan = scan::Scan::new(d.scan.clone());
+        }
+        if d.spike != self.cfg.spike {
+            self.spike = spike::Spike::new(d.spike.clone());
+        }
+        self.suppress
+            .reconfigure(d.suppress_window.ms(), d.beacon.window.ms(), d.allow.clone());
+        self.cfg = d;
+    }
+
     fn is_internal(&self, ip: &IpAddr) -> bool {
         self.internal.iter().any(|n| n.contains(ip))
     }

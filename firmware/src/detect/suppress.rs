@@ -90,6 +90,22 @@ impl Suppressor {
         }
     }
 
+    /// New settings (a configuration reload): open alerts stay open; the
+    /// allow-list's per-entry counters are kept for entries whose name stays.
+    pub fn reconfigure(&mut self, window_ms: u64, lookback_ms: u64, rules: Vec<AllowRule>) {
+        let mut fresh = Suppressor::new(window_ms, lookback_ms, rules);
+        for (name, n) in fresh.counters.per_rule.iter_mut() {
+            if let Some((_, old)) = self.counters.per_rule.iter().find(|(o, _)| o == name) {
+                *n = *old;
+            }
+        }
+        fresh.open = std::mem::take(&mut self.open);
+        let per_rule = std::mem::take(&mut fresh.counters.per_rule);
+        fresh.counters = std::mem::take(&mut self.counters);
+        fresh.counters.per_rule = per_rule;
+        *self = fresh;
+    }
+
     /// Re-open alerts from the state database (those still inside the window of the newest).
     pub fn restore(&mut self, alerts: Vec<(String, Alert)>) {
         let newest = alerts.iter().map(|(_, a)| a.last_seen_ms).max().unwrap_or(0);

@@ -36,7 +36,7 @@ pub enum ConsoleCmd {
     Empty,
 }
 
-pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reboot | poweroff | help";
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
 pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
@@ -121,6 +121,7 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
             })
         }
         "version" => Ok(ConsoleCmd::Exec(vec!["version".into()])),
+        "reload" => Ok(ConsoleCmd::Exec(vec!["reload".into(), "--data-dir".into(), data_dir.to_string()])),
         "status" => Ok(ConsoleCmd::Status),
         "reboot" => Ok(ConsoleCmd::Reboot),
         "poweroff" | "shutdown" => Ok(ConsoleCmd::PowerOff),
@@ -171,6 +172,7 @@ mod tests {
             ConsoleCmd::Exec(v(&["token", "create", "--data-dir", "/d", "prom", "--role", "metrics"]))
         );
         assert_eq!(parse("user", "/d").unwrap(), ConsoleCmd::Exec(v(&["user", "--help"])));
+        assert_eq!(parse("reload", "/d").unwrap(), ConsoleCmd::Exec(v(&["reload", "--data-dir", "/d"])));
         assert_eq!(parse("user list --data-dir /x", "/d"), Err(ConsoleError::DataDirFixed));
         assert_eq!(parse("", "/d").unwrap(), ConsoleCmd::Empty);
         assert!(parse("rm -rf /", "/d").unwrap_err().to_string().contains("unknown command \"rm\""));

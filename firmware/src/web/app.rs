@@ -61,6 +61,8 @@ pub struct Inner {
     urls: Mutex<Vec<SocketAddr>>,
     /// Records per second per exporter, from the live counters (housekeeping).
     rates: Mutex<RateTable>,
+    /// The SIEM destinations of the configuration in force (a reload replaces them).
+    forward: Mutex<Vec<crate::forward::settings::ForwardConfig>>,
 }
 
 /// Per exporter: (counter at the last sample, its time, records/s since the one before).
@@ -78,7 +80,6 @@ impl State {
     pub fn new(app: Appliance, cfg: &WebConfig, fingerprint: String, cert_not_after_ms: Option<u64>) -> State {
         let started_ms = (app.clock)();
         State(Arc::new(Inner {
-            app,
             metrics_public: cfg.metrics_public,
             config_file: cfg.config_file.clone(),
             sessions: Sessions::new(cfg.session_idle.ms()),
@@ -92,7 +93,19 @@ impl State {
             started_ms,
             urls: Mutex::new(Vec::new()),
             rates: Mutex::new(RateTable::default()),
+            forward: Mutex::new(app.forward.clone()),
+            app,
         }))
+    }
+
+    /// The SIEM destinations of the configuration in force.
+    pub fn forward(&self) -> Vec<crate::forward::settings::ForwardConfig> {
+        self.forward.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reloaded configuration's SIEM destinations.
+    pub fn reconfigure(&self, forward: Vec<crate::forward::settings::ForwardConfig>) {
+        *self.forward.lock().unwrap_or_else(|p| p.into_inner()) = forward;
     }
 
     pub fn now(&self) -> u64 {
@@ -262,15 +275,17 @@ impl State {
             at_ms: self.now(),
         })
         .await
+        .map(|_| ())
     }
 
     /// Ask the control channel's handler (it blocks until the store writer committed).
-    async fn control(&self, req: crate::control::Request) -> Result<(), String> {
+    pub async fn control(&self, req: crate::control::Request) -> Result<String, String> {
         let Some(handler) = self.app.control.clone() else {
             return Err("this appliance cannot change state from the page".into());
         };
         match tokio::task::spawn_blocking(move || handler(req)).await {
-            Ok(crate::control::Reply::Done) => Ok(()),
+            Ok(crate::control::Reply::Done) => Ok(String::new()),
+            Ok(crate::control::Reply::Reloaded(what)) => Ok(what),
             Ok(crate::control::Reply::Refused(why)) => Err(why),
             Err(e) => Err(format!("the change did not run: {e}")),
         }

@@ -59,6 +59,8 @@ pub struct Appliance {
 pub struct Started {
     /// The HTTPS addresses actually bound.
     pub urls: Vec<SocketAddr>,
+    /// The page's state (a reload hands it the new settings).
+    pub state: app::State,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -132,8 +134,8 @@ pub async fn start(cfg: &WebConfig, app: Appliance, root: bool, stop: tokio::syn
     }
     // Prints the setup code while no admin exists.
     state.refresh_setup();
-    tasks.push(tokio::spawn(app::housekeeping(state, stop)));
-    Ok(Started { urls, tasks })
+    tasks.push(tokio::spawn(app::housekeeping(state.clone(), stop)));
+    Ok(Started { urls, state, tasks })
 }
 
 /// A line on stdout (the console on the image) and in the log.

@@ -749,7 +749,7 @@ pub async fn forward_test(AxState(s): AxState<State>, v: Viewer, parts: Parts, F
     if !csrf_ok(&parts.headers, &v.csrf, &f.csrf) {
         return csrf_refused(Some(&v));
     }
-    let cfgs: Vec<_> = s.app.forward.iter().filter(|c| c.name == f.destination).cloned().collect();
+    let cfgs: Vec<_> = s.forward().iter().filter(|c| c.name == f.destination).cloned().collect();
     if cfgs.is_empty() {
         let body = message_page(
             Some(&v),

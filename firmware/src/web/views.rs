@@ -298,7 +298,7 @@ pub fn status(state: &State) -> Status {
     });
 
     // SIEM destinations.
-    if state.app.forward.is_empty() {
+    if state.forward().is_empty() {
         checks.push(Check {
             name: "siem",
             level: Level::Warn,
@@ -1094,6 +1094,7 @@ pub async fn diagnostics(AxState(s): AxState<State>, v: Viewer) -> Response {
     }
     let built = build(&s, move |s| {
         let config = match &s.config_file {
+            Some(p) if !p.exists() => serde_json::json!({ "file": p.display().to_string(), "text": "(built-in defaults)" }),
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(t) => serde_json::json!({ "file": p.display().to_string(), "text": redacted_config(&t) }),
                 Err(e) => serde_json::json!({ "file": p.display().to_string(), "error": e.to_string() }),

@@ -137,6 +137,25 @@ impl Running {
         }
     }
 
+    /// Wait for a stdout line containing `needle` (printed after the ready line).
+    pub fn wait_for_line(&self, needle: &str, within: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// SIGHUP: reload the configuration.
+    pub fn hangup(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap_or_else(|| panic!("bad pid"));
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap_or_else(|e| panic!("kill: {e}"));
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
