@@ -99,6 +99,18 @@ impl Default for NetworkConfig {
     }
 }
 
+/// What a configuration sets, in one line (`check-config`, the page's settings).
+pub fn summary(cfg: &Config) -> String {
+    format!(
+        "{} listeners, storage budget {}, {} internal networks, {} exporter overrides, {} forwarding destinations",
+        cfg.collector.listen.len(),
+        cfg.storage.budget,
+        cfg.network.internal.len(),
+        cfg.exporters.len(),
+        cfg.forward.len()
+    )
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]

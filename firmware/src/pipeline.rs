@@ -597,6 +597,20 @@ impl Generation {
     }
 }
 
+/// The page's settings check a candidate file exactly as `check-config` does
+/// (and as the reload will), and read back what its forms show.
+fn check_for_page(text: &str, path: &Path) -> Result<crate::web::config_edit::SiteView, String> {
+    let cfg = Config::parse(text, path).map_err(|e| e.to_string())?;
+    Ok(crate::web::config_edit::SiteView {
+        summary: crate::config::summary(&cfg),
+        warnings: cfg.warnings(),
+        internal: cfg.network.internal.clone(),
+        exporters: cfg.exporters.clone(),
+        allow: cfg.detect.allow.clone(),
+        forward: cfg.forward.clone(),
+    })
+}
+
 /// What changed between two configurations that a reload cannot apply (the
 /// sockets and the page stay as they are until the next start).
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -674,6 +688,10 @@ pub async fn run_live(
             forward: cfg.forward.clone(),
             audit_outbox: Some(lasting.outbox.clone()),
             host_status_dir: Some(PathBuf::from("/run/flowwarden")),
+            settings: cfg.web.config_file.clone().map(|file| crate::web::config_edit::SettingsAccess {
+                file,
+                check: Arc::new(check_for_page),
+            }),
         },
         rustix::process::geteuid().is_root(),
         stop_rx.clone(),

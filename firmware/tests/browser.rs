@@ -173,6 +173,33 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
     }
     assert!(b.text("main").contains("setup"), "the audit log shows the first admin's setup");
 
+    // Settings: name the demo's exporter through the form; the preview shows
+    // the change as a diff, "Apply" reloads, and the exporters page shows the name.
+    b.goto(&format!("{base}/settings"));
+    assert!(b.text("main").contains("built-in defaults are in force"), "{}", b.text("main"));
+    b.screenshot(&shots().join("settings.png"));
+    b.script("window.scrollTo(0, document.querySelector('#forward').offsetTop); return 0");
+    b.screenshot(&shots().join("settings-destinations.png"));
+    let exporter = exporters
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|e| e["exporter"].as_str())
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| panic!("no exporter in the CLI: {exporters}"));
+    b.type_into("input[name=e0_address]", &exporter);
+    b.type_into("input[name=e0_name]", "demo router");
+    b.click("#exporters button[type=submit]");
+    b.wait_for_text("Check passed");
+    assert!(b.text("pre.diff").contains("+ name = \"demo router\""), "{}", b.text("pre.diff"));
+    b.screenshot(&shots().join("settings-preview.png"));
+    b.click("form[action='/settings/apply'] button[type=submit]");
+    b.wait_for_text("Configuration reloaded");
+    b.wait_until("the exporter's name on /exporters", |b| {
+        b.goto(&format!("{base}/exporters"));
+        b.text("main table").contains("demo router")
+    });
+
     // A phone: the overview fits the width (tables scroll inside their own box).
     b.resize(390, 844);
     b.goto(&format!("{base}/"));

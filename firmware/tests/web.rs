@@ -478,3 +478,226 @@ fn json_twins_show_what_the_cli_shows() {
     assert!(st["flows_kept"].as_u64().is_some_and(|n| n > 1000), "{st}");
     r.stop();
 }
+
+/// HTML text back to what was escaped into it.
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The apply form of a preview: (base hash, the whole new file).
+fn apply_fields(html: &str) -> (String, String) {
+    let base = html
+        .split("name=\"base\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no apply form in {html}"))
+        .to_string();
+    let text = html
+        .split("<textarea name=\"text\" rows=\"20\" readonly class=\"code\">")
+        .nth(1)
+        .and_then(|r| r.split("</textarea>").next())
+        .unwrap_or_else(|| panic!("no new file in {html}"));
+    (base, unescape(text))
+}
+
+/// A multipart/form-data post from this origin: text fields and (name, file name, bytes) files.
+fn post_multipart(c: &mut Client, path: &str, fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> Resp {
+    let boundary = "----flowwardentest7d3a";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+    }
+    for (k, name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{name}\"\r\nContent-Type: application/x-pem-file\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let origin = format!("https://localhost:{}", c.addr.port());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    c.request(
+        "POST",
+        path,
+        &[("Content-Type", &ct), ("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
+        &body,
+    )
+}
+
+#[test]
+fn settings_are_checked_previewed_applied_by_reload_and_reverted() {
+    let d = tmp();
+    user_set(d.path(), "boss", "admin");
+    user_set(d.path(), "watcher", "viewer");
+    // No --config: the page saves DATA_DIR/flowwarden.toml, which `run` reads at reloads and starts.
+    let r = Running::start(d.path(), &[]);
+    let file = d.path().join("flowwarden.toml");
+    let mut anon = client(&r);
+    let r0 = anon.get("/settings");
+    assert_eq!((r0.status, r0.header("location")), (303, Some("/login")), "settings need a session");
+
+    let mut v = client(&r);
+    assert_eq!(login(&mut v, "watcher", PASSWORD).status, 303);
+    assert_eq!(v.get("/settings").status, 403, "settings are for admins");
+    let csrf_v = csrf_field(&v.get("/").body);
+    for path in ["/settings/preview", "/settings/revert", "/settings/apply"] {
+        assert_eq!(
+            v.post_form(path, &[("csrf", &csrf_v), ("section", "text"), ("text", "")]).status,
+            403,
+            "{path}"
+        );
+    }
+    assert!(!v.get("/").body.contains("href=\"/settings\""), "no settings link for a viewer");
+
+    let mut a = client(&r);
+    assert_eq!(login(&mut a, "boss", PASSWORD).status, 303);
+    let page = a.get("/settings");
+    assert_eq!(page.status, 200);
+    assert_headers(&page, "/settings");
+    assert!(page.body.contains("does not exist yet"), "{}", page.body);
+    assert!(page.body.contains("10.0.0.0/8\n172.16.0.0/12"), "the defaults in force are shown");
+    let csrf = csrf_field(&page.body);
+
+    // Refused: no CSRF token; a form value that is no network; a file that fails check-config.
+    assert_eq!(
+        a.post_form("/settings/preview", &[("section", "internal"), ("internal", "10.20.0.0/16")])
+            .status,
+        403
+    );
+    let bad = a.post_form(
+        "/settings/preview",
+        &[("csrf", &csrf), ("section", "internal"), ("internal", "10.20.0.0/16\nten")],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("internal networks, line 2: &quot;ten&quot;"), "{}", bad.body);
+    let bad = a.post_form(
+        "/settings/preview",
+        &[
+            ("csrf", &csrf),
+            ("section", "text"),
+            ("text", "[network]\ninternal = [\"10.0.0.0/33\"]\n"),
+        ],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("flowwarden.toml:2") && !bad.body.contains("/settings/apply"),
+        "{}",
+        bad.body
+    );
+    assert!(!file.exists(), "nothing saved by a preview");
+
+    // Internal networks: preview (a diff), apply, reload.
+    let pv = a.post_form(
+        "/settings/preview",
+        &[
+            ("csrf", &csrf),
+            ("section", "internal"),
+            ("internal", "10.20.0.0/16\r\n192.168.7.0/24"),
+        ],
+    );
+    assert_eq!(pv.status, 200, "{}", pv.body);
+    assert!(
+        pv.body
+            .contains("<span class=\"add\">+ internal = [&quot;10.20.0.0/16&quot;, &quot;192.168.7.0/24&quot;]</span>"),
+        "{}",
+        pv.body
+    );
+    assert!(pv.body.contains("Check passed: "), "{}", pv.body);
+    let (base, text) = apply_fields(&pv.body);
+    let applied = a.post_form(
+        "/settings/apply",
+        &[("csrf", &csrf), ("base", &base), ("origin", "form"), ("text", &text)],
+    );
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert!(applied.body.contains("Configuration reloaded"), "{}", applied.body);
+    r.wait_for_line("flowwarden: configuration reloaded", std::time::Duration::from_secs(30));
+    let saved = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(saved.contains("internal = [\"10.20.0.0/16\", \"192.168.7.0/24\"]"), "{saved}");
+    // The same preview again: the file changed since, so its apply is refused.
+    let stale = a.post_form(
+        "/settings/apply",
+        &[("csrf", &csrf), ("base", &base), ("origin", "form"), ("text", &text)],
+    );
+    assert_eq!(stale.status, 409);
+
+    // A SIEM destination with an uploaded CA file; it is in force after the reload.
+    let ca = std::fs::read(d.path().join("web/cert.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let pv = post_multipart(
+        &mut a,
+        "/settings/destination",
+        &[
+            ("csrf", &csrf),
+            ("original", ""),
+            ("name", "soc"),
+            ("address", "127.0.0.1:9"),
+            ("transport", "tls"),
+            ("framing", "octet"),
+            ("format", "leef"),
+            ("fingerprint", ""),
+            ("server_name", "localhost"),
+        ],
+        &[("ca", "siem-ca.pem", &ca)],
+    );
+    assert_eq!(pv.status, 200, "{}", pv.body);
+    let (base, text) = apply_fields(&pv.body);
+    assert!(
+        text.contains("[[forward]]\nname = \"soc\"") && text.contains("ca_file = "),
+        "{text}"
+    );
+    let ca_path = text
+        .split("ca_file = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        std::fs::read(&ca_path).ok(),
+        Some(ca.clone()),
+        "the upload is kept where the file points"
+    );
+    let applied = a.post_form(
+        "/settings/apply",
+        &[("csrf", &csrf), ("base", &base), ("origin", "form"), ("text", &text)],
+    );
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    r.wait_for_line("flowwarden: configuration reloaded", std::time::Duration::from_secs(30));
+    let fwd = a.get("/forwarding");
+    assert!(fwd.body.contains("soc"), "the page knows the new destination: {}", fwd.body);
+    let page = a.get("/settings");
+    assert!(
+        page.body.contains("value=\"soc\"") && page.body.contains("10.20.0.0/16"),
+        "{}",
+        page.body
+    );
+
+    // Revert: back to the version before the destination.
+    let pv = a.post_form("/settings/revert", &[("csrf", &csrf)]);
+    assert_eq!(pv.status, 200, "{}", pv.body);
+    assert!(
+        pv.body.contains("<span class=\"del\">- name = &quot;soc&quot;</span>"),
+        "{}",
+        pv.body
+    );
+    let (base, text) = apply_fields(&pv.body);
+    let applied = a.post_form(
+        "/settings/apply",
+        &[("csrf", &csrf), ("base", &base), ("origin", "revert"), ("text", &text)],
+    );
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    r.wait_for_line("flowwarden: configuration reloaded", std::time::Duration::from_secs(30));
+    let saved = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!saved.contains("soc") && saved.contains("10.20.0.0/16"), "{saved}");
+    assert!(!a.get("/settings").body.contains("value=\"soc\""));
+
+    let actions = audit_actions(&mut a);
+    assert_eq!(actions.iter().filter(|x| *x == "settings_applied").count(), 2, "{actions:?}");
+    assert!(actions.iter().any(|x| x == "settings_reverted"), "{actions:?}");
+}

@@ -336,16 +336,7 @@ pub fn forward_status(data_dir: &Path, format: TableOrJson, out: &mut dyn Write)
 
 pub fn check_config(file: &Path, out: &mut dyn Write) -> Result<()> {
     let cfg = Config::load(file)?;
-    writeln!(
-        out,
-        "{}: ok ({} listeners, storage budget {}, {} internal networks, {} exporter overrides, {} forwarding destinations)",
-        file.display(),
-        cfg.collector.listen.len(),
-        cfg.storage.budget,
-        cfg.network.internal.len(),
-        cfg.exporters.len(),
-        cfg.forward.len()
-    )?;
+    writeln!(out, "{}: ok ({})", file.display(), crate::config::summary(&cfg))?;
     for w in cfg.warnings() {
         writeln!(out, "{}: warning: {w}", file.display())?;
     }

@@ -219,7 +219,15 @@ impl Decoder {
 
     /// Per-exporter health.
     pub fn exporter_snapshot(&mut self) -> Vec<ExporterStats> {
-        self.exporters.snapshot()
+        let mut list = self.exporters.snapshot();
+        // The configured label (`[[exporter]] name`) of each exporter's address.
+        for e in &mut list {
+            let ip = e.exporter.parse::<SocketAddr>().map(|a| a.ip()).ok();
+            e.name = ip
+                .and_then(|ip| self.overrides.iter().find(|o| o.address == ip))
+                .and_then(|o| o.name.clone());
+        }
+        list
     }
 
     /// Exporters evicted from the health table because it was full.

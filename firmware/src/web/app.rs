@@ -12,7 +12,7 @@ use super::audit::{Audit, AuditEvent};
 use super::auth::{self, LOGIN_COOKIE, SESSION_COOKIE, Sessions, SetupCode, Throttle, Viewer};
 use super::listen::Peer;
 use super::settings::WebConfig;
-use super::{Appliance, pages, views};
+use super::{Appliance, pages, site, views};
 use crate::accounts::{AccountChange, TokenRole, User, UserRole};
 use crate::metrics::defs;
 use crate::store::DataDir;
@@ -339,7 +339,12 @@ pub fn router(state: State) -> Router {
         .route("/logout", post(logout))
         .route("/forwarding/test", post(pages::forward_test))
         .route("/system/users", post(pages::user_change))
-        .route("/system/diagnostics", get(views::diagnostics));
+        .route("/system/diagnostics", get(views::diagnostics))
+        .route("/settings", get(site::settings))
+        .route("/settings/preview", post(site::preview_form))
+        .route("/settings/destination", post(site::destination_form_post))
+        .route("/settings/revert", post(site::revert))
+        .route("/settings/apply", post(site::apply));
     let api = Router::new()
         .route("/api/v1/status", get(views::api_status))
         .route("/api/v1/exporters", get(views::api_exporters))

@@ -65,6 +65,10 @@ pub fn layout(title: &str, active: &str, viewer: Option<&Viewer>, body: &str) ->
             let cls = if path == active { " class=\"active\"" } else { "" };
             let _ = write!(s, "<a href=\"{path}\"{cls}>{label}</a>");
         }
+        if v.is_admin() {
+            let cls = if active == "/settings" { " class=\"active\"" } else { "" };
+            let _ = write!(s, "<a href=\"/settings\"{cls}>Settings</a>");
+        }
         s.push_str("</nav>");
         let _ = write!(
             s,

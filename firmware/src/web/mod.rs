@@ -14,10 +14,12 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cert;
+pub mod config_edit;
 pub mod html;
 pub mod listen;
 pub mod pages;
 pub mod settings;
+pub mod site;
 pub mod views;
 
 use crate::metrics::Registry;
@@ -53,6 +55,8 @@ pub struct Appliance {
     pub host_status_dir: Option<PathBuf>,
     /// Where audit events go to be spooled for every `[[forward]]` destination.
     pub audit_outbox: Option<crate::forward::spool::Outbox>,
+    /// The configuration file the page's settings change (None: read-only).
+    pub settings: Option<config_edit::SettingsAccess>,
 }
 
 /// A started page: its listeners' addresses and tasks.

@@ -940,10 +940,38 @@ pub struct Forwarding {
     pub destinations: Vec<serde_json::Value>,
 }
 
+/// The configured destinations in the configuration's order, each with what
+/// its sender last reported (a destination added by a reload shows "starting"
+/// until it does); then destinations no longer configured whose spool still
+/// holds entries.
 pub fn forwarding(state: &State) -> Forwarding {
-    Forwarding {
-        destinations: crate::forward::status::collect(&crate::store::DataDir::new(&state.app.data_dir), state.now()).unwrap_or_default(),
+    let stored = crate::forward::status::collect(&crate::store::DataDir::new(&state.app.data_dir), state.now()).unwrap_or_default();
+    let name_of = |d: &serde_json::Value| d["name"].as_str().unwrap_or_default().to_string();
+    let configured = state.forward();
+    let mut destinations: Vec<serde_json::Value> = configured
+        .iter()
+        .map(|f| {
+            stored.iter().find(|d| name_of(d) == f.name).cloned().unwrap_or_else(|| {
+                serde_json::json!({
+                    "name": f.name,
+                    "transport": f.transport.as_str(),
+                    "address": f.address,
+                    "framing": f.framing.as_str(),
+                    "format": f.format.as_str(),
+                    "state": "starting",
+                    "queue_depth": 0,
+                })
+            })
+        })
+        .collect();
+    for d in stored {
+        if !configured.iter().any(|f| f.name == name_of(&d)) && d["queue_depth"].as_u64().unwrap_or(0) > 0 {
+            let mut d = d;
+            d["state"] = serde_json::Value::from("not configured any more; its spool is kept");
+            destinations.push(d);
+        }
     }
+    Forwarding { destinations }
 }
 
 /// `/system`: version, certificate, users (admins only), audit log.
