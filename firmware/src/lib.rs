@@ -16,6 +16,7 @@ pub mod detect;
 pub mod fasthash;
 pub mod flow;
 pub mod forward;
+pub mod geo;
 pub mod init;
 pub mod metrics;
 pub mod net;

@@ -192,7 +192,7 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert!(!ok);
     assert!(
-        err.contains("column 28") && err.contains("\"prot\"") && err.contains("expected 'host', 'net', 'port' or 'if'"),
+        err.contains("column 28") && err.contains("\"prot\"") && err.contains("expected 'host', 'net', 'port', 'if' or 'country'"),
         "{err}"
     );
     let (ok, _, err) = common::cli(&[os("query"), os("--data-dir"), dir, os("--from"), os("yesterday")]);

@@ -108,6 +108,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 cfg = Config::load(&overrides.file)?;
             }
             let cfg = overrides.apply(cfg)?;
+            crate::geo::install(&dir);
             run::run(cfg, dir, listen, overrides, demo)
         }
         Command::Ingest { config, data_dir, files } => {
@@ -117,6 +118,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Query { data_dir, query } => {
             existing_data_dir(&data_dir)?;
+            crate::geo::install(&data_dir);
             query::query(&data_dir, query, out)
         }
         Command::Exporters { data_dir, format } => {

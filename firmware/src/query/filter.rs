@@ -10,7 +10,8 @@
 //! (`duration` in ms), `flags LETTERS` (all of `FSRPAUEC` set), `exporter ADDR[:PORT]`,
 //! `[in|out] if N`, `direction outbound|inbound|internal|external|unknown`,
 //! `ipv4`, `ipv6`, `clamped` (times clamped at ingest: the exporter's clock was
-//! implausible), `any`; combined with `and`, `or`, `not` and parentheses.
+//! implausible), `[src|dst] country CC` (ISO 3166 two letters, from the country
+//! database, [`crate::geo`]; private addresses have none), `any`; combined with `and`, `or`, `not` and parentheses.
 //! OP is one of `= == != > < >= <=` or `eq ne gt lt ge le`. Errors name the
 //! column and the token and say what was expected there.
 //!
@@ -142,6 +143,8 @@ pub enum Filter {
     Family(bool),
     /// Times were clamped at ingest (implausible exporter clock).
     Clamped,
+    /// The address's country (from the process's country database).
+    Country(Side, [u8; 2]),
 }
 
 impl Filter {
@@ -199,6 +202,10 @@ impl Filter {
             Filter::Direction(d) => f.direction == *d,
             Filter::Family(v4) => f.src.is_ipv4() == *v4,
             Filter::Clamped => f.time_clamped(),
+            Filter::Country(side, cc) => match crate::geo::global() {
+                Some(g) => side_any(*side, |src| g.country(if src { f.src } else { f.dst }) == Some(*cc)),
+                None => false,
+            },
         }
     }
 }
@@ -485,11 +492,11 @@ impl<'a> Parser<'a> {
             _ => None,
         };
         if let Some(side) = side {
-            let what = self.next("'host', 'net', 'port' or 'if'")?;
+            let what = self.next("'host', 'net', 'port', 'if' or 'country'")?;
             return self.sided(side, &what, &word);
         }
         match word.as_str() {
-            "host" | "ip" | "net" | "port" | "if" => self.sided(Side::Either, &t, ""),
+            "host" | "ip" | "net" | "port" | "if" | "country" => self.sided(Side::Either, &t, ""),
             "any" => Ok(Filter::Any),
             "clamped" => Ok(Filter::Clamped),
             "ipv4" | "inet" => Ok(Filter::Family(true)),
@@ -546,7 +553,7 @@ impl<'a> Parser<'a> {
             }
             w => match proto_number(w) {
                 Some(p) => Ok(Filter::Proto(p)),
-                None => Err(self.err_at(&t, "expected a filter term (src, dst, host, net, port, proto, bytes, packets, duration, flags, exporter, if, direction, ipv4, ipv6, clamped, not, '(')")),
+                None => Err(self.err_at(&t, "expected a filter term (src, dst, host, net, port, country, proto, bytes, packets, duration, flags, exporter, if, direction, ipv4, ipv6, clamped, not, '(')")),
             },
         }
     }
@@ -574,6 +581,21 @@ impl<'a> Parser<'a> {
                 let port: u16 = p.text.parse().map_err(|_| self.err_at(&p, "expected a port number 0-65535"))?;
                 Ok(Filter::Port(side, op, port))
             }
+            "country" => {
+                let c = self.next("a two-letter country code like NL")?;
+                let cc = match c.text.as_bytes() {
+                    [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => [a.to_ascii_uppercase(), b.to_ascii_uppercase()],
+                    _ => return Err(self.err_at(&c, "expected a two-letter country code (ISO 3166) like NL")),
+                };
+                if crate::geo::global().is_none() {
+                    return Err(self.err_at(
+                        what,
+                        "no country database is installed (the image carries one; on a laptop `cargo xtask deps` fetches it, \
+                         or put a MaxMind-format file at DATA_DIR/geo/country.mmdb)",
+                    ));
+                }
+                Ok(Filter::Country(side, cc))
+            }
             "if" => {
                 let n = self.next("an interface index")?;
                 let idx: u32 = n.text.parse().map_err(|_| self.err_at(&n, "expected an interface index"))?;
@@ -581,7 +603,7 @@ impl<'a> Parser<'a> {
             }
             _ => {
                 let _ = side_word;
-                Err(self.err_at(what, "expected 'host', 'net', 'port' or 'if'"))
+                Err(self.err_at(what, "expected 'host', 'net', 'port', 'if' or 'country'"))
             }
         }
     }
@@ -660,7 +682,7 @@ mod tests {
         assert_eq!(e.pos, 27);
         let shown = e.to_string();
         assert!(shown.contains("column 28 near \"prot\""), "{shown}");
-        assert!(shown.contains("expected 'host', 'net', 'port' or 'if'"), "{shown}");
+        assert!(shown.contains("expected 'host', 'net', 'port', 'if' or 'country'"), "{shown}");
         assert!(shown.ends_with("^^^^"), "{shown}");
         let e = Filter::parse("bytes > lots").unwrap_err();
         assert!(e.to_string().contains("near \"lots\""));

@@ -84,7 +84,12 @@ pub fn layout(title: &str, active: &str, viewer: Option<&Viewer>, body: &str) ->
     s.push_str(body);
     s.push_str("</main><footer>flowwarden ");
     s.push_str(env!("CARGO_PKG_VERSION"));
-    s.push_str(" · times in your browser's time zone with UTC beside them</footer></body></html>");
+    s.push_str(" · times in your browser's time zone with UTC beside them");
+    if crate::geo::global().is_some() {
+        s.push_str(" · ");
+        s.push_str(&esc(crate::geo::ATTRIBUTION));
+    }
+    s.push_str("</footer></body></html>");
     s
 }
 
@@ -151,6 +156,19 @@ pub fn bars(values: &[u64], label: &str, unit: fn(u64) -> String, span_html: &st
         esc(&unit(max as u64))
     );
     s
+}
+
+/// An address (text as given, escaped here) with its country beside it when
+/// the country database knows one (public addresses only).
+pub fn addr(text: &str) -> String {
+    let ip = text
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+    match ip.and_then(|ip| crate::geo::global()?.country_str(ip)) {
+        Some(cc) => format!("{} <abbr class=\"cc\" title=\"country\">{cc}</abbr>", esc(text)),
+        None => esc(text),
+    }
 }
 
 /// A coloured badge for a check level or alert severity.

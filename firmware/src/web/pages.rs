@@ -324,6 +324,30 @@ pub async fn traffic(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
             .collect();
         b.push_str(&table(&["Key", "Bytes", "Packets", "Flows"], &r));
     }
+    if !t.countries.is_empty() {
+        b.push_str(
+            "<h2>Countries</h2><p class=\"hint\">External addresses among each hour's stored top destinations and \
+             talkers, summed (at least these). <code>dst country NL</code> in the flow search finds the flows.</p>",
+        );
+        let r: Vec<Vec<String>> = t
+            .countries
+            .iter()
+            .map(|c| {
+                vec![
+                    format!(
+                        "<a href=\"/flows?filter={}&amp;from=-{}\">{}</a>",
+                        html::url(&format!("country {}", c.country)),
+                        esc(&t.range),
+                        esc(&c.country)
+                    ),
+                    units::bytes(c.bytes_to),
+                    units::bytes(c.bytes_from),
+                    c.flows.to_string(),
+                ]
+            })
+            .collect();
+        b.push_str(&table(&["Country", "Bytes to", "Bytes from", "Flows"], &r));
+    }
     page("Traffic", "/traffic", &v, &b)
 }
 
@@ -391,6 +415,7 @@ pub async fn alert(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>
         ("count", "Detections folded in"),
     ] {
         let val = match &a[k] {
+            serde_json::Value::String(s) if k == "src" || k == "dst" => html::addr(s),
             serde_json::Value::String(s) => esc(s),
             serde_json::Value::Null => "-".into(),
             other => esc(&other.to_string()),
@@ -415,7 +440,7 @@ pub async fn alert(AxState(s): AxState<State>, v: Viewer, Path(id): Path<String>
     b.push_str("<h2>Evidence</h2>");
     let ev: Vec<Vec<String>> = a["evidence"]
         .as_object()
-        .map(|o| o.iter().map(|(k, v)| vec![esc(k), esc(&evidence_text(v))]).collect())
+        .map(|o| o.iter().map(|(k, v)| vec![esc(k), evidence_html(v)]).collect())
         .unwrap_or_default();
     b.push_str(&table(&["Field", "Value"], &ev));
     match &d.acknowledged {
@@ -486,8 +511,8 @@ pub async fn flows(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
             vec![
                 time(r["start"].as_str().unwrap_or("")),
                 units::duration_ms(duration_between(r["start"].as_str(), r["end"].as_str())),
-                format!("{}:{}", g("src"), g("src_port")),
-                format!("{}:{}", g("dst"), g("dst_port")),
+                format!("{}:{}", html::addr(r["src"].as_str().unwrap_or("")), g("src_port")),
+                format!("{}:{}", html::addr(r["dst"].as_str().unwrap_or("")), g("dst_port")),
                 proto_text(r["proto"].as_u64()),
                 units::bytes(r["bytes"].as_u64().unwrap_or(0)),
                 g("packets"),
@@ -628,14 +653,27 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
     };
     let mut b = format!(
         "<dl><dt>Version</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Uptime</dt><dd>{}</dd>\
-         <dt>Page</dt><dd>{}</dd><dt>Certificate</dt><dd><code>{}</code> until {}</dd><dt>Collector</dt><dd>{}</dd></dl>",
+         <dt>Page</dt><dd>{}</dd><dt>Certificate</dt><dd><code>{}</code> until {}</dd><dt>Collector</dt><dd>{}</dd>         <dt>Countries</dt><dd>{}</dd></dl>",
         esc(&x.version),
         time(&x.started),
         units::duration_ms(x.uptime_s * 1000),
         esc(&x.web.join(", ")),
         esc(&x.certificate),
         x.certificate_not_after.as_deref().map(time).unwrap_or_else(|| "-".into()),
-        esc(&x.collector.join(", "))
+        esc(&x.collector.join(", ")),
+        match &x.countries {
+            Some(c) => format!(
+                "<code>{}</code>, data of {} ({}; a newer file at <code>DATA_DIR/{}</code> replaces it)",
+                esc(&c.file),
+                time(&c.built),
+                esc(&c.attribution),
+                crate::geo::DATA_DB
+            ),
+            None => format!(
+                "no database: countries are not shown (put a MaxMind-format file at <code>DATA_DIR/{}</code>)",
+                crate::geo::DATA_DB
+            ),
+        }
     );
     b.push_str("<h2>Network and time</h2>");
     match (&x.network, &x.time) {
@@ -831,20 +869,21 @@ fn proto_text(p: Option<u64>) -> String {
     }
 }
 
-/// An evidence value for people: lists comma-separated (the first 20, then how
-/// many more), strings as they are, numbers as JSON writes them.
-fn evidence_text(v: &serde_json::Value) -> String {
+/// An evidence value for people (HTML): lists comma-separated (the first 20,
+/// then how many more), addresses with their country, other strings as they
+/// are, numbers as JSON writes them.
+fn evidence_html(v: &serde_json::Value) -> String {
     const SHOWN: usize = 20;
     match v {
-        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::String(s) => html::addr(s),
         serde_json::Value::Array(items) => {
-            let mut parts: Vec<String> = items.iter().take(SHOWN).map(evidence_text).collect();
+            let mut parts: Vec<String> = items.iter().take(SHOWN).map(evidence_html).collect();
             if items.len() > SHOWN {
                 parts.push(format!("… and {} more", items.len() - SHOWN));
             }
             parts.join(", ")
         }
-        other => other.to_string(),
+        other => esc(&other.to_string()),
     }
 }
 

@@ -807,6 +807,57 @@ pub struct Traffic {
     /// the order may differ from an exact ranking): `flowwarden query --top` is exact.
     pub top_approximate: Vec<String>,
     pub note: Option<String>,
+    /// Bytes to and from each country: the external addresses among each
+    /// hour's stored top destinations and talkers, summed (at least these).
+    /// Empty without a country database.
+    pub countries: Vec<CountryRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CountryRow {
+    pub country: String,
+    /// To addresses in the country (they were destinations).
+    pub bytes_to: u64,
+    /// From addresses in the country (they were sources).
+    pub bytes_from: u64,
+    pub flows: u64,
+}
+
+/// How many of each hour's top addresses the country table looks at.
+const COUNTRY_SAMPLE: usize = 500;
+
+fn countries(reader: &crate::store::reader::Reader, scope: &Scope, geo: &crate::geo::Geo) -> Vec<CountryRow> {
+    let mut by: BTreeMap<String, CountryRow> = BTreeMap::new();
+    for (key, to) in [(TopKey::Dst, true), (TopKey::Src, false)] {
+        let Ok(Some(rows)) = query::rollups::top_from_hour_lists(reader, scope, key, By::Bytes, COUNTRY_SAMPLE) else {
+            continue;
+        };
+        for r in rows {
+            let Some(cc) = r.key.parse().ok().and_then(|ip| geo.country_str(ip)) else {
+                continue;
+            };
+            let e = by.entry(cc.clone()).or_insert(CountryRow {
+                country: cc,
+                bytes_to: 0,
+                bytes_from: 0,
+                flows: 0,
+            });
+            if to {
+                e.bytes_to += r.bytes;
+            } else {
+                e.bytes_from += r.bytes;
+            }
+            e.flows += r.flows;
+        }
+    }
+    let mut out: Vec<CountryRow> = by.into_values().collect();
+    out.sort_by(|a, b| {
+        (b.bytes_to + b.bytes_from)
+            .cmp(&(a.bytes_to + a.bytes_from))
+            .then(a.country.cmp(&b.country))
+    });
+    out.truncate(20);
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -904,6 +955,7 @@ pub fn traffic(state: &State, q: &ListQuery) -> Traffic {
         top,
         top_approximate: approximate,
         note,
+        countries: crate::geo::global().map(|g| countries(&reader, &top_scope, g)).unwrap_or_default(),
     }
 }
 
@@ -991,6 +1043,15 @@ pub struct System {
     /// (name, role, changed); only for admins.
     pub users: Option<Vec<(String, String, String)>>,
     pub audit: Vec<super::audit::AuditEvent>,
+    /// The country database in use: (file, built), with its attribution.
+    pub countries: Option<CountryDatabase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CountryDatabase {
+    pub file: String,
+    pub built: String,
+    pub attribution: String,
 }
 
 pub fn system(state: &State, viewer: &Viewer) -> System {
@@ -1016,6 +1077,11 @@ pub fn system(state: &State, viewer: &Viewer) -> System {
         detectors: crate::detect::rows::load_status(&reader).ok().flatten(),
         users,
         audit: state.audit.recent(),
+        countries: crate::geo::global().map(|g| CountryDatabase {
+            file: g.path.display().to_string(),
+            built: rfc3339_ms(g.built * 1000),
+            attribution: crate::geo::ATTRIBUTION.to_string(),
+        }),
     }
 }
 

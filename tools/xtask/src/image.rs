@@ -111,6 +111,9 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
         "sbin",
         "var",
         "var/lib",
+        "usr",
+        "usr/share",
+        "usr/share/flowwarden",
     ] {
         cpio.dir(d);
     }
@@ -133,6 +136,12 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
         kernel.release_line()
     );
     cpio.file("etc/flowwarden/release", 0o644, release.as_bytes());
+    // Countries of external addresses (a newer file on the data partition wins).
+    cpio.file(
+        "usr/share/flowwarden/country.mmdb",
+        0o644,
+        &std::fs::read(crate::geo::database(root)?)?,
+    );
     cpio.file("etc/resolv.conf", 0o644, b"");
     cpio.file("etc/hostname", 0o644, b"flowwarden\n");
     for (name, path) in &modules {

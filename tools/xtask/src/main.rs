@@ -13,6 +13,7 @@ mod board;
 mod build;
 mod cpio;
 mod eval;
+mod geo;
 mod image;
 mod kernel;
 mod pagebench;
@@ -69,7 +70,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 fn deps() -> Result<()> {
     let peers: Vec<(&str, &str)> = PEERS.to_vec();
-    apt_ensure(&peers, false)
+    apt_ensure(&peers, false)?;
+    // The tests use the country database the images carry.
+    geo::database(&root()).map(|_| ())
 }
 
 fn is_root() -> bool {
