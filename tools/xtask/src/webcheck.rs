@@ -101,8 +101,17 @@ pub fn check(dir: &Path, ports: Ports, fingerprint: &str, code: &str, password: 
         .and_then(|c| c.iter().find(|c| c["name"] == "exporters"))
         .context("no exporters check")?;
     ensure!(exporters["level"] == "ok", "the guest's page says: {exporters}");
+    // The image carries the country database and the appliance uses it.
+    let system = output(curl(&jar).arg(format!("{base}/api/v1/system")))?;
+    let sys: serde_json::Value = serde_json::from_str(&system).with_context(|| format!("/api/v1/system: {system}"))?;
+    let countries = sys["countries"]["file"].as_str().unwrap_or("none");
+    ensure!(
+        countries == "/usr/share/flowwarden/country.mmdb",
+        "the guest uses no country database from the image: {}",
+        sys["countries"]
+    );
     Ok(format!(
-        "{} ({} flows kept; {})",
+        "{} ({} flows kept; {}; countries from {countries})",
         v["verdict"],
         v["storage"]["flows_kept"],
         exporters["reason"].as_str().unwrap_or("")
