@@ -89,12 +89,17 @@ impl Default for CollectorConfig {
 pub struct NetworkConfig {
     /// Networks that are "inside" the branch.
     pub internal: Vec<IpNet>,
+    /// Names for addresses and networks (`[[network.name]]`: `net`, `name`),
+    /// shown beside them on the page.
+    #[serde(rename = "name")]
+    pub names: Vec<crate::net::NamedNet>,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             internal: IpNet::default_internal(),
+            names: Vec::new(),
         }
     }
 }
@@ -166,6 +171,11 @@ impl Config {
         };
         if let Err((key, message)) = self.web.check() {
             return Err(bad("web", key, message));
+        }
+        for (i, n) in self.network.names.iter().enumerate() {
+            if let Err(m) = crate::net::check_name(&n.name) {
+                return Err(bad("network.name", "name", format!("entry {}: {m}", i + 1)));
+            }
         }
         let c = &self.collector;
         if c.listen.is_empty() {

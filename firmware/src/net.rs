@@ -13,6 +13,35 @@ pub struct IpNet {
     prefix: u8,
 }
 
+/// A name for an internal address or network (`[[network.name]]`), shown
+/// beside matching addresses on the page; the longest prefix wins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedNet {
+    pub net: IpNet,
+    pub name: String,
+}
+
+/// Longest names accepted.
+pub const MAX_NAME: usize = 64;
+
+/// The name of the most specific entry containing `ip`.
+pub fn name_of<'a>(names: &'a [NamedNet], ip: &IpAddr) -> Option<&'a str> {
+    names
+        .iter()
+        .filter(|n| n.net.contains(ip))
+        .max_by_key(|n| n.net.prefix)
+        .map(|n| n.name.as_str())
+}
+
+/// Whether a name can be shown: 1 to [`MAX_NAME`] characters, no control characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(format!("{name:?}: a name has 1 to {MAX_NAME} characters and no control characters"));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("invalid network {input:?}: {why} (expected ADDRESS/PREFIX like 10.0.0.0/8 or fc00::/7)")]
 pub struct IpNetError {

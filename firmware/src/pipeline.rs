@@ -605,6 +605,7 @@ fn check_for_page(text: &str, path: &Path) -> Result<crate::web::config_edit::Si
         summary: crate::config::summary(&cfg),
         warnings: cfg.warnings(),
         internal: cfg.network.internal.clone(),
+        names: cfg.network.names.clone(),
         exporters: cfg.exporters.clone(),
         allow: cfg.detect.allow.clone(),
         forward: cfg.forward.clone(),
@@ -688,6 +689,7 @@ pub async fn run_live(
             forward: cfg.forward.clone(),
             audit_outbox: Some(lasting.outbox.clone()),
             host_status_dir: Some(PathBuf::from("/run/flowwarden")),
+            names: cfg.network.names.clone(),
             settings: cfg.web.config_file.clone().map(|file| crate::web::config_edit::SettingsAccess {
                 file,
                 check: Arc::new(check_for_page),
@@ -740,7 +742,7 @@ pub async fn run_live(
                     Ok(p) => {
                         generation = start_generation(p, parts(&new))?;
                         let later = needs_restart(&cfg, &new);
-                        web.state.reconfigure(new.forward.clone());
+                        web.state.reconfigure(new.forward.clone(), new.network.names.clone());
                         cfg = new;
                         Ok(if later.is_empty() {
                             "configuration reloaded".to_string()

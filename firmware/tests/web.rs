@@ -628,6 +628,30 @@ fn settings_are_checked_previewed_applied_by_reload_and_reverted() {
     );
     assert_eq!(stale.status, 409);
 
+    // A name for an address: in the file, on the settings page after the reload.
+    let pv = a.post_form(
+        "/settings/preview",
+        &[
+            ("csrf", &csrf),
+            ("section", "names"),
+            ("n0_net", "10.20.1.5"),
+            ("n0_name", "front desk"),
+        ],
+    );
+    assert_eq!(pv.status, 200, "{}", pv.body);
+    let (base, text) = apply_fields(&pv.body);
+    assert!(
+        text.contains("[[network.name]]\nnet = \"10.20.1.5/32\"\nname = \"front desk\""),
+        "{text}"
+    );
+    let applied = a.post_form(
+        "/settings/apply",
+        &[("csrf", &csrf), ("base", &base), ("origin", "form"), ("text", &text)],
+    );
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    r.wait_for_line("flowwarden: configuration reloaded", std::time::Duration::from_secs(30));
+    assert!(a.get("/settings").body.contains("value=\"front desk\""));
+
     // A SIEM destination with an uploaded CA file; it is in force after the reload.
     let ca = std::fs::read(d.path().join("web/cert.pem")).unwrap_or_else(|e| panic!("{e}"));
     let pv = post_multipart(
@@ -698,6 +722,6 @@ fn settings_are_checked_previewed_applied_by_reload_and_reverted() {
     assert!(!a.get("/settings").body.contains("value=\"soc\""));
 
     let actions = audit_actions(&mut a);
-    assert_eq!(actions.iter().filter(|x| *x == "settings_applied").count(), 2, "{actions:?}");
+    assert_eq!(actions.iter().filter(|x| *x == "settings_applied").count(), 3, "{actions:?}");
     assert!(actions.iter().any(|x| x == "settings_reverted"), "{actions:?}");
 }

@@ -103,9 +103,10 @@ impl State {
         self.forward.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A reloaded configuration's SIEM destinations.
-    pub fn reconfigure(&self, forward: Vec<crate::forward::settings::ForwardConfig>) {
+    /// A reloaded configuration's SIEM destinations and names for addresses.
+    pub fn reconfigure(&self, forward: Vec<crate::forward::settings::ForwardConfig>, names: Vec<crate::net::NamedNet>) {
         *self.forward.lock().unwrap_or_else(|p| p.into_inner()) = forward;
+        super::html::set_names(names);
     }
 
     pub fn now(&self) -> u64 {

@@ -22,6 +22,7 @@ pub struct SiteView {
     pub summary: String,
     pub warnings: Vec<String>,
     pub internal: Vec<IpNet>,
+    pub names: Vec<crate::net::NamedNet>,
     pub exporters: Vec<ExporterOverride>,
     pub allow: Vec<AllowRule>,
     pub forward: Vec<ForwardConfig>,
@@ -161,6 +162,23 @@ pub fn set_internal(doc: &mut DocumentMut, nets: &[IpNet]) -> Result<(), String>
     let t = table_mut(doc, "network")?;
     t.set_implicit(false);
     t.insert("internal", value(strings(nets.iter().map(|n| n.to_string()))));
+    Ok(())
+}
+
+/// Every `[[network.name]]` replaced by these.
+pub fn set_names(doc: &mut DocumentMut, list: &[crate::net::NamedNet]) -> Result<(), String> {
+    let mut aot = ArrayOfTables::new();
+    for n in list {
+        let mut t = Table::new();
+        t.insert("net", value(n.net.to_string()));
+        t.insert("name", value(n.name.as_str()));
+        aot.push(t);
+    }
+    let network = table_mut(doc, "network")?;
+    network.remove("name");
+    if !aot.is_empty() {
+        network.insert("name", Item::ArrayOfTables(aot));
+    }
     Ok(())
 }
 
@@ -412,6 +430,19 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("[detect]\n"), "no empty [detect] header: {out}");
+        set_names(
+            &mut d,
+            &[crate::net::NamedNet {
+                net: "10.1.2.3/32".parse().unwrap_or_else(|e| panic!("{e:?}")),
+                name: "printer".into(),
+            }],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            d.to_string()
+                .contains("[[network.name]]\nnet = \"10.1.2.3/32\"\nname = \"printer\""),
+            "{d}"
+        );
         // Removing every entry removes the tables.
         set_exporters(&mut d, &[]);
         set_allow(&mut d, &[]).unwrap_or_else(|e| panic!("{e}"));

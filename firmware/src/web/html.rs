@@ -158,17 +158,30 @@ pub fn bars(values: &[u64], label: &str, unit: fn(u64) -> String, span_html: &st
     s
 }
 
-/// An address (text as given, escaped here) with its country beside it when
-/// the country database knows one (public addresses only).
+/// The configuration's names for addresses (`[[network.name]]`), replaced at every reload.
+static NAMES: std::sync::RwLock<Vec<crate::net::NamedNet>> = std::sync::RwLock::new(Vec::new());
+
+/// The names the page shows beside addresses.
+pub fn set_names(names: Vec<crate::net::NamedNet>) {
+    *NAMES.write().unwrap_or_else(|p| p.into_inner()) = names;
+}
+
+/// An address (text as given, escaped here) with its configured name and its
+/// country (public addresses, when the country database knows one) beside it.
 pub fn addr(text: &str) -> String {
     let ip = text
         .parse::<std::net::IpAddr>()
         .ok()
         .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
-    match ip.and_then(|ip| crate::geo::global()?.country_str(ip)) {
-        Some(cc) => format!("{} <abbr class=\"cc\" title=\"country\">{cc}</abbr>", esc(text)),
-        None => esc(text),
+    let Some(ip) = ip else { return esc(text) };
+    let mut s = esc(text);
+    if let Some(name) = crate::net::name_of(&NAMES.read().unwrap_or_else(|p| p.into_inner()), &ip) {
+        let _ = write!(s, " <span class=\"name\">{}</span>", esc(name));
     }
+    if let Some(cc) = crate::geo::global().and_then(|g| g.country_str(ip)) {
+        let _ = write!(s, " <abbr class=\"cc\" title=\"country\">{cc}</abbr>");
+    }
+    s
 }
 
 /// A coloured badge for a check level or alert severity.
@@ -192,5 +205,25 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
         assert_eq!(url("src host 10.0.0.1 and port 443"), "src%20host%2010.0.0.1%20and%20port%20443");
+    }
+
+    #[test]
+    fn addresses_carry_their_most_specific_name() {
+        let net = |s: &str| s.parse().unwrap_or_else(|e| panic!("{e:?}"));
+        set_names(vec![
+            crate::net::NamedNet {
+                net: net("10.1.0.0/16"),
+                name: "branch <LAN>".into(),
+            },
+            crate::net::NamedNet {
+                net: net("10.1.2.3/32"),
+                name: "printer".into(),
+            },
+        ]);
+        assert_eq!(addr("10.1.2.3"), "10.1.2.3 <span class=\"name\">printer</span>");
+        assert_eq!(addr("10.1.9.9"), "10.1.9.9 <span class=\"name\">branch &lt;LAN&gt;</span>");
+        assert_eq!(addr("10.2.0.1"), "10.2.0.1");
+        assert_eq!(addr("not <an> address"), "not &lt;an&gt; address");
+        set_names(Vec::new());
     }
 }

@@ -57,6 +57,8 @@ pub struct Appliance {
     pub audit_outbox: Option<crate::forward::spool::Outbox>,
     /// The configuration file the page's settings change (None: read-only).
     pub settings: Option<config_edit::SettingsAccess>,
+    /// Names shown beside addresses (`[[network.name]]`).
+    pub names: Vec<crate::net::NamedNet>,
 }
 
 /// A started page: its listeners' addresses and tasks.
@@ -106,6 +108,7 @@ pub async fn start(cfg: &WebConfig, app: Appliance, root: bool, stop: tokio::syn
     }
     let redirect = cfg.redirect_listen.map(listen::bind).transpose()?;
     let shared = listen::Shared::new(app.metrics.clone());
+    html::set_names(app.names.clone());
     let state = app::State::new(app, cfg, identity.fingerprint.clone(), identity.not_after_ms);
     let router = app::router(state.clone());
     let mut tasks = Vec::new();

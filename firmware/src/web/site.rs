@@ -133,6 +133,30 @@ pub async fn settings(AxState(s): AxState<State>, v: Viewer) -> Response {
         nets.len().clamp(3, 12),
         esc(&nets.join("\n"))
     );
+    // Names for addresses and networks.
+    let mut rows = String::new();
+    for (i, n) in view.names.iter().map(Some).chain([None]).enumerate() {
+        let _ = write!(
+            rows,
+            "<tr><td><input name=\"n{i}_net\" value=\"{}\" placeholder=\"10.1.2.3 or 10.1.2.0/24\" aria-label=\"Address or network\"></td>\
+             <td><input name=\"n{i}_name\" value=\"{}\" aria-label=\"Name\"></td><td>{}</td></tr>",
+            esc(&n.map(|n| n.net.to_string()).unwrap_or_default()),
+            esc(n.map(|n| n.name.as_str()).unwrap_or("")),
+            if n.is_some() {
+                format!("<label><input type=\"checkbox\" name=\"n{i}_remove\"> remove</label>")
+            } else {
+                "new".into()
+            }
+        );
+    }
+    let _ = write!(
+        b,
+        "<section class=\"card\" id=\"names\"><h2>Names</h2><p class=\"hint\">Shown beside matching addresses on \
+         every page and in alert evidence (the most specific entry wins).</p>\
+         <form method=\"post\" action=\"/settings/preview\">{csrf}<input type=\"hidden\" name=\"section\" value=\"names\">\
+         <div class=\"scroll\"><table><thead><tr><th>Address or network</th><th>Name</th><th></th></tr></thead>\
+         <tbody>{rows}</tbody></table></div><button type=\"submit\">Preview</button></form></section>"
+    );
     // Exporter overrides.
     let mut rows = String::new();
     let blank = ExporterOverride {
@@ -304,6 +328,22 @@ fn rows<'a>(fields: &'a HashMap<String, String>, prefix: &str, keys: &[&'static 
     out
 }
 
+fn parse_names(fields: &HashMap<String, String>) -> Result<Vec<crate::net::NamedNet>, String> {
+    let mut out = Vec::new();
+    for (n, r) in rows(fields, "n", &["net", "name"]).into_iter().enumerate() {
+        let row = n + 1;
+        let net = r["net"]
+            .parse()
+            .map_err(|_| format!("names row {row}: {:?} is not an address or network", r["net"]))?;
+        crate::net::check_name(r["name"]).map_err(|e| format!("names row {row}: {e}"))?;
+        out.push(crate::net::NamedNet {
+            net,
+            name: r["name"].to_string(),
+        });
+    }
+    Ok(out)
+}
+
 fn parse_exporters(fields: &HashMap<String, String>) -> Result<Vec<ExporterOverride>, String> {
     let mut out = Vec::new();
     for (n, r) in rows(fields, "e", &["address", "rate", "mode", "name"]).into_iter().enumerate() {
@@ -399,6 +439,7 @@ fn candidate(current: &str, fields: &HashMap<String, String>) -> Result<String, 
             }
             config_edit::set_internal(&mut doc, &nets)?;
         }
+        "names" => config_edit::set_names(&mut doc, &parse_names(fields)?)?,
         "exporters" => config_edit::set_exporters(&mut doc, &parse_exporters(fields)?),
         "allow" => config_edit::set_allow(&mut doc, &parse_allow(fields)?)?,
         other => return Err(format!("unknown settings section {other:?}")),
@@ -802,6 +843,14 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.matches("[[exporter]]").count(), 1, "{c}");
         assert!(c.contains("sampling_rate = 100") && !c.contains("192.0.2.2"), "{c}");
+        let c = candidate(
+            cur,
+            &fields(&[("section", "names"), ("n0_net", "10.1.2.3"), ("n0_name", "printer")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.contains("[[network.name]]\nnet = \"10.1.2.3/32\"\nname = \"printer\""), "{c}");
+        let e = candidate(cur, &fields(&[("section", "names"), ("n0_net", "10.1.2.3"), ("n0_name", "")])).err();
+        assert!(e.is_some_and(|e| e.starts_with("names row 1: ")));
         let e = candidate(cur, &fields(&[("section", "exporters"), ("e0_address", "x"), ("e0_rate", "")])).err();
         assert_eq!(e.as_deref(), Some("exporter row 1: \"x\" is not an IP address"));
         let c = candidate(
