@@ -32,6 +32,10 @@ fn cli_json_lines(args: &[&OsStr]) -> Vec<serde_json::Value> {
 fn a_technician_sets_up_logs_in_and_reads_every_page() {
     let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let data = d.path().join("data");
+    // The country database the images carry (`cargo xtask deps` fetched it).
+    let geo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/geo/country.mmdb");
+    std::fs::create_dir_all(data.join("geo")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(&geo, data.join("geo/country.mmdb")).unwrap_or_else(|e| panic!("{}: {e} (`cargo xtask deps` fetches it)", geo.display()));
     let r = Running::start(&data, &["--demo"]);
     let (addr, _) = r.web.clone().unwrap_or_else(|| panic!("no web line"));
     let code = r.setup_code.clone().unwrap_or_else(|| panic!("no setup code"));
@@ -160,6 +164,12 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
         b.script("return [...document.querySelectorAll('main table')].filter(t => t.querySelector('td.none')).length") == 0
     });
     b.screenshot(&shots().join("traffic.png"));
+    assert!(b.text("main").contains("Countries"), "the week's countries table on /traffic");
+    assert!(b.text("footer").contains("NRO"), "the country data's attribution");
+    b.script(
+        "const h = [...document.querySelectorAll('h2')].find(h => h.textContent == 'Countries'); window.scrollTo(0, h.offsetTop); return 0",
+    );
+    b.screenshot(&shots().join("traffic-countries.png"));
 
     for (path, expect) in [
         ("/storage", "Flows kept"),
