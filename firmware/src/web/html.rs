@@ -169,10 +169,15 @@ pub fn set_names(names: Vec<crate::net::NamedNet>) {
 /// An address (text as given, escaped here) with its configured name and its
 /// country (public addresses, when the country database knows one) beside it.
 pub fn addr(text: &str) -> String {
+    // An address, ADDR:PORT, or ADDR:PORT/proto (a scan's targets in evidence).
+    let bare = text
+        .split_once('/')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map_or(text, |(a, _)| a);
     let ip = text
         .parse::<std::net::IpAddr>()
         .ok()
-        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+        .or_else(|| bare.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
     let Some(ip) = ip else { return esc(text) };
     let mut s = esc(text);
     if let Some(name) = crate::net::name_of(&NAMES.read().unwrap_or_else(|p| p.into_inner()), &ip) {
@@ -223,6 +228,8 @@ mod tests {
         assert_eq!(addr("10.1.2.3"), "10.1.2.3 <span class=\"name\">printer</span>");
         assert_eq!(addr("10.1.9.9"), "10.1.9.9 <span class=\"name\">branch &lt;LAN&gt;</span>");
         assert_eq!(addr("10.2.0.1"), "10.2.0.1");
+        assert_eq!(addr("10.1.2.3:161/udp"), "10.1.2.3:161/udp <span class=\"name\">printer</span>");
+        assert_eq!(addr("10.1.2.0/24"), "10.1.2.0/24", "a network is not an address");
         assert_eq!(addr("not <an> address"), "not &lt;an&gt; address");
         set_names(Vec::new());
     }
