@@ -217,11 +217,8 @@ impl Pipeline {
         writer.add_participant(Box::new(book));
         let store_counters = writer.counters.clone();
         let decoder = match carried.decoder {
-            Some((mut d, old)) => {
-                let fixed = d.reconfigure(&cfg.decoder_settings(), &old);
-                if !fixed.is_empty() {
-                    tracing::warn!("{} changed: takes effect when the appliance restarts", fixed.join(", "));
-                }
+            Some(mut d) => {
+                d.reconfigure(&cfg.decoder_settings());
                 d
             }
             None => Decoder::new(
@@ -396,13 +393,13 @@ impl Pipeline {
     /// them, exporter health) and, with `keep_engine`, the detection engine
     /// (sessions, windows, open alerts) are handed back unfinished, for
     /// [`Pipeline::open_with`] to go on with.
-    pub fn hand_over(mut self, keep_engine: bool, settings: crate::decode::settings::DecoderSettings) -> (PipelineReport, Carried) {
+    pub fn hand_over(mut self, keep_engine: bool) -> (PipelineReport, Carried) {
         let (report, engine) = self.stop(keep_engine);
         let Pipeline { decoder, .. } = self;
         (
             report,
             Carried {
-                decoder: Some((decoder, settings)),
+                decoder: Some(decoder),
                 engine,
             },
         )
@@ -455,10 +452,10 @@ impl Pipeline {
 }
 
 /// What a stopped generation hands to the next (see [`Pipeline::hand_over`]):
-/// the decoder with the settings it ran with, and the detection engine.
+/// the decoder and the detection engine.
 #[derive(Default)]
 pub struct Carried {
-    pub decoder: Option<(Decoder, crate::decode::settings::DecoderSettings)>,
+    pub decoder: Option<Decoder>,
     pub engine: Option<Engine>,
 }
 
@@ -519,7 +516,6 @@ fn start_generation(pipeline: Pipeline, p: GenerationParts<'_>) -> Result<Genera
     );
     let hand_over = Arc::new(std::sync::atomic::AtomicU8::new(RUNNING));
     let flag = hand_over.clone();
-    let settings = p.cfg.decoder_settings();
     let GenerationParts { rx, counters, inodes, .. } = p;
     let mut pipeline = pipeline;
     let decoder = std::thread::Builder::new()
@@ -533,7 +529,7 @@ fn start_generation(pipeline: Pipeline, p: GenerationParts<'_>) -> Result<Genera
                 if mode != RUNNING {
                     // A reload: what is still queued waits for the next generation.
                     pipeline.publish_socket_metrics(&counters);
-                    let (report, carried) = pipeline.hand_over(mode == HAND_OVER_KEEP_ENGINE, settings);
+                    let (report, carried) = pipeline.hand_over(mode == HAND_OVER_KEEP_ENGINE);
                     return (rx, report, carried);
                 }
                 match rx.recv_timeout(Duration::from_millis(100)) {
@@ -613,22 +609,21 @@ fn check_for_page(text: &str, path: &Path) -> Result<crate::web::config_edit::Si
 }
 
 /// What changed between two configurations that a reload cannot apply (the
-/// sockets and the page stay as they are until the next start).
+/// sockets, the page and the decoder's table sizes stay until the next start).
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if old.collector.listen != new.collector.listen {
-        out.push("collector.listen");
-    }
-    if old.collector.receive_buffer != new.collector.receive_buffer {
-        out.push("collector.receive_buffer");
-    }
-    if old.web != new.web {
-        out.push("[web]");
-    }
-    if old.data_dir != new.data_dir {
-        out.push("data_dir");
-    }
-    out
+    let (a, b) = (&old.collector, &new.collector);
+    [
+        (a.listen != b.listen, "collector.listen"),
+        (a.receive_buffer != b.receive_buffer, "collector.receive_buffer"),
+        (a.max_exporters != b.max_exporters, "collector.max_exporters"),
+        (a.pending_per_exporter != b.pending_per_exporter, "collector.pending_per_exporter"),
+        (a.pending_ttl != b.pending_ttl, "collector.pending_ttl"),
+        (old.web != new.web, "[web]"),
+        (old.data_dir != new.data_dir, "data_dir"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key))
+    .collect()
 }
 
 /// `flowwarden run`: the pipeline behind the collector's sockets, the decoder

@@ -178,23 +178,11 @@ impl Decoder {
     /// New settings while running (a configuration reload): internal
     /// networks, exporter overrides and the clock-skew limit apply to the next
     /// datagram; templates, data waiting for them and exporter health are kept.
-    /// The table sizes are fixed until the next start: returns the names of
-    /// those that differ, for the caller to say so.
-    pub fn reconfigure(&mut self, cfg: &DecoderSettings, old: &DecoderSettings) -> Vec<&'static str> {
+    /// The table sizes stay until the next start (the reload names them).
+    pub fn reconfigure(&mut self, cfg: &DecoderSettings) {
         self.internal = cfg.internal.clone();
         self.overrides = cfg.overrides.clone();
         self.max_skew_ms = cfg.max_clock_skew_ms;
-        let mut fixed = Vec::new();
-        if cfg.max_exporters != old.max_exporters {
-            fixed.push("collector.max_exporters");
-        }
-        if cfg.pending_per_exporter != old.pending_per_exporter {
-            fixed.push("collector.pending_per_exporter");
-        }
-        if cfg.pending_ttl_ms != old.pending_ttl_ms {
-            fixed.push("collector.pending_ttl");
-        }
-        fixed
     }
 
     /// Replace the box's clock (tests: flows judged against a fixed "now").

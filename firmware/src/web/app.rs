@@ -77,7 +77,7 @@ impl std::ops::Deref for State {
 }
 
 impl State {
-    pub fn new(app: Appliance, cfg: &WebConfig, fingerprint: String, cert_not_after_ms: Option<u64>) -> State {
+    pub fn new(mut app: Appliance, cfg: &WebConfig, fingerprint: String, cert_not_after_ms: Option<u64>) -> State {
         let started_ms = (app.clock)();
         State(Arc::new(Inner {
             metrics_public: cfg.metrics_public,
@@ -93,7 +93,8 @@ impl State {
             started_ms,
             urls: Mutex::new(Vec::new()),
             rates: Mutex::new(RateTable::default()),
-            forward: Mutex::new(app.forward.clone()),
+            // The page reads the destinations in force here only (a reload replaces them).
+            forward: Mutex::new(std::mem::take(&mut app.forward)),
             app,
         }))
     }

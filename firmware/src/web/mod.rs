@@ -49,7 +49,7 @@ pub struct Appliance {
     pub clock: Clock,
     /// Where the collector listens (for the overview).
     pub collector: Vec<SocketAddr>,
-    /// The configured SIEM destinations (for "send test event" and the overview's checks).
+    /// The configured SIEM destinations at start (the page's state takes them; a reload replaces them there).
     pub forward: Vec<crate::forward::settings::ForwardConfig>,
     /// Where PID 1 writes `network.json` and `time.json` (`/run/flowwarden`; None: not known).
     pub host_status_dir: Option<PathBuf>,
