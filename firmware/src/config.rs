@@ -131,6 +131,9 @@ pub struct Config {
     pub forward: Vec<crate::forward::settings::ForwardConfig>,
     /// The local web status page (`[web]`).
     pub web: crate::web::settings::WebConfig,
+    /// The image's management network as the site sets it (`[management]`;
+    /// PID 1 applies it, the board file holds the defaults).
+    pub management: Option<crate::management::Management>,
 }
 
 impl Config {
@@ -171,6 +174,9 @@ impl Config {
         };
         if let Err((key, message)) = self.web.check() {
             return Err(bad("web", key, message));
+        }
+        if let Some(Err((key, message))) = self.management.as_ref().map(|m| m.check()) {
+            return Err(bad("management", key, message));
         }
         for (i, n) in self.network.names.iter().enumerate() {
             if let Err(m) = crate::net::check_name(&n.name) {

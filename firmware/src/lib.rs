@@ -18,6 +18,7 @@ pub mod flow;
 pub mod forward;
 pub mod geo;
 pub mod init;
+pub mod management;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;

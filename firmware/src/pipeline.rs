@@ -605,7 +605,21 @@ fn check_for_page(text: &str, path: &Path) -> Result<crate::web::config_edit::Si
         exporters: cfg.exporters.clone(),
         allow: cfg.detect.allow.clone(),
         forward: cfg.forward.clone(),
+        management: cfg.management.clone(),
     })
+}
+
+/// A reload changed `[management]`: PID 1 applies it (on the image), else say
+/// that nothing here uses it.
+async fn management_changed() -> String {
+    if !crate::management::under_init() {
+        return "the [management] settings are used by the appliance image only".into();
+    }
+    match tokio::task::spawn_blocking(|| crate::management::ask_init("network apply")).await {
+        Ok(Ok(said)) => said,
+        Ok(Err(e)) => format!("management network NOT changed: {e}"),
+        Err(e) => format!("management network NOT changed: {e}"),
+    }
 }
 
 /// What changed between two configurations that a reload cannot apply (the
@@ -738,15 +752,21 @@ pub async fn run_live(
                         generation = start_generation(p, parts(&new))?;
                         let later = needs_restart(&cfg, &new);
                         web.state.reconfigure(new.forward.clone(), new.network.names.clone());
+                        let network = (cfg.management != new.management).then(management_changed);
                         cfg = new;
-                        Ok(if later.is_empty() {
+                        let mut said = if later.is_empty() {
                             "configuration reloaded".to_string()
                         } else {
                             format!(
                                 "configuration reloaded; {} changed and take effect when the appliance restarts",
                                 later.join(", ")
                             )
-                        })
+                        };
+                        if let Some(network) = network {
+                            said.push_str("; ");
+                            said.push_str(&network.await);
+                        }
+                        Ok(said)
                     }
                     Err(e) => {
                         // The old settings again (their stages start afresh from the state file).

@@ -8,14 +8,25 @@
 //! stages: collector, capture, decode, detect, forward, query, accounts ─▶ store ─▶ leaves
 //! control (the channel to a running appliance) ─▶ accounts
 //! web (the page) ─▶ what the stages keep (decode, detect, forward, query, store), accounts, control
-//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki geo
+//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki geo management
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const LEAVES: &[&str] = &[
-    "alert", "flow", "units", "timefmt", "net", "metrics", "fasthash", "table", "evidence", "pki", "geo",
+    "alert",
+    "flow",
+    "units",
+    "timefmt",
+    "net",
+    "metrics",
+    "fasthash",
+    "table",
+    "evidence",
+    "pki",
+    "geo",
+    "management",
 ];
 
 /// What each top-level module may import besides the leaves (None: anything).

@@ -652,6 +652,75 @@ fn settings_are_checked_previewed_applied_by_reload_and_reverted() {
     r.wait_for_line("flowwarden: configuration reloaded", std::time::Duration::from_secs(30));
     assert!(a.get("/settings").body.contains("value=\"front desk\""));
 
+    // The management network: in the file and the form; off the image nothing applies it
+    // (the reload says so) and there is nothing to keep.
+    let pv = a.post_form(
+        "/settings/preview",
+        &[
+            ("csrf", &csrf),
+            ("section", "management"),
+            ("m_mode", "static"),
+            ("m_address", "192.0.2.10/24"),
+            ("m_gateway", "192.0.2.1"),
+            ("m_vlan", "20"),
+            ("m_confirm", "2m"),
+        ],
+    );
+    assert_eq!(pv.status, 200, "{}", pv.body);
+    assert!(pv.body.contains("<span class=\"add\">+ vlan = 20</span>"), "{}", pv.body);
+    let (base, text) = apply_fields(&pv.body);
+    let applied = a.post_form(
+        "/settings/apply",
+        &[("csrf", &csrf), ("base", &base), ("origin", "form"), ("text", &text)],
+    );
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert!(
+        applied
+            .body
+            .contains("the [management] settings are used by the appliance image only"),
+        "{}",
+        applied.body
+    );
+    r.wait_for_line("flowwarden: configuration reloaded", std::time::Duration::from_secs(30));
+    let saved = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        saved.contains(
+            "[management]\nmode = \"static\"\naddress = \"192.0.2.10/24\"\ngateway = \"192.0.2.1\"\nvlan = 20\nconfirm_within = \"120s\"\n"
+        ),
+        "{saved}"
+    );
+    let page = a.get("/settings");
+    assert!(
+        page.body.contains("<option value=\"static\" selected>") && page.body.contains("name=\"m_vlan\" value=\"20\""),
+        "{}",
+        page.body
+    );
+    let bad = a.post_form(
+        "/settings/preview",
+        &[
+            ("csrf", &csrf),
+            ("section", "management"),
+            ("m_mode", "static"),
+            ("m_address", "192.0.2.10/24"),
+            ("m_gateway", "198.51.100.1"),
+        ],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body
+            .contains("management network, gateway: 198.51.100.1 is not inside 192.0.2.10/24"),
+        "{}",
+        bad.body
+    );
+    let keep = a.post_form("/system/network/keep", &[("csrf", &csrf)]);
+    assert_eq!(keep.status, 409);
+    assert!(keep.body.contains("PID 1 does not manage the network here"), "{}", keep.body);
+    assert_eq!(
+        v.post_form("/system/network/keep", &[("csrf", &csrf_v)]).status,
+        403,
+        "keeping is for admins"
+    );
+
     // A SIEM destination with an uploaded CA file; it is in force after the reload.
     let ca = std::fs::read(d.path().join("web/cert.pem")).unwrap_or_else(|e| panic!("{e}"));
     let pv = post_multipart(
@@ -722,6 +791,10 @@ fn settings_are_checked_previewed_applied_by_reload_and_reverted() {
     assert!(!a.get("/settings").body.contains("value=\"soc\""));
 
     let actions = audit_actions(&mut a);
-    assert_eq!(actions.iter().filter(|x| *x == "settings_applied").count(), 3, "{actions:?}");
+    assert_eq!(actions.iter().filter(|x| *x == "settings_applied").count(), 4, "{actions:?}");
+    assert!(
+        actions.iter().any(|x| x == "network_kept"),
+        "a refused keep is audited too: {actions:?}"
+    );
     assert!(actions.iter().any(|x| x == "settings_reverted"), "{actions:?}");
 }

@@ -1,6 +1,6 @@
 //! The serial-console maintenance commands PID 1 accepts from a field
 //! technician (and from the QEMU system tests): `query ...`, `exporters ...`,
-//! `status`, `user ...`, `token ...`, `reboot`, `poweroff`, `help`. Query and
+//! `status`, `user ...`, `token ...`, `network keep`, `reboot`, `poweroff`, `help`. Query and
 //! account commands run the appliance binary as a child with `--data-dir`
 //! filled in (account changes reach a running appliance over its control
 //! socket, so `user set` here is the password recovery that keeps all data); each command ends with a
@@ -30,13 +30,15 @@ pub enum ConsoleCmd {
     /// and hands it to the child on its stdin.
     ExecWithPassword(Vec<String>),
     Status,
+    /// `network keep`: the management network settings on trial stay.
+    NetworkKeep,
     Reboot,
     PowerOff,
     Help,
     Empty,
 }
 
-pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | reboot | poweroff | help";
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | network keep | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
 pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
@@ -123,6 +125,7 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
         "version" => Ok(ConsoleCmd::Exec(vec!["version".into()])),
         "reload" => Ok(ConsoleCmd::Exec(vec!["reload".into(), "--data-dir".into(), data_dir.to_string()])),
         "status" => Ok(ConsoleCmd::Status),
+        "network" if rest.len() == 1 && rest[0] == "keep" => Ok(ConsoleCmd::NetworkKeep),
         "reboot" => Ok(ConsoleCmd::Reboot),
         "poweroff" | "shutdown" => Ok(ConsoleCmd::PowerOff),
         "help" | "?" => Ok(ConsoleCmd::Help),
@@ -173,6 +176,8 @@ mod tests {
         );
         assert_eq!(parse("user", "/d").unwrap(), ConsoleCmd::Exec(v(&["user", "--help"])));
         assert_eq!(parse("reload", "/d").unwrap(), ConsoleCmd::Exec(v(&["reload", "--data-dir", "/d"])));
+        assert_eq!(parse("network keep", "/d").unwrap(), ConsoleCmd::NetworkKeep);
+        assert!(matches!(parse("network", "/d"), Err(ConsoleError::Unknown(_))));
         assert_eq!(parse("user list --data-dir /x", "/d"), Err(ConsoleError::DataDirFixed));
         assert_eq!(parse("", "/d").unwrap(), ConsoleCmd::Empty);
         assert!(parse("rm -rf /", "/d").unwrap_err().to_string().contains("unknown command \"rm\""));

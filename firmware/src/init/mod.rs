@@ -9,8 +9,11 @@
 //!    ([`gpt`], then reboots once) and its file system after it (resize2fs); runs e2fsck -p
 //!    (a damaged superblock is repaired from a backup, a blank partition is formatted:
 //!    first boot), mounts it on /data;
-//! 4. brings up lo and the management interface: DHCPv4 ([`dhcp`]) or a static
-//!    address, default route and /etc/resolv.conf, via route netlink ([`netlink`]);
+//! 4. brings up lo and the management interface as the board file and the data
+//!    partition's `[management]` table say: DHCPv4 ([`dhcp`]) or a static address,
+//!    optionally on a VLAN, default route and /etc/resolv.conf, via route netlink
+//!    ([`netlink`]); [`netman`] keeps it (renewals, live changes on trial, and
+//!    going back when they are not kept), asked over /run/flowwarden/init.sock;
 //! 5. sets the clock by SNTP when a server answers ([`sntp`]) and records in
 //!    /run/flowwarden/time.json whether it did;
 //! 6. runs `flowwarden run --data-dir /data` as a child, restarts it with backoff
@@ -39,9 +42,10 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use sysconf::{NetMode, SystemConfig};
+use sysconf::SystemConfig;
 
 /// True when this process is PID 1.
 pub fn is_pid1() -> bool {
@@ -69,6 +73,8 @@ fn set(status: &Shared, f: impl FnOnce(&mut Status)) {
 macro_rules! say {
     ($($t:tt)*) => { eprintln!("flowwarden-init: {}", format!($($t)*)) };
 }
+
+pub mod netman;
 
 /// Written by `cargo xtask image`: version, board, commit, kernel package.
 const RELEASE_FILE: &str = "/etc/flowwarden/release";
@@ -169,172 +175,16 @@ fn boot_and_supervise(boot: Instant) -> Result<()> {
         s.data = format!("{} on {}{size}", dev.display(), cfg.data.mountpoint.display())
     });
 
-    let ntp_from_dhcp = network(&cfg, &status);
-    sync_time(&cfg, &ntp_from_dhcp, &status);
+    let appliance_pid = Arc::new(AtomicI32::new(0));
+    let (net, effective, ntp_from_dhcp) = netman::start(&cfg, &cfg.data.mountpoint, &status, appliance_pid.clone());
+    sync_time(&effective, &ntp_from_dhcp, &status);
     say!("system up in {} ms", boot.elapsed().as_millis());
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("async runtime for the supervisor")?;
-    rt.block_on(supervise(cfg, status))
-}
-
-/// Brings up lo and the management interface; returns NTP servers the DHCP server offered.
-fn network(cfg: &SystemConfig, status: &Shared) -> Vec<Ipv4Addr> {
-    let mut nl = match netlink::Netlink::open() {
-        Ok(n) => n,
-        Err(e) => {
-            say!("network: {e}");
-            set(status, |s| s.network = format!("down: {e}"));
-            return Vec::new();
-        }
-    };
-    let seq = nl.next_seq();
-    if let Err(e) = nl.request("lo up", seq, &netlink::link_up(seq, 1)) {
-        say!("{e}");
-    }
-    if cfg.network.mode == NetMode::None {
-        set(status, |s| s.network = "management interface disabled (mode none)".into());
-        return Vec::new();
-    }
-    let Some((iface, ifindex, mac)) = find_iface(&cfg.network.interface, Duration::from_secs(10)) else {
-        say!("network: interface {:?} not found", cfg.network.interface);
-        set(status, |s| s.network = format!("interface {:?} not found", cfg.network.interface));
-        return Vec::new();
-    };
-    let seq = nl.next_seq();
-    if let Err(e) = nl.request(&format!("{iface} up"), seq, &netlink::link_up(seq, ifindex)) {
-        say!("{e}");
-    }
-    match cfg.network.mode {
-        NetMode::Static => {
-            let Some(Ok((addr, len))) = cfg.network.address.as_deref().map(sysconf::parse_cidr4) else {
-                return Vec::new();
-            };
-            let applied = apply(&mut nl, &iface, ifindex, addr, len, cfg.network.gateway, &cfg.network.dns);
-            set(status, |s| s.network = format!("{iface} static {addr}/{len}: {applied}"));
-            Vec::new()
-        }
-        NetMode::Dhcp => {
-            let first = dhcp::obtain(&iface, mac, &cfg.hostname, Duration::from_secs(cfg.network.dhcp_timeout_secs));
-            let ntp = first.as_ref().map(|l| l.ntp.clone()).unwrap_or_default();
-            // Apply now, then keep the lease in a thread: renew at half its time, retry
-            // every 30 s without one.
-            apply_lease(&mut nl, &iface, ifindex, &first, &cfg.network.dns, status);
-            let (status, hostname, dns_cfg) = (status.clone(), cfg.hostname.clone(), cfg.network.dns.clone());
-            let mut current = first;
-            let _ = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
-                loop {
-                    let wait = match &current {
-                        Ok(l) => Duration::from_secs(u64::from(l.lease_secs / 2).max(30)),
-                        Err(_) => Duration::from_secs(30),
-                    };
-                    std::thread::sleep(wait);
-                    current = dhcp::obtain(&iface, mac, &hostname, Duration::from_secs(30));
-                    apply_lease(&mut nl, &iface, ifindex, &current, &dns_cfg, &status);
-                }
-            });
-            ntp
-        }
-        NetMode::None => Vec::new(),
-    }
-}
-
-fn apply_lease(
-    nl: &mut netlink::Netlink,
-    iface: &str,
-    ifindex: u32,
-    lease: &Result<dhcp::Lease, dhcp::DhcpError>,
-    dns_cfg: &[Ipv4Addr],
-    status: &Shared,
-) {
-    match lease {
-        Ok(l) => {
-            let dns: Vec<Ipv4Addr> = if dns_cfg.is_empty() { l.dns.clone() } else { dns_cfg.to_vec() };
-            let applied = apply(nl, iface, ifindex, l.address, l.prefix_len, l.router, &dns);
-            let line = format!(
-                "{iface} dhcp {}/{} via {} from {} (lease {} s, dns {:?}): {applied}",
-                l.address,
-                l.prefix_len,
-                l.router.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                l.server,
-                l.lease_secs,
-                dns
-            );
-            say!("network: {line}");
-            let _ = std::fs::write(
-                "/run/flowwarden/network.json",
-                serde_json::json!({"interface": iface, "mode": "dhcp", "address": format!("{}/{}", l.address, l.prefix_len),
-                    "gateway": l.router.map(|r| r.to_string()), "dns": dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                    "dhcp_server": l.server.to_string(), "lease_secs": l.lease_secs})
-                .to_string(),
-            );
-            set(status, |s| s.network = line);
-        }
-        Err(e) => {
-            say!("network: {e}; retrying in the background");
-            set(status, |s| s.network = format!("no address: {e}"));
-        }
-    }
-}
-
-/// Address, default route and resolv.conf; returns "ok" or what failed.
-fn apply(nl: &mut netlink::Netlink, iface: &str, ifindex: u32, addr: Ipv4Addr, len: u8, gw: Option<Ipv4Addr>, dns: &[Ipv4Addr]) -> String {
-    let mut problems = Vec::new();
-    let seq = nl.next_seq();
-    if let Err(e) = nl.request(
-        &format!("address {addr}/{len} on {iface}"),
-        seq,
-        &netlink::add_addr(seq, ifindex, addr, len),
-    ) {
-        problems.push(e.to_string());
-    }
-    if let Some(gw) = gw {
-        let seq = nl.next_seq();
-        if let Err(e) = nl.request(&format!("default route via {gw}"), seq, &netlink::default_route(seq, ifindex, gw)) {
-            problems.push(e.to_string());
-        }
-    }
-    let resolv: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
-    if let Err(e) = std::fs::write("/etc/resolv.conf", resolv) {
-        problems.push(format!("/etc/resolv.conf: {e}"));
-    }
-    if problems.is_empty() { "ok".into() } else { problems.join("; ") }
-}
-
-/// Name, ifindex and MAC of the management interface (`auto`: first Ethernet one).
-fn find_iface(want: &str, wait: Duration) -> Option<(String, u32, [u8; 6])> {
-    let start = Instant::now();
-    loop {
-        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            let base = Path::new("/sys/class/net").join(&name);
-            let read = |f: &str| std::fs::read_to_string(base.join(f)).unwrap_or_default().trim().to_string();
-            let is_ether = read("type") == "1" && name != "lo";
-            if (want == "auto" && is_ether) || name == want {
-                let ifindex: u32 = read("ifindex").parse().ok()?;
-                let mac = parse_mac(&read("address")).unwrap_or([0x02, 0, 0, 0, 0, 1]);
-                return Some((name, ifindex, mac));
-            }
-        }
-        if start.elapsed() >= wait {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    rt.block_on(supervise(cfg, status, net, appliance_pid))
 }
 
 /// Tries DHCP-offered then configured SNTP servers; steps the clock on the first answer.
@@ -398,7 +248,42 @@ enum Stop {
     Reboot,
 }
 
-async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
+/// PID 1's request socket: one line in (`network apply`, `network keep`), one line out.
+fn serve_requests(net: Option<netman::Handle>) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = crate::management::INIT_SOCKET;
+    let _ = std::fs::remove_file(path);
+    let listener = match tokio::net::UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            say!("{path}: {e}; the appliance cannot ask for network changes");
+            return;
+        }
+    };
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let net = net.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::BufReader::new(r.take(256)).read_line(&mut line)).await;
+                let answer = match (read, net) {
+                    (Ok(Ok(_)), Some(net)) => tokio::task::spawn_blocking(move || net.request(&line))
+                        .await
+                        .unwrap_or_else(|_| "error the request failed".into()),
+                    (Ok(Ok(_)), None) => "error PID 1 manages no network here (no netlink)".into(),
+                    _ => "error no request line within 5 s".into(),
+                };
+                let _ = w.write_all(format!("{}\n", answer.replace('\n', " ")).as_bytes()).await;
+            });
+        }
+    });
+}
+
+async fn supervise(cfg: SystemConfig, status: Shared, net: Option<netman::Handle>, appliance_pid: Arc<AtomicI32>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -410,7 +295,8 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
         let _ = ptx.try_send(Event::PowerButton);
     });
     say!("watching {} input devices for the power button", watched.len());
-    spawn_console(tx.clone(), status.clone(), cfg.data.mountpoint.display().to_string());
+    spawn_console(tx.clone(), status.clone(), cfg.data.mountpoint.display().to_string(), net.clone());
+    serve_requests(net);
 
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     // The watchdog resets the box unless we pet it; we pet it only while the appliance runs.
@@ -444,6 +330,7 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
                 for (pid, code) in reap() {
                     if Some(pid) == appliance {
                         appliance = None;
+                        appliance_pid.store(0, Ordering::Relaxed);
                         let now = Instant::now();
                         exits.push_back(now);
                         while exits.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(300)) {
@@ -482,6 +369,7 @@ async fn supervise(cfg: SystemConfig, status: Shared) -> Result<()> {
                         say!("appliance started (pid {})", pid.as_raw_nonzero());
                         set(&status, |s| s.appliance = format!("running, pid {}", pid.as_raw_nonzero()));
                         appliance = Some(pid);
+                        appliance_pid.store(pid.as_raw_nonzero().get(), Ordering::Relaxed);
                     }
                     Err(e) => return Err(e),
                 }
@@ -626,7 +514,7 @@ async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, sigchld: &mut
     fatal(&format!("reboot(2) failed: {r:?}"))
 }
 
-fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir: String) {
+fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir: String, net: Option<netman::Handle>) {
     let _ = std::thread::Builder::new().name("console".into()).spawn(move || {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
@@ -645,6 +533,14 @@ fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir:
                         s.network, s.time, s.data, s.appliance, s.restarts
                     );
                     0
+                }
+                Ok(ConsoleCmd::NetworkKeep) => {
+                    let answer = net
+                        .as_ref()
+                        .map(|n| n.request("network keep"))
+                        .unwrap_or_else(|| "error PID 1 manages no network here".into());
+                    println!("flowwarden-console: {answer}");
+                    i32::from(!answer.starts_with("ok "))
                 }
                 Ok(ConsoleCmd::ExecWithPassword(args)) => match console_password(&mut lines) {
                     Ok(pw) => {
@@ -686,12 +582,5 @@ mod tests {
         assert_eq!(panic_secs("console=ttyS0"), 10);
         assert_eq!(panic_secs("panic=0"), 0);
         assert_eq!(panic_secs("panic=-1"), 1);
-    }
-
-    #[test]
-    fn mac_addresses() {
-        assert_eq!(parse_mac("52:54:00:12:34:56"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
     }
 }

@@ -4,8 +4,10 @@
 //! initramfs (`/etc/flowwarden/system.toml`) from the board's `[system]` table;
 //! board/README.md documents every key.
 
+use crate::management::Management;
+pub use crate::management::{AddrError, NetMode, ntp_addr, parse_cidr4};
 use serde::Deserialize;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -100,19 +102,11 @@ pub struct Network {
     pub gateway: Option<Ipv4Addr>,
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
+    /// 802.1Q VLAN id: the address goes on `INTERFACE.VLAN` instead.
+    pub vlan: Option<u16>,
     /// Seconds to keep trying DHCP before running without an address (and trying again later).
     #[serde(default = "default_dhcp_timeout")]
     pub dhcp_timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NetMode {
-    #[default]
-    Dhcp,
-    Static,
-    /// Leave the interface down (lab use).
-    None,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -182,6 +176,7 @@ impl Default for Network {
             address: None,
             gateway: None,
             dns: Vec::new(),
+            vlan: None,
             dhcp_timeout_secs: default_dhcp_timeout(),
         }
     }
@@ -236,6 +231,11 @@ impl SystemConfig {
             };
             parse_cidr4(addr).map_err(|m| invalid(format!("network.address: {m}")))?;
         }
+        if let Some(v) = cfg.network.vlan
+            && !(1..=4094).contains(&v)
+        {
+            return Err(invalid(format!("network.vlan = {v}: expected a VLAN id 1-4094")));
+        }
         if let Some(w) = &cfg.watchdog
             && !(1..=60).contains(&w.pet_secs)
         {
@@ -246,41 +246,36 @@ impl SystemConfig {
         }
         Ok(cfg)
     }
-}
 
-/// Why an address in the system configuration is not usable.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum AddrError {
-    #[error("{0:?}: expected a.b.c.d/len")]
-    NoPrefix(String),
-    #[error("{0:?}: expected an IPv4 address")]
-    NotIpv4(String),
-    #[error("{0:?}: expected a prefix length 0-32")]
-    PrefixLength(String),
-    #[error("{0:?}: expected a numeric address (PID 1 has no resolver)")]
-    NotNumeric(String),
-}
-
-/// `a.b.c.d/len` → address and prefix length.
-pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8), AddrError> {
-    let (a, l) = s.split_once('/').ok_or_else(|| AddrError::NoPrefix(s.into()))?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| AddrError::NotIpv4(a.into()))?;
-    let len: u8 = l
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| AddrError::PrefixLength(l.into()))?;
-    Ok((addr, len))
-}
-
-/// A numeric NTP server: `a.b.c.d`, `a.b.c.d:port`, `[v6]:port` or a bare IPv6 address.
-pub fn ntp_addr(s: &str) -> Result<SocketAddr, AddrError> {
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(sa);
+    /// These settings with the site's `[management]` table laid over them (the
+    /// network and the NTP servers; a key the table leaves out keeps its value here).
+    pub fn with_management(&self, m: Option<&Management>) -> SystemConfig {
+        let mut c = self.clone();
+        let Some(m) = m else { return c };
+        let n = &mut c.network;
+        if let Some(mode) = m.mode {
+            n.mode = mode;
+        }
+        if let Some(i) = &m.interface {
+            n.interface = i.clone();
+        }
+        if m.address.is_some() {
+            n.address = m.address.clone();
+        }
+        if m.gateway.is_some() {
+            n.gateway = m.gateway;
+        }
+        if m.vlan.is_some() {
+            n.vlan = m.vlan;
+        }
+        if let Some(d) = &m.dns {
+            n.dns = d.clone();
+        }
+        if let Some(t) = &m.ntp_servers {
+            c.time.ntp_servers = t.clone();
+        }
+        c
     }
-    s.parse::<std::net::IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 123))
-        .map_err(|_| AddrError::NotNumeric(s.into()))
 }
 
 #[cfg(test)]
@@ -321,7 +316,25 @@ mod tests {
         assert!(e.contains("watchdog.pet_secs"), "{e}");
         let w = SystemConfig::parse("[watchdog]\n", Path::new("s.toml")).unwrap().watchdog.unwrap();
         assert_eq!((w.device.as_path(), w.pet_secs), (Path::new("/dev/watchdog"), 10));
-        assert_eq!(parse_cidr4("10.0.0.1/33"), Err(AddrError::PrefixLength("33".into())));
-        assert_eq!(parse_cidr4("10.0.2.15/24").unwrap(), (Ipv4Addr::new(10, 0, 2, 15), 24));
+    }
+
+    #[test]
+    fn the_site_table_lays_over_the_board() {
+        let board = SystemConfig::parse(
+            "[network]\ninterface = \"eth0\"\ndns = [\"10.0.2.3\"]\n[time]\nntp_servers = [\"10.0.2.2:1123\"]\n",
+            Path::new("s.toml"),
+        )
+        .unwrap();
+        assert_eq!(board.with_management(None), board);
+        let m = crate::management::from_text(
+            "[management]\nmode = \"static\"\naddress = \"192.0.2.5/24\"\nvlan = 20\nntp_servers = [\"192.0.2.1\"]\n",
+        )
+        .unwrap();
+        let c = board.with_management(m.as_ref());
+        assert_eq!(c.network.mode, NetMode::Static);
+        assert_eq!(c.network.address.as_deref(), Some("192.0.2.5/24"));
+        assert_eq!((c.network.interface.as_str(), c.network.vlan), ("eth0", Some(20)));
+        assert_eq!(c.network.dns, vec![Ipv4Addr::new(10, 0, 2, 3)], "left out: the board's");
+        assert_eq!(c.time.ntp_servers, vec!["192.0.2.1".to_string()]);
     }
 }

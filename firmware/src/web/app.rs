@@ -341,6 +341,7 @@ pub fn router(state: State) -> Router {
         .route("/logout", post(logout))
         .route("/forwarding/test", post(pages::forward_test))
         .route("/system/users", post(pages::user_change))
+        .route("/system/network/keep", post(pages::network_keep))
         .route("/system/diagnostics", get(views::diagnostics))
         .route("/settings", get(site::settings))
         .route("/settings/preview", post(site::preview_form))

@@ -26,6 +26,7 @@ pub struct SiteView {
     pub exporters: Vec<ExporterOverride>,
     pub allow: Vec<AllowRule>,
     pub forward: Vec<ForwardConfig>,
+    pub management: Option<crate::management::Management>,
 }
 
 /// Validate text as the file at the path (messages name it, with line numbers).

@@ -689,15 +689,27 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
                     serde_json::Value::Null => "-".into(),
                     other => esc(&other.to_string()),
                 };
+                if let Some(t) = n["trial"].as_object() {
+                    b.push_str(&network_trial(&v, t));
+                }
                 let _ = write!(
                     b,
-                    "<dt>Interface</dt><dd>{} ({})</dd><dt>Address</dt><dd>{}</dd><dt>Gateway</dt><dd>{}</dd><dt>DNS</dt><dd>{}</dd>",
+                    "<dt>Interface</dt><dd>{} ({}{})</dd><dt>Address</dt><dd>{}</dd><dt>Gateway</dt><dd>{}</dd><dt>DNS</dt><dd>{}</dd>\
+                     <dt>Settings from</dt><dd>{}</dd>",
                     g("interface"),
                     g("mode"),
+                    n["vlan"].as_u64().map(|v| format!(", VLAN {v}")).unwrap_or_default(),
                     g("address"),
                     g("gateway"),
-                    g("dns")
+                    g("dns"),
+                    match n["source"].as_str() {
+                        Some("site") => "this site's settings (<a href=\"/settings#management\">Settings</a>)",
+                        _ => "the image's defaults (<a href=\"/settings#management\">change them in Settings</a>)",
+                    }
                 );
+                if let Some(c) = n["last_change"].as_str() {
+                    let _ = write!(b, "<dt>Last change</dt><dd>{}</dd>", esc(c));
+                }
             }
             if let Some(t) = time {
                 let text = if t["synced"] == true {
@@ -811,6 +823,71 @@ pub async fn forward_test(AxState(s): AxState<State>, v: Viewer, parts: Parts, F
     Html(body).into_response()
 }
 
+/// The banner of management network settings on trial, with "Keep" for admins.
+fn network_trial(v: &Viewer, t: &serde_json::Map<String, serde_json::Value>) -> String {
+    let until = t.get("until_unix").and_then(|u| u.as_u64()).unwrap_or(0);
+    let mut b = format!(
+        "</dl><div class=\"card warn\" id=\"network-trial\" role=\"alert\"><p>New management network settings are on trial: \
+         <strong>{}</strong>. Unless they are kept by {}, the previous ones come back: {}.</p>",
+        esc(t.get("settings").and_then(|s| s.as_str()).unwrap_or("?")),
+        time(&crate::timefmt::rfc3339_ms(until.saturating_mul(1000))),
+        esc(t.get("previous").and_then(|s| s.as_str()).unwrap_or("?"))
+    );
+    if v.is_admin() {
+        let _ = write!(
+            b,
+            "<form method=\"post\" action=\"/system/network/keep\">{}<button type=\"submit\">Keep these settings</button></form>",
+            html::csrf(v)
+        );
+    } else {
+        b.push_str("<p class=\"hint\">An admin can keep them here.</p>");
+    }
+    b.push_str("</div><dl>");
+    b
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /system/network/keep` (admin): the management network settings on
+/// trial stay (PID 1 is asked; reaching this page over them proves they work).
+pub async fn network_keep(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<CsrfForm>) -> Response {
+    if !v.is_admin() {
+        return forbidden(&v);
+    }
+    if !csrf_ok(&parts.headers, &v.csrf, &f.csrf) {
+        return csrf_refused(Some(&v));
+    }
+    let answer = if crate::management::under_init() {
+        tokio::task::spawn_blocking(|| crate::management::ask_init("network keep"))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    } else {
+        Err("PID 1 does not manage the network here (not the appliance image)".into())
+    };
+    let (status, text) = match &answer {
+        Ok(line) => (StatusCode::OK, format!("Management network: {line}.")),
+        Err(e) => (StatusCode::CONFLICT, format!("Not kept: {e}.")),
+    };
+    s.audit_action(
+        &v,
+        peer_ip(&parts),
+        "network_kept",
+        match &answer {
+            Ok(l) => l.clone(),
+            Err(e) => format!("refused: {e}"),
+        },
+    );
+    (
+        status,
+        Html(message_page(Some(&v), "Management network", &text, "/system", "System")),
+    )
+        .into_response()
+}
+
 #[derive(Deserialize)]
 pub struct UserForm {
     #[serde(default)]
@@ -916,4 +993,31 @@ pub async fn alert_ack(AxState(s): AxState<State>, v: Viewer, Path(id): Path<Str
         [(axum::http::header::LOCATION, format!("/alerts/{}", html::url(&id)))],
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_on_trial_show_a_keep_button_to_admins_only() {
+        let t = serde_json::json!({"settings": "eth0 VLAN 20 static 10.0.2.15/24", "until_unix": 1_800_000_000u64,
+            "confirm_secs": 30, "previous": "eth0 dhcp"});
+        let t = t.as_object().unwrap();
+        let viewer = |role| Viewer {
+            name: "x".into(),
+            role,
+            csrf: "tok".into(),
+        };
+        let admin = network_trial(&viewer(crate::accounts::UserRole::Admin), t);
+        assert!(admin.contains("<strong>eth0 VLAN 20 static 10.0.2.15/24</strong>"), "{admin}");
+        assert!(admin.contains("2027-01-15T08:00:00"), "the deadline: {admin}");
+        assert!(admin.contains("the previous ones come back: eth0 dhcp"), "{admin}");
+        assert!(
+            admin.contains("action=\"/system/network/keep\"") && admin.contains("value=\"tok\""),
+            "{admin}"
+        );
+        let other = network_trial(&viewer(crate::accounts::UserRole::Viewer), t);
+        assert!(!other.contains("<form") && other.contains("An admin can keep them"), "{other}");
+    }
 }

@@ -16,6 +16,7 @@ use super::config_edit::{self, DestinationEdit, SettingsAccess, SiteView};
 use super::html::{self, esc};
 use crate::decode::settings::{ExporterOverride, SamplingMode};
 use crate::detect::settings::AllowRule;
+use crate::management::{Management, NetMode};
 use axum::Form;
 use axum::extract::{Multipart, State as AxState};
 use axum::http::{StatusCode, request::Parts};
@@ -228,6 +229,7 @@ pub async fn settings(AxState(s): AxState<State>, v: Viewer) -> Response {
          <div class=\"scroll\"><table><thead><tr><th>Name</th><th>Source</th><th>Destination</th><th>Port</th><th>Protocol</th>\
          <th>Kinds</th><th></th></tr></thead><tbody>{rows}</tbody></table></div><button type=\"submit\">Preview</button></form></section>"
     );
+    b.push_str(&management_form(&csrf, view.management.as_ref()));
     // SIEM destinations.
     let _ = write!(
         b,
@@ -251,6 +253,128 @@ pub async fn settings(AxState(s): AxState<State>, v: Viewer) -> Response {
         esc(&current)
     );
     page(StatusCode::OK, "Settings", &v, &b)
+}
+
+/// The management network section (PID 1 applies it on the image, on trial).
+fn management_form(csrf: &str, m: Option<&Management>) -> String {
+    let d = Management::default();
+    let m_or = m.unwrap_or(&d);
+    let mode = match (m, m_or.mode) {
+        (None, _) => "board",
+        (Some(_), None) => "board",
+        (Some(_), Some(x)) => x.as_str(),
+    };
+    let opt = |v: &str, label: &str| format!("<option value=\"{v}\"{}>{label}</option>", if v == mode { " selected" } else { "" });
+    let join = |v: Option<Vec<String>>| v.map(|v| v.join(" ")).unwrap_or_default();
+    let field = |name: &str, label: &str, value: &str, hint: &str| {
+        format!(
+            "<label>{label}<input name=\"{name}\" value=\"{}\" placeholder=\"{hint}\"></label>",
+            esc(value)
+        )
+    };
+    format!(
+        "<section class=\"card\" id=\"management\"><h2>Management network</h2><p class=\"hint\">How this box is reached \
+         on the appliance image (PID 1 applies it; empty fields keep the image's defaults). A change goes on \
+         <strong>trial</strong>: open the page at the new address and press \"Keep these settings\" on \
+         <a href=\"/system\">System</a> in time, or the previous settings come back by themselves.</p>\
+         <form method=\"post\" action=\"/settings/preview\" class=\"stack\">{csrf}<input type=\"hidden\" name=\"section\" value=\"management\">\
+         <label>Mode<select name=\"m_mode\">{}{}{}{}</select></label>{}{}{}{}{}{}{}\
+         <button type=\"submit\">Preview</button></form></section>",
+        opt("board", "the image's default"),
+        opt("dhcp", "DHCP"),
+        opt("static", "static address"),
+        opt("none", "off (lab use)"),
+        field("m_interface", "Interface", m_or.interface.as_deref().unwrap_or(""), "auto"),
+        field(
+            "m_address",
+            "Address/prefix (static)",
+            m_or.address.as_deref().unwrap_or(""),
+            "192.0.2.10/24"
+        ),
+        field(
+            "m_gateway",
+            "Gateway",
+            &m_or.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            "192.0.2.1"
+        ),
+        field("m_vlan", "VLAN id", &m_or.vlan.map(|v| v.to_string()).unwrap_or_default(), "none"),
+        field(
+            "m_dns",
+            "DNS servers",
+            &join(m_or.dns.as_ref().map(|d| d.iter().map(|a| a.to_string()).collect())),
+            "192.0.2.53"
+        ),
+        field(
+            "m_ntp",
+            "NTP servers",
+            &join(m_or.ntp_servers.clone()),
+            "192.0.2.1 or 192.0.2.1:123"
+        ),
+        field(
+            "m_confirm",
+            "Keep within",
+            &m_or.confirm_within.map(|c| format!("{}s", c.ms() / 1000)).unwrap_or_default(),
+            "5m"
+        ),
+    )
+}
+
+/// The `[management]` table a form asks for (None: the image's defaults).
+fn parse_management(fields: &HashMap<String, String>) -> Result<Option<Management>, String> {
+    let get = |k: &str| fields.get(k).map(|v| v.trim()).unwrap_or("");
+    let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let list = |v: &str| -> Vec<String> {
+        v.split([' ', ',', '\n', '\r'])
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mode = match get("m_mode") {
+        "board" | "" => return Ok(None),
+        "dhcp" => NetMode::Dhcp,
+        "static" => NetMode::Static,
+        "none" => NetMode::None,
+        other => return Err(format!("management network, mode: {other:?} is not dhcp, static or none")),
+    };
+    let gateway = match get("m_gateway") {
+        "" => None,
+        g => Some(
+            g.parse()
+                .map_err(|_| format!("management network, gateway: {g:?} is not an IPv4 address"))?,
+        ),
+    };
+    let vlan = match get("m_vlan") {
+        "" | "none" => None,
+        v => Some(
+            v.parse()
+                .map_err(|_| format!("management network, VLAN id: {v:?} is not a number 1-4094"))?,
+        ),
+    };
+    let mut dns = Vec::new();
+    for d in list(get("m_dns")) {
+        dns.push(
+            d.parse()
+                .map_err(|_| format!("management network, DNS servers: {d:?} is not an IPv4 address"))?,
+        );
+    }
+    let confirm_within = match get("m_confirm") {
+        "" => None,
+        c => Some(crate::units::Span(crate::timefmt::parse_span_ms(c).map_err(|_| {
+            format!("management network, keep within: {c:?} is not a duration like 5m")
+        })?)),
+    };
+    let m = Management {
+        mode: Some(mode),
+        interface: some(get("m_interface")),
+        address: some(get("m_address")),
+        gateway,
+        vlan,
+        dns: (!dns.is_empty()).then_some(dns),
+        ntp_servers: Some(list(get("m_ntp"))).filter(|l| !l.is_empty()),
+        confirm_within,
+    };
+    m.check().map_err(|(k, why)| format!("management network, {k}: {why}"))?;
+    Ok(Some(m))
 }
 
 fn destination_form(v: &Viewer, f: Option<&crate::forward::settings::ForwardConfig>) -> String {
@@ -442,6 +566,7 @@ fn candidate(current: &str, fields: &HashMap<String, String>) -> Result<String, 
         "names" => config_edit::set_names(&mut doc, &parse_names(fields)?)?,
         "exporters" => config_edit::set_exporters(&mut doc, &parse_exporters(fields)?),
         "allow" => config_edit::set_allow(&mut doc, &parse_allow(fields)?)?,
+        "management" => return crate::management::write_into(&doc.to_string(), parse_management(fields)?.as_ref()),
         other => return Err(format!("unknown settings section {other:?}")),
     }
     Ok(doc.to_string())
@@ -871,6 +996,45 @@ mod tests {
             candidate(cur, &fields(&[("section", "text"), ("text", "a\r\nb")])).ok().as_deref(),
             Some("a\nb")
         );
+    }
+
+    #[test]
+    fn the_management_form_makes_the_table_and_says_what_is_wrong() {
+        let cur = "# site\n[web]\nmetrics_public = true\n";
+        let c = candidate(
+            cur,
+            &fields(&[
+                ("section", "management"),
+                ("m_mode", "static"),
+                ("m_interface", "eth0"),
+                ("m_address", "10.0.2.15/24"),
+                ("m_gateway", "10.0.2.2"),
+                ("m_vlan", "20"),
+                ("m_dns", "10.0.2.3, 10.0.2.4"),
+                ("m_ntp", "10.0.2.2:1123"),
+                ("m_confirm", "45s"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.starts_with(cur), "{c}");
+        let m = crate::management::from_text(&c).unwrap().unwrap();
+        assert_eq!(m.vlan, Some(20));
+        assert_eq!(m.dns.as_ref().map(Vec::len), Some(2));
+        assert_eq!(m.confirm().as_secs(), 45);
+        // The form shows it back.
+        let form = management_form("", Some(&m));
+        assert!(
+            form.contains("<option value=\"static\" selected>") && form.contains("value=\"10.0.2.3 10.0.2.4\""),
+            "{form}"
+        );
+        // "The image's default" takes the table away.
+        let back = candidate(&c, &fields(&[("section", "management"), ("m_mode", "board"), ("m_address", "x")])).unwrap();
+        assert_eq!(crate::management::from_text(&back).unwrap(), None);
+        let e = |f: &[(&str, &str)]| candidate(cur, &fields(f)).unwrap_err();
+        assert!(e(&[("section", "management"), ("m_mode", "static")]).contains("management network, address: mode = \"static\" needs"));
+        assert!(e(&[("section", "management"), ("m_mode", "dhcp"), ("m_vlan", "5000")]).contains("VLAN"));
+        assert!(e(&[("section", "management"), ("m_mode", "dhcp"), ("m_dns", "dns.example")]).contains("\"dns.example\" is not an IPv4"));
+        assert!(e(&[("section", "management"), ("m_mode", "dhcp"), ("m_confirm", "soon")]).contains("keep within"));
     }
 
     #[test]

@@ -254,6 +254,91 @@ impl Drop for Chrony {
 }
 
 /// Sums the `flows` column of `query --series ... --format csv` output lines.
+/// The management network from the page: a static address applied live on
+/// trial and kept; then a VLAN (which QEMU's user network does not carry, so
+/// the page becomes unreachable) that nobody can keep, and PID 1 goes back by
+/// itself, in the file too. The kept static settings stay for the reboot.
+fn management_network(vm: &mut Vm, dir: &Path) -> Result<()> {
+    use crate::webcheck::{apply_settings, keep_network, network_status};
+    let stat = [
+        ("section", "management"),
+        ("m_mode", "static"),
+        ("m_interface", "eth0"),
+        ("m_address", "10.0.2.15/24"),
+        ("m_gateway", "10.0.2.2"),
+        ("m_dns", "10.0.2.3"),
+        ("m_confirm", "60s"),
+    ];
+    let from = vm.len();
+    let applied = apply_settings(dir, vm.web, &stat)?;
+    ensure!(
+        applied.contains("management network changing in 2 s to eth0 static 10.0.2.15/24 via 10.0.2.2"),
+        "applying a static address said: {applied}"
+    );
+    vm.wait_for(
+        "flowwarden-init: network: eth0 static 10.0.2.15/24: ok",
+        from,
+        Duration::from_secs(30),
+    )?;
+    let n = network_status(dir, vm.web)?;
+    ensure!(
+        n["mode"] == "static" && n["trial"]["confirm_secs"] == 60 && n["source"] == "site",
+        "after applying static: {n}"
+    );
+    let kept = keep_network(dir, vm.web)?;
+    ensure!(kept.contains("kept eth0 static 10.0.2.15/24"), "keep said: {kept}");
+    let n = network_status(dir, vm.web)?;
+    ensure!(n["trial"].is_null(), "still on trial after keep: {n}");
+
+    // A VLAN nobody can reach: back by itself after 30 s.
+    let mut vlan = stat.to_vec();
+    vlan.push(("m_vlan", "20"));
+    vlan.retain(|(k, _)| *k != "m_confirm");
+    vlan.push(("m_confirm", "30s"));
+    let from = vm.len();
+    let applied = apply_settings(dir, vm.web, &vlan)?;
+    ensure!(
+        applied.contains("to eth0 VLAN 20 static 10.0.2.15/24"),
+        "applying a VLAN said: {applied}"
+    );
+    vm.wait_for(
+        "flowwarden-init: network: eth0.20 static 10.0.2.15/24: ok",
+        from,
+        Duration::from_secs(30),
+    )?;
+    let t = Instant::now();
+    vm.wait_for(
+        "NOT kept within 30 s: back to eth0 static 10.0.2.15/24 via 10.0.2.2, dns 10.0.2.3",
+        from,
+        Duration::from_secs(120),
+    )?;
+    vm.wait_for(
+        "flowwarden-init: network: eth0 static 10.0.2.15/24: ok",
+        from,
+        Duration::from_secs(30),
+    )?;
+    // PID 1 had the appliance reload the file it put back; the table in force is unchanged for PID 1.
+    vm.wait_for(
+        "flowwarden: configuration reloaded; the management network settings are unchanged",
+        from,
+        Duration::from_secs(30),
+    )?;
+    let n = network_status(dir, vm.web)?;
+    ensure!(
+        n["vlan"].is_null() && n["address"] == "10.0.2.15/24" && n["trial"].is_null(),
+        "after going back: {n}"
+    );
+    ensure!(
+        n["last_change"].as_str().is_some_and(|c| c.contains("NOT kept within 30 s")),
+        "the page does not say it went back: {n}"
+    );
+    eprintln!(
+        "xtask: management network: static applied and kept; an unreachable VLAN went back by itself {:.1} s after the wait began",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn sum_series(lines: &[String]) -> u64 {
     lines
         .iter()
@@ -412,6 +497,7 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     vm.wait_for("flowwarden: web http://0.0.0.0:80/ redirects to https", 0, Duration::from_secs(1))?;
     let verdict = crate::webcheck::check(&dir, vm.web, &fingerprint, &code, "field tech pass 42")?;
     eprintln!("xtask: {board_name}: the page over HTTPS: verdict {verdict}");
+    management_network(&mut vm, &dir)?;
 
     // 3. Reboot from the console: flows and templates survive. An NTP server (chronyd)
     //    now answers on the host: the next boot must sync from it through 10.0.2.2.
@@ -430,6 +516,12 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     let reboot_secs = t_reboot.elapsed().as_secs_f64();
     vm.wait_for(
         "flowwarden-init: time: synced from 10.0.2.2:1123 (stratum ",
+        from,
+        Duration::from_secs(1),
+    )?;
+    // The kept site settings came up at boot (static, not the board's DHCP).
+    vm.wait_for(
+        "flowwarden-init: network: eth0 static 10.0.2.15/24: ok",
         from,
         Duration::from_secs(1),
     )?;

@@ -117,3 +117,78 @@ pub fn check(dir: &Path, ports: Ports, fingerprint: &str, code: &str, password: 
         exporters["reason"].as_str().unwrap_or("")
     ))
 }
+
+/// What comes after `name="KEY" value="` in `html`, up to the closing quote.
+fn hidden(html: &str, key: &str) -> Result<String> {
+    html.split(&format!("name=\"{key}\" value=\""))
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .map(unescape)
+        .with_context(|| format!("no {key} field in: {html}"))
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// As the admin logged in by [`check`]: a settings form (`fields`) previewed,
+/// then applied; returns the apply page.
+pub fn apply_settings(dir: &Path, ports: Ports, fields: &[(&str, &str)]) -> Result<String> {
+    let base = format!("https://127.0.0.1:{}", ports.https);
+    let jar = dir.join("web-cookies.txt");
+    let settings = output(curl(&jar).arg(format!("{base}/settings")))?;
+    let csrf = hidden(&settings, "csrf")?;
+    let mut post = curl(&jar);
+    post.args(["-H", &format!("Origin: {base}")])
+        .args(["--data-urlencode", &format!("csrf={csrf}")]);
+    for (k, v) in fields {
+        post.args(["--data-urlencode", &format!("{k}={v}")]);
+    }
+    let preview = output(post.arg(format!("{base}/settings/preview")))?;
+    ensure!(preview.contains("Apply and reload"), "the preview offers no apply: {preview}");
+    let text = preview
+        .split("readonly class=\"code\">")
+        .nth(1)
+        .and_then(|r| r.split("</textarea>").next())
+        .map(unescape)
+        .context("no candidate text in the preview")?;
+    output(
+        curl(&jar)
+            .args(["-H", &format!("Origin: {base}")])
+            .args(["--data-urlencode", &format!("csrf={csrf}")])
+            .args(["--data-urlencode", &format!("base={}", hidden(&preview, "base")?)])
+            .args(["--data-urlencode", &format!("origin={}", hidden(&preview, "origin")?)])
+            .args(["--data-urlencode", &format!("text={text}")])
+            .arg(format!("{base}/settings/apply")),
+    )
+}
+
+/// As that admin: "Keep these settings" on /system; returns the answer page.
+pub fn keep_network(dir: &Path, ports: Ports) -> Result<String> {
+    let base = format!("https://127.0.0.1:{}", ports.https);
+    let jar = dir.join("web-cookies.txt");
+    let system = output(curl(&jar).arg(format!("{base}/system")))?;
+    ensure!(
+        system.contains("id=\"network-trial\""),
+        "/system shows no settings on trial: {system}"
+    );
+    let csrf = hidden(&system, "csrf")?;
+    output(
+        curl(&jar)
+            .args(["-H", &format!("Origin: {base}")])
+            .args(["--data-urlencode", &format!("csrf={csrf}")])
+            .arg(format!("{base}/system/network/keep")),
+    )
+}
+
+/// As that admin: `/api/v1/system`'s `network`.
+pub fn network_status(dir: &Path, ports: Ports) -> Result<serde_json::Value> {
+    let jar = dir.join("web-cookies.txt");
+    let system = output(curl(&jar).arg(format!("https://127.0.0.1:{}/api/v1/system", ports.https)))?;
+    let sys: serde_json::Value = serde_json::from_str(&system).with_context(|| format!("/api/v1/system: {system}"))?;
+    Ok(sys["network"].clone())
+}
