@@ -313,6 +313,20 @@ pub mod defs {
         "Flows whose implausible times were clamped to the export time"
     );
     def!(
+        DECODE_EXPORT_LAG,
+        "flowwarden_decode_export_lag_seconds",
+        Gauge,
+        ["exporter"],
+        "Longest time from a flow's first packet to its export in the last 5-10 min (the exporter's active timeout)"
+    );
+    def!(
+        DECODE_EXPORT_DELAY,
+        "flowwarden_decode_export_delay_seconds",
+        Gauge,
+        ["exporter"],
+        "Longest time from a flow's last packet to its export in the last 5-10 min (idle timeout, buffering)"
+    );
+    def!(
         DECODE_DROPPED,
         "flowwarden_decode_dropped_total",
         Counter,
@@ -619,6 +633,8 @@ pub fn all() -> Vec<&'static Def> {
         &DECODE_SEQUENCE_GAPS,
         &DECODE_LOST_RECORDS,
         &DECODE_TIME_CLAMPED,
+        &DECODE_EXPORT_LAG,
+        &DECODE_EXPORT_DELAY,
         &DECODE_DROPPED,
         &DECODE_TEMPLATES,
         &DECODE_TEMPLATES_EVICTED,

@@ -7,6 +7,41 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+/// How late an exporter's flows arrive: maxima over the current and the previous
+/// 5-minute window (by arrival time), so one old flow ages out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    window_start_ms: u64,
+    cur: (u64, u64),
+    prev: (u64, u64),
+}
+
+impl Lag {
+    const WINDOW_MS: u64 = 300_000;
+
+    fn note(&mut self, arrival_ms: u64, held_ms: u64, delay_ms: u64) {
+        if arrival_ms >= self.window_start_ms + Self::WINDOW_MS {
+            // A silent window in between leaves nothing to carry over.
+            self.prev = if arrival_ms < self.window_start_ms + 2 * Self::WINDOW_MS {
+                self.cur
+            } else {
+                (0, 0)
+            };
+            self.cur = (0, 0);
+            self.window_start_ms = arrival_ms - arrival_ms % Self::WINDOW_MS;
+        }
+        self.cur = (self.cur.0.max(held_ms), self.cur.1.max(delay_ms));
+    }
+
+    pub fn held_ms(&self) -> u64 {
+        self.cur.0.max(self.prev.0)
+    }
+
+    pub fn delay_ms(&self) -> u64 {
+        self.cur.1.max(self.prev.1)
+    }
+}
+
 /// Counters for one exporter (transport address).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExporterStats {
@@ -61,6 +96,8 @@ struct SeqState {
 pub struct ExporterTable {
     stats: HashMap<SocketAddr, ExporterStats>,
     seq: HashMap<(SocketAddr, u32, u8), SeqState>,
+    /// How late each exporter's flows arrive (live only; one entry per exporter in `stats`).
+    lag: HashMap<SocketAddr, Lag>,
     cap: usize,
     /// Exporters dropped from the table because `cap` was reached.
     pub evicted: u64,
@@ -71,6 +108,7 @@ impl ExporterTable {
         ExporterTable {
             stats: HashMap::new(),
             seq: HashMap::new(),
+            lag: HashMap::new(),
             cap,
             evicted: 0,
         }
@@ -95,6 +133,7 @@ impl ExporterTable {
         {
             self.stats.remove(&oldest);
             self.seq.retain(|k, _| k.0 != oldest);
+            self.lag.remove(&oldest);
             self.evicted += 1;
         }
         self.stats.entry(addr).or_insert_with(|| ExporterStats {
@@ -135,6 +174,22 @@ impl ExporterTable {
         self.seq.remove(&(addr, domain, version));
     }
 
+    /// One datagram's flows: the longest time from a flow's first packet to the
+    /// export (`held_ms`) and from its last packet to the export (`delay_ms`).
+    pub fn note_lag(&mut self, addr: SocketAddr, arrival_ms: u64, held_ms: u64, delay_ms: u64) {
+        if !self.stats.contains_key(&addr) {
+            return;
+        }
+        self.lag.entry(addr).or_default().note(arrival_ms, held_ms, delay_ms);
+    }
+
+    /// Each exporter's export lag over the last 5-10 minutes: (address, held, delay) in ms.
+    pub fn lags(&self) -> Vec<(String, u64, u64)> {
+        let mut v: Vec<(String, u64, u64)> = self.lag.iter().map(|(a, l)| (a.to_string(), l.held_ms(), l.delay_ms())).collect();
+        v.sort();
+        v
+    }
+
     /// All exporters, sorted by address.
     pub fn snapshot(&self) -> Vec<ExporterStats> {
         let mut v: Vec<ExporterStats> = self.stats.values().cloned().collect();
@@ -155,6 +210,27 @@ impl ExporterTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_lag_is_the_maximum_of_the_last_windows_and_ages_out() {
+        let a: SocketAddr = "192.0.2.1:2055".parse().unwrap();
+        let mut t = ExporterTable::new(4);
+        t.note_lag(a, 1_000, 5_000, 1_000);
+        assert!(t.lags().is_empty(), "no entry for an exporter the table does not know");
+        t.entry(a);
+        let base = 1_800_000_000_000u64;
+        t.note_lag(a, base, 1_800_000, 15_000); // a 30-minute active timeout
+        t.note_lag(a, base + 1_000, 60_000, 2_000);
+        assert_eq!(t.lags(), vec![(a.to_string(), 1_800_000, 15_000)]);
+        // The next window still shows it; the one after that no longer.
+        t.note_lag(a, base + 300_000, 60_000, 2_000);
+        assert_eq!(t.lags()[0].1, 1_800_000);
+        t.note_lag(a, base + 600_000, 60_000, 2_000);
+        assert_eq!(t.lags()[0].1, 60_000);
+        // After a long silence the old window is gone too.
+        t.note_lag(a, base + 3_600_000, 1_000, 500);
+        assert_eq!(t.lags(), vec![(a.to_string(), 1_000, 500)]);
+    }
 
     #[test]
     fn sequence_gaps_estimate_lost_records() {

@@ -95,6 +95,8 @@ pub struct Decoder {
     max_streams: usize,
     /// Sampling rate applied to the most recent flow (shown per exporter).
     last_rate: u32,
+    /// The current datagram's longest first-packet-to-export and last-packet-to-export times, ms.
+    lag: (u64, u64),
     /// Arrival time of the datagram being decoded.
     arrival_ms: u64,
     /// The box's clock for the datagram being decoded (injectable for tests).
@@ -165,6 +167,7 @@ impl Decoder {
             overrides: cfg.overrides.clone(),
             max_streams,
             last_rate: 1,
+            lag: (0, 0),
             arrival_ms: 0,
             now_ms: 0,
             clock: crate::timefmt::now_ms,
@@ -265,6 +268,7 @@ impl Decoder {
         }
         let ov = self.override_for(exporter.ip());
         let before = out.len();
+        self.lag = (0, 0);
         let (records, err) = match version {
             Some(5 | 7) => self.fixed_format(exporter, data, ov, out),
             _ => self.templated(exporter, data, ov, out),
@@ -284,6 +288,9 @@ impl Decoder {
             self.totals.malformed += 1;
             e.malformed += 1;
             e.last_error = Some(err.to_string());
+        }
+        if flows > 0 {
+            self.exporters.note_lag(exporter, arrival_ms, self.lag.0, self.lag.1);
         }
     }
 
@@ -559,6 +566,10 @@ impl Decoder {
             e.last_clamped_ms = Some(original);
         }
         self.last_rate = rate;
+        self.lag = (
+            self.lag.0.max(ctx.export_ms.saturating_sub(rec.start_ms)),
+            self.lag.1.max(ctx.export_ms.saturating_sub(rec.end_ms)),
+        );
         rec.direction = self.classify(&rec.src, &rec.dst);
         // An RFC 5103 biflow becomes two records; the forward one (the initiator's,
         // as RFC 5103 defines it) comes first, so session stitching knows who began.
@@ -616,6 +627,11 @@ pub fn publish_metrics(r: &crate::metrics::Registry, d: &Decoder, exporters: &[E
         r.counter(&DECODE_SEQUENCE_GAPS, &l).set_at_least(e.sequence_gaps);
         r.counter(&DECODE_LOST_RECORDS, &l).set_at_least(e.lost_records);
         r.counter(&DECODE_TIME_CLAMPED, &l).set_at_least(e.time_clamped);
+    }
+    for (exporter, held, delay) in d.exporters.lags() {
+        let l = [exporter.as_str()];
+        r.gauge(&DECODE_EXPORT_LAG, &l).set(held / 1000);
+        r.gauge(&DECODE_EXPORT_DELAY, &l).set(delay / 1000);
     }
     for (reason, v) in [
         ("not_netflow", t.not_netflow),
@@ -704,6 +720,38 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(d.totals.records, 2);
         assert_eq!(d.totals.malformed, 0);
+    }
+
+    #[test]
+    fn export_lag_per_exporter_reaches_the_metrics() {
+        let mut d = Decoder::new(&settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        d.set_clock(now);
+        let mut out = Vec::new();
+        const T0: u32 = 1_700_000_000;
+        // tid 259: src, dst, octets, flowStartSeconds, flowEndSeconds.
+        let tpl = set(2, &[1, 3, 0, 5, 0, 8, 0, 4, 0, 12, 0, 4, 0, 1, 0, 4, 0, 150, 0, 4, 0, 151, 0, 4]);
+        let rec = |start: u32, end: u32| {
+            let mut r = vec![10, 0, 0, 1, 10, 0, 0, 2, 0, 0, 0, 9];
+            r.extend_from_slice(&start.to_be_bytes());
+            r.extend_from_slice(&end.to_be_bytes());
+            r
+        };
+        // A websocket cut by a 30-minute active timeout, and a short flow that ended 5 s ago.
+        let mut body = rec(T0 - 1800, T0 - 1);
+        body.extend(rec(T0 - 40, T0 - 5));
+        let m = with_time(msg(&[tpl, set(259, &body)]), T0, 0);
+        d.decode(src(), T0 as u64 * 1000, &m, &mut out);
+        assert_eq!(out.len(), 2);
+        let r = crate::metrics::Registry::new();
+        let snap = d.exporter_snapshot();
+        publish_metrics(&r, &d, &snap);
+        use crate::metrics::defs::{DECODE_EXPORT_DELAY, DECODE_EXPORT_LAG};
+        assert_eq!(r.value(&DECODE_EXPORT_LAG, &["192.0.2.1:4739"]), 1800);
+        assert_eq!(r.value(&DECODE_EXPORT_DELAY, &["192.0.2.1:4739"]), 5);
+        assert!(
+            r.prometheus()
+                .contains("flowwarden_decode_export_lag_seconds{exporter=\"192.0.2.1:4739\"} 1800")
+        );
     }
 
     #[test]

@@ -252,6 +252,14 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
                 },
                 loss,
                 esc(&units::offset_ms(st.clock_offset_ms)),
+                match e.export_lag_s {
+                    Some((held, delay)) => format!(
+                        "{}<br><small>{} after the last packet</small>",
+                        esc(&units::duration_ms(held * 1000)),
+                        esc(&units::duration_ms(delay * 1000))
+                    ),
+                    None => "-".into(),
+                },
                 st.malformed.to_string(),
                 if e.hints.is_empty() {
                     badge("ok", "OK")
@@ -273,6 +281,7 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
             "Sampling",
             "Seq. loss",
             "Clock offset",
+            "Export lag",
             "Decode errors",
             "Hints",
         ],

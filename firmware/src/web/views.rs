@@ -24,6 +24,9 @@ pub const SILENT_MS: u64 = 5 * MINUTE;
 pub const WARMUP_MS: u64 = 10 * MINUTE;
 /// Clock differences the overview accepts.
 const CLOCK_OK_MS: u64 = 60_000;
+/// Above these the exporters page says the exporter's timeouts make flows late.
+const EXPORT_LAG_HINT_S: u64 = 600;
+const EXPORT_DELAY_HINT_S: u64 = 120;
 /// Most flows one page or download lists.
 pub const MAX_LIMIT: u64 = 10_000;
 
@@ -449,6 +452,9 @@ pub struct ExporterView {
     pub silent: bool,
     /// Records per second over the last few seconds (live).
     pub records_per_s: f64,
+    /// Seconds from a flow's first packet and from its last packet to its
+    /// export, longest in the last 5-10 min (live; None: no flows lately).
+    pub export_lag_s: Option<(u64, u64)>,
     pub hints: Vec<String>,
 }
 
@@ -469,6 +475,15 @@ pub fn exporters(state: &State) -> Exporters {
     let now = state.now();
     let list = crate::decode::rows::load_exporters(&state.reader()).unwrap_or_default();
     let m = &state.app.metrics;
+    let mut lags: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    for x in m.snapshot() {
+        let Some((_, exporter)) = x.labels.first() else { continue };
+        if x.name == defs::DECODE_EXPORT_LAG.name {
+            lags.entry(exporter.clone()).or_default().0 = x.value;
+        } else if x.name == defs::DECODE_EXPORT_DELAY.name {
+            lags.entry(exporter.clone()).or_default().1 = x.value;
+        }
+    }
     let views = list
         .into_iter()
         .map(|e| {
@@ -506,11 +521,28 @@ pub fn exporters(state: &State) -> Exporters {
                     e.last_error.as_ref().map(|x| format!(" (last: {x})")).unwrap_or_default()
                 ));
             }
+            let export_lag_s = lags.get(&e.exporter).copied();
+            if let Some((held, delay)) = export_lag_s {
+                if held > EXPORT_LAG_HINT_S {
+                    hints.push(format!(
+                        "flows are exported up to {} after their first packet (the exporter's active timeout): long \
+                         connections reach this box and its detectors late; 60-120 s is usual for security monitoring",
+                        crate::units::duration_ms(held * 1000)
+                    ));
+                }
+                if delay > EXPORT_DELAY_HINT_S {
+                    hints.push(format!(
+                        "flows arrive up to {} after their last packet: check the exporter's inactive (idle) timeout and export buffering",
+                        crate::units::duration_ms(delay * 1000)
+                    ));
+                }
+            }
             if e.time_clamped > 0 {
                 hints.push(format!("{} flows had implausible times and were re-dated", e.time_clamped));
             }
             ExporterView {
                 records_per_s: state.record_rate(&e.exporter),
+                export_lag_s,
                 versions_seen: versions,
                 last_seen: rfc3339_ms(e.last_seen_ms),
                 silent,
