@@ -16,6 +16,7 @@ pub mod detect;
 pub mod fasthash;
 pub mod flow;
 pub mod forward;
+pub mod fsutil;
 pub mod geo;
 pub mod init;
 pub mod management;

@@ -27,6 +27,7 @@ const LEAVES: &[&str] = &[
     "pki",
     "geo",
     "management",
+    "fsutil",
 ];
 
 /// What each top-level module may import besides the leaves (None: anything).

@@ -180,26 +180,7 @@ fn put_back(config: &Path, previous: Option<&Management>) -> Result<(), String> 
     if new == text {
         return Ok(());
     }
-    write_atomic(config, new.as_bytes()).map_err(|e| format!("{}: {e}", config.display()))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("toml.netman");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::fsutil::write_atomic(config, new.as_bytes(), 0o600).map_err(|e| e.to_string())
 }
 
 /// At boot: settings still on trial when the box went down were never kept;
@@ -511,8 +492,8 @@ impl Netman {
             None => self.site.clone(),
         };
         let marker_text = previous.as_ref().map(Management::to_toml).unwrap_or_default();
-        if let Err(e) = write_atomic(&self.marker, marker_text.as_bytes()) {
-            let _ = reply.send(format!("error {}: {e}; nothing changed", self.marker.display()));
+        if let Err(e) = crate::fsutil::write_atomic(&self.marker, marker_text.as_bytes(), 0o600) {
+            let _ = reply.send(format!("error {e}; nothing changed"));
             return;
         }
         let confirm = new.as_ref().map(Management::confirm).unwrap_or(management::DEFAULT_CONFIRM);

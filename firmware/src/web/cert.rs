@@ -7,7 +7,6 @@
 
 use crate::pki::{self, Identity};
 use rustls::ServerConfig;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -128,23 +127,11 @@ fn generate(names: &[String], now_ms: u64) -> Result<rcgen::CertifiedKey<rcgen::
     Ok(rcgen::CertifiedKey { cert, signing_key })
 }
 
-/// Write `bytes` to `path` through a temporary file created with `mode`, then rename.
+/// Write `bytes` to `path` atomically, created with `mode`.
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |source| CertError::Io { path: tmp.clone(), source };
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|source| CertError::Io {
-        path: path.to_path_buf(),
-        source,
+    crate::fsutil::write_atomic(path, bytes, mode).map_err(|e| CertError::Io {
+        path: e.path,
+        source: e.source,
     })
 }
 

@@ -88,32 +88,9 @@ fn read_or_empty(p: &Path) -> Result<String, String> {
     }
 }
 
-/// Write through a temporary file in the same directory, synced, renamed over
-/// `path`; the directory is synced too. Mode 0600 (the file may hold paths to keys).
+/// Replace `path` with `text` atomically, mode 0600 (the file may hold paths to keys).
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |what: &str, e: std::io::Error| format!("{}: cannot {what}: {e}", path.display());
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| err("create its directory", e))?;
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| err("write", e))?;
-    f.write_all(text.as_bytes()).map_err(|e| err("write", e))?;
-    f.sync_all().map_err(|e| err("sync", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| err("replace", e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| e.to_string())
 }
 
 /// Keep uploaded PEM bytes under `dir` by their content's SHA-256 (the same
