@@ -341,6 +341,20 @@ pub mod defs {
         "Templates known now, across exporter sessions"
     );
     def!(
+        DECODE_UNKNOWN_SENDER,
+        "flowwarden_decode_unknown_sender_datagrams_total",
+        Counter,
+        ["sender", "looks_like"],
+        "Datagrams that were not NetFlow/IPFIX, per sending address and what they look like (sflow, netflow_v1, syslog, snmp, empty, other)"
+    );
+    def!(
+        DECODE_UNKNOWN_SENDERS_EVICTED,
+        "flowwarden_decode_unknown_senders_evicted_total",
+        Counter,
+        [],
+        "Unknown (sender, kind) entries forgotten to keep their table at 32 (the least recently heard first)"
+    );
+    def!(
         DECODE_TEMPLATES_EVICTED,
         "flowwarden_decode_templates_evicted_total",
         Counter,
@@ -636,6 +650,8 @@ pub fn all() -> Vec<&'static Def> {
         &DECODE_EXPORT_LAG,
         &DECODE_EXPORT_DELAY,
         &DECODE_DROPPED,
+        &DECODE_UNKNOWN_SENDER,
+        &DECODE_UNKNOWN_SENDERS_EVICTED,
         &DECODE_TEMPLATES,
         &DECODE_TEMPLATES_EVICTED,
         &DECODE_PENDING_SETS,

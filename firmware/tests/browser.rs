@@ -152,11 +152,44 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
     b.goto(&format!("{base}/flows?filter=dst%20prot%2080"));
     assert!(b.text(".error").contains("column"), "{}", b.source());
 
-    // Traffic: two server-drawn charts and the top lists from the roll-ups.
+    // Traffic: three server-drawn charts (bytes, flows, in vs out) and the top lists from the roll-ups.
     b.goto(&format!("{base}/traffic?range=24h"));
-    assert_eq!(b.count("svg.chart"), 2);
+    assert_eq!(b.count("svg.chart"), 3);
     assert!(b.count("svg.chart rect") > 10);
     assert!(b.text("main").contains("Top talkers"));
+    assert!(b.count("svg.chart.mirrored rect.up") > 0 && b.count("svg.chart.mirrored rect.down") > 0);
+    // In vs out of the week's first day (replayed first) is what `query` counts
+    // with `direction inbound|outbound` once the replay has passed it.
+    b.wait_until("the page's in vs out equals query --filter 'direction …'", |b| {
+        let t = b.script("return fetch('/api/v1/traffic?range=7d').then(r => r.json())");
+        let (Some(from), Some(to)) = (t["series"][0][0].as_str(), t["series"][12][0].as_str()) else {
+            return false;
+        };
+        let page = |i: usize| -> u64 { (0..12).map(|k| t["in_out"][k][i].as_u64().unwrap_or(0)).sum() };
+        let cli = |dir: &str| -> u64 {
+            let filter = format!("direction {dir}");
+            cli_json_lines(&[
+                os("query"),
+                os("--data-dir"),
+                data_os,
+                os("--series"),
+                os("1h"),
+                os("--filter"),
+                os(&filter),
+                os("--from"),
+                os(from),
+                os("--to"),
+                os(to),
+                os("--format"),
+                os("jsonl"),
+            ])
+            .iter()
+            .filter_map(|r| r["bytes"].as_u64())
+            .sum()
+        };
+        let seen = (page(0), page(1));
+        seen.0 > 0 && seen.1 > 0 && seen == (cli("inbound"), cli("outbound"))
+    });
     // Every top list of the week has rows once the replay has closed some hours
     // (hour lists are written as event time passes them).
     b.wait_until("top lists with rows on /traffic?range=7d", |b| {
@@ -164,7 +197,18 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
         b.script("return [...document.querySelectorAll('main table')].filter(t => t.querySelector('td.none')).length") == 0
     });
     b.screenshot(&shots().join("traffic.png"));
-    assert!(b.text("main").contains("Countries"), "the week's countries table on /traffic");
+    let main = b.text("main");
+    assert!(
+        main.contains("In vs out")
+            && main.contains("In: from outside to an internal address")
+            && main.contains("Out: from an internal address to outside"),
+        "{main}"
+    );
+    b.script(
+        "const h = [...document.querySelectorAll('h2')].find(h => h.textContent == 'In vs out'); window.scrollTo(0, h.offsetTop); return 0",
+    );
+    b.screenshot(&shots().join("traffic-in-out.png"));
+    assert!(main.contains("Countries"), "the week's countries table on /traffic");
     assert!(b.text("footer").contains("NRO"), "the country data's attribution");
     b.script(
         "const h = [...document.querySelectorAll('h2')].find(h => h.textContent == 'Countries'); window.scrollTo(0, h.offsetTop); return 0",

@@ -71,7 +71,15 @@ fn series_from_rollups_equal_the_raw_scan() {
     let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let data = data(t.path());
     for bucket in ["1m", "1h"] {
-        for filter in ["", "proto udp", "exporter 192.0.2.1:40000", "exporter 192.0.2.1"] {
+        for filter in [
+            "",
+            "proto udp",
+            "exporter 192.0.2.1:40000",
+            "exporter 192.0.2.1",
+            "direction outbound",
+            "direction inbound",
+            "direction external",
+        ] {
             for range in [vec![], vec!["--from", "2026-09-27T12:00:00Z", "--to", "2026-09-27T14:30:00Z"]] {
                 let mut args = vec!["--series", bucket];
                 args.extend(range.iter());

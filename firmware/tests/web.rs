@@ -473,6 +473,40 @@ fn json_twins_show_what_the_cli_shows() {
     for n in names(&cli_exp) {
         assert!(page.body.contains(&n), "{n}");
     }
+    // Something else on the collector's port (an sFlow agent that also sends
+    // syslog there) is named with what it sent and what to change.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let sflow = [0u8, 0, 0, 5, 0, 0, 0, 1, 192, 0, 2, 77, 0, 0, 0, 0];
+    for d in [&sflow[..], &sflow[..], b"<134>Dec  5 18:00:00 sw1 link up"] {
+        udp.send_to(d, ("127.0.0.1", r.port)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let unknown = loop {
+        let u = c.get("/api/v1/exporters").json()["unknown_senders"].clone();
+        if u[0]["datagrams"] == 3 || std::time::Instant::now() > deadline {
+            break u;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(unknown[0]["sender"], "127.0.0.1", "{unknown}");
+    assert_eq!(unknown[0]["looks_like"], "sflow", "{unknown}");
+    assert_eq!(unknown[0]["datagrams"], 3, "{unknown}");
+    let page = c.get("/exporters");
+    assert!(
+        page.body.contains("Unknown senders") && page.body.contains("sFlow is not read here"),
+        "{}",
+        page.body
+    );
+    let prometheus = token(&data, "prometheus", "metrics");
+    let metrics = client(&r).get_with("/metrics", &[("Authorization", &format!("Bearer {prometheus}"))]);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .contains("flowwarden_decode_unknown_sender_datagrams_total{sender=\"127.0.0.1\",looks_like=\"syslog\"} 1"),
+        "{}",
+        metrics.body
+    );
     // Storage: the flows kept, as the store counts them.
     let st = c.get("/api/v1/storage").json();
     assert!(st["flows_kept"].as_u64().is_some_and(|n| n > 1000), "{st}");

@@ -19,6 +19,7 @@ pub mod pending;
 pub mod rows;
 pub mod sampling;
 pub mod settings;
+pub mod strangers;
 pub mod templates;
 #[cfg(test)]
 mod testwire;
@@ -97,6 +98,8 @@ pub struct Decoder {
     last_rate: u32,
     /// The current datagram's longest first-packet-to-export and last-packet-to-export times, ms.
     lag: (u64, u64),
+    /// Senders of datagrams that were not NetFlow or IPFIX (bounded).
+    pub strangers: strangers::Strangers,
     /// Arrival time of the datagram being decoded.
     arrival_ms: u64,
     /// The box's clock for the datagram being decoded (injectable for tests).
@@ -168,6 +171,7 @@ impl Decoder {
             max_streams,
             last_rate: 1,
             lag: (0, 0),
+            strangers: strangers::Strangers::default(),
             arrival_ms: 0,
             now_ms: 0,
             clock: crate::timefmt::now_ms,
@@ -260,6 +264,7 @@ impl Decoder {
         let version = data.get(..2).map(|v| u16::from_be_bytes([v[0], v[1]]));
         if !matches!(version, Some(5 | 7 | 9 | 10)) {
             self.totals.not_netflow += 1;
+            self.strangers.note(exporter.ip(), arrival_ms, data);
             return;
         }
         for (addr, n) in self.pending.expire(arrival_ms) {
@@ -633,6 +638,11 @@ pub fn publish_metrics(r: &crate::metrics::Registry, d: &Decoder, exporters: &[E
         r.gauge(&DECODE_EXPORT_LAG, &l).set(held / 1000);
         r.gauge(&DECODE_EXPORT_DELAY, &l).set(delay / 1000);
     }
+    for ((ip, looks_like), x) in d.strangers.iter() {
+        r.counter(&DECODE_UNKNOWN_SENDER, &[&ip.to_string(), looks_like])
+            .set_at_least(x.datagrams);
+    }
+    r.counter(&DECODE_UNKNOWN_SENDERS_EVICTED, &[]).set_at_least(d.strangers.evicted);
     for (reason, v) in [
         ("not_netflow", t.not_netflow),
         ("malformed", t.malformed),
@@ -661,6 +671,23 @@ mod tests {
 
     fn src() -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], 4739))
+    }
+
+    #[test]
+    fn other_senders_are_counted_by_address_and_kind_not_as_exporters() {
+        let mut d = Decoder::new(&settings(), Vec::new(), Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        d.set_clock(now);
+        let mut out = Vec::new();
+        let agent = SocketAddr::from(([192, 0, 2, 50], 6343));
+        d.decode(agent, now(), &[0, 0, 0, 5, 0, 0, 0, 1, 192, 0, 2, 50], &mut out);
+        d.decode(agent, now(), &[0, 0, 0, 5, 0, 0, 0, 1, 192, 0, 2, 50], &mut out);
+        assert!(out.is_empty());
+        assert_eq!(d.totals.not_netflow, 2);
+        let r = crate::metrics::Registry::new();
+        publish_metrics(&r, &d, &[]);
+        assert_eq!(r.value(&crate::metrics::defs::DECODE_UNKNOWN_SENDER, &["192.0.2.50", "sflow"]), 2);
+        assert_eq!(r.value(&crate::metrics::defs::DECODE_DROPPED, &["not_netflow"]), 2);
+        assert_eq!(d.exporters_evicted(), 0);
     }
 
     fn now() -> u64 {

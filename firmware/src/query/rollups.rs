@@ -4,7 +4,7 @@
 //! caller scans the raw flows. Never a silent approximation:
 //!
 //! - series: the filter must be one the minute rows are keyed by (none,
-//!   `proto N`, `exporter ADDR[:PORT]`), the range on whole minutes, and the
+//!   `proto N`, `exporter ADDR[:PORT]`, `direction D`), the range on whole minutes, and the
 //!   roll-ups complete over it (nothing trimmed or expired where raw flows
 //!   remain). Buckets count flows by the minute they started, as the raw scan does.
 //! - top: no filter, whole hours (whole minutes for `proto`), and for each hour
@@ -52,7 +52,11 @@ fn dimension(filter: &Filter) -> Answer<(u8, KeySelect)> {
                 }),
             ))
         }
-        _ => Err("the filter is not one the roll-ups are keyed by (none, proto, exporter)".into()),
+        Filter::Direction(d) => {
+            let d = *d as u8;
+            Ok((dim::DIRECTION, Box::new(move |k| k == [d])))
+        }
+        _ => Err("the filter is not one the roll-ups are keyed by (none, proto, exporter, direction)".into()),
     }
 }
 
@@ -69,22 +73,26 @@ fn complete(reader: &Reader, meta: &BTreeMap<String, u64>, key: &str, from: u64)
     if from >= complete_from {
         return Ok(Ok(()));
     }
+    let why = if key == meta::DIRECTIONS_FROM {
+        "roll-ups before {} were written without directions (an older version) while raw flows remain"
+    } else {
+        "roll-ups before {} were trimmed or expired while raw flows remain"
+    };
     match reader.oldest_span()? {
         // Raw flows older than what the roll-ups still hold: only they can answer.
-        Some(oldest) if oldest < complete_from => Ok(Err(format!(
-            "roll-ups before {} were trimmed or expired while raw flows remain",
-            crate::timefmt::rfc3339_ms(complete_from)
-        ))),
+        Some(oldest) if oldest < complete_from => Ok(Err(why.replace("{}", &crate::timefmt::rfc3339_ms(complete_from)))),
         _ => Ok(Ok(())),
     }
 }
 
-/// Series buckets from the minute rows.
-pub fn series(reader: &Reader, scope: &Scope, bucket_ms: u64) -> Result<Answer<BTreeMap<u64, Counts>>, StoreError> {
-    let (kind, select) = match dimension(&scope.filter) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err(e)),
-    };
+/// The minute rows of dimension `kind` over the scope's range, when they are
+/// complete there and the range and the bucket are whole minutes.
+fn minute_rows(
+    reader: &Reader,
+    scope: &Scope,
+    bucket_ms: u64,
+    kind: u8,
+) -> Result<Answer<Vec<crate::store::reader::MinuteRow>>, StoreError> {
     let (from, to) = match aligned(scope, MINUTE, "minutes") {
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
@@ -96,14 +104,54 @@ pub fn series(reader: &Reader, scope: &Scope, bucket_ms: u64) -> Result<Answer<B
     if let Err(e) = complete(reader, &meta, meta::MINUTES_FROM, from)? {
         return Ok(Err(e));
     }
+    if kind == dim::DIRECTION
+        && let Err(e) = complete(reader, &meta, meta::DIRECTIONS_FROM, from)?
+    {
+        return Ok(Err(e));
+    }
+    Ok(Ok(reader.minutes(kind, from, to)?))
+}
+
+/// Series buckets from the minute rows.
+pub fn series(reader: &Reader, scope: &Scope, bucket_ms: u64) -> Result<Answer<BTreeMap<u64, Counts>>, StoreError> {
+    let (kind, select) = match dimension(&scope.filter) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let rows = match minute_rows(reader, scope, bucket_ms, kind)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
     let mut buckets: BTreeMap<u64, Counts> = BTreeMap::new();
-    for (m, key, bytes, packets, flows) in reader.minutes(kind, from, to)? {
+    for (m, key, bytes, packets, flows) in rows {
         if select(&key) {
             let b = buckets.entry(m - m % bucket_ms).or_default();
             b.0 += flows;
             b.1 += packets;
             b.2 += bytes;
         }
+    }
+    Ok(Ok(buckets))
+}
+
+/// Series buckets of every direction at once (the scope's filter is not
+/// used): per bucket, counts indexed by [`crate::flow::Direction`] as u8.
+pub fn direction_series(reader: &Reader, scope: &Scope, bucket_ms: u64) -> Result<Answer<BTreeMap<u64, [Counts; 5]>>, StoreError> {
+    let rows = match minute_rows(reader, scope, bucket_ms, dim::DIRECTION)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut buckets: BTreeMap<u64, [Counts; 5]> = BTreeMap::new();
+    for (m, key, bytes, packets, flows) in rows {
+        let Some(c) = key
+            .first()
+            .and_then(|d| buckets.entry(m - m % bucket_ms).or_default().get_mut(*d as usize))
+        else {
+            continue;
+        };
+        c.0 += flows;
+        c.1 += packets;
+        c.2 += bytes;
     }
     Ok(Ok(buckets))
 }

@@ -1,5 +1,5 @@
 //! Roll-ups: per-minute totals (overall, per exporter, per interface, per
-//! protocol) and per-hour top-N (sources, destinations, conversations,
+//! protocol, per direction: in vs out by `[network] internal`) and per-hour top-N (sources, destinations, conversations,
 //! destination ports by bytes, packets and flows).
 //!
 //! The writer folds every committed flow into a [`RollupAgg`]; minute deltas
@@ -35,6 +35,13 @@ pub type MinuteRowDelta = ((u64, u8, Vec<u8>), Counts);
 /// Merge minute deltas into the table.
 pub fn write_minute_rows<'a>(txn: &redb::WriteTransaction, rows: impl Iterator<Item = &'a MinuteRowDelta>) -> Result<(), redb::Error> {
     let mut t = txn.open_table(MINUTE)?;
+    let mut meta_t = txn.open_table(ROLLUP_META)?;
+    if meta_t.get(meta::DIRECTIONS_FROM)?.is_none() {
+        // A file written before the direction rows existed: they count from the
+        // minute after its last one (that minute has rows without them).
+        let from = t.last()?.map(|(k, _)| k.value().0 + 60_000).unwrap_or(0);
+        meta_t.insert(meta::DIRECTIONS_FROM, from)?;
+    }
     for ((m, kind, key), (b, p, n)) in rows {
         let old = t.get((*m, *kind, key.as_slice()))?.map(|v| v.value()).unwrap_or_default();
         t.insert((*m, *kind, key.as_slice()), (old.0 + b, old.1 + p, old.2 + n))?;
@@ -42,7 +49,7 @@ pub fn write_minute_rows<'a>(txn: &redb::WriteTransaction, rows: impl Iterator<I
     Ok(())
 }
 
-/// What a minute roll-up is folded by; the five dimensions are derived at write time.
+/// What a minute roll-up is folded by; the six dimensions are derived at write time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct MinuteKey {
     minute: u64,
@@ -50,6 +57,7 @@ struct MinuteKey {
     in_if: u32,
     out_if: u32,
     proto: u8,
+    direction: u8,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +92,9 @@ pub struct RollupAgg {
 pub mod meta {
     pub const MINUTES_FROM: &str = "minutes_from";
     pub const HOURS_FROM: &str = "hours_from";
+    /// The first minute with direction rows (0: all of them; a later minute
+    /// when the file was written by a version without them).
+    pub const DIRECTIONS_FROM: &str = "directions_from";
     /// The length of a full top list when the lists were written.
     pub const TOP_ENTRIES: &str = "top_entries";
     pub fn hour_flows(hour: u64) -> String {
@@ -175,6 +186,7 @@ impl RollupAgg {
             in_if: f.in_if,
             out_if: f.out_if,
             proto: f.proto,
+            direction: f.direction as u8,
         };
         add(self.minutes.entry(key).or_default(), f);
         let hour = f.start_ms - f.start_ms % 3_600_000;
@@ -215,6 +227,7 @@ impl RollupAgg {
                 (k.minute, dim::IN_INTERFACE, iface(k.in_if)),
                 (k.minute, dim::OUT_INTERFACE, iface(k.out_if)),
                 (k.minute, dim::PROTOCOL, vec![k.proto]),
+                (k.minute, dim::DIRECTION, vec![k.direction]),
             ] {
                 let e = rows.entry(key).or_default();
                 e.0 += c.0;
@@ -387,4 +400,95 @@ pub fn trim_oldest(txn: &redb::WriteTransaction, percent: u64) -> Result<(u64, u
     drop((minutes, hours));
     mark_complete_from(txn, minute_cut, hour_cut)?;
     Ok((deleted, minute_cut, hour_cut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Direction;
+    use redb::{ReadableDatabase, ReadableTable};
+
+    fn flow(start_ms: u64, direction: Direction, bytes: u64) -> FlowRecord {
+        FlowRecord {
+            start_ms,
+            end_ms: start_ms,
+            bytes,
+            packets: 1,
+            direction,
+            ..FlowRecord::default()
+        }
+    }
+
+    fn rows(db: &redb::Database, kind: u8) -> Vec<(u64, Vec<u8>, Counts)> {
+        let txn = db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+        let t = txn.open_table(MINUTE).unwrap_or_else(|e| panic!("{e}"));
+        t.iter()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let (m, kd, key) = k.value();
+                (kd == kind).then(|| (m, key.to_vec(), v.value()))
+            })
+            .collect()
+    }
+
+    fn directions_from(db: &redb::Database) -> Option<u64> {
+        let txn = db.begin_read().unwrap_or_else(|e| panic!("{e}"));
+        let t = txn.open_table(ROLLUP_META).unwrap_or_else(|e| panic!("{e}"));
+        t.get(meta::DIRECTIONS_FROM).unwrap_or_else(|e| panic!("{e}")).map(|v| v.value())
+    }
+
+    fn write(db: &redb::Database, agg: &mut RollupAgg) {
+        let txn = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+        let r = agg.take_minute_rows();
+        write_minute_rows(&txn, r.iter()).unwrap_or_else(|e| panic!("{e}"));
+        txn.commit().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn minutes_count_each_direction_and_a_fresh_file_has_them_all() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = redb::Database::create(d.path().join("r.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let mut agg = RollupAgg::default();
+        let m = 1_790_506_800_000;
+        agg.add(&flow(m + 1, Direction::Outbound, 100));
+        agg.add(&flow(m + 2, Direction::Outbound, 50));
+        agg.add(&flow(m + 3, Direction::Inbound, 7));
+        write(&db, &mut agg);
+        assert_eq!(directions_from(&db), Some(0));
+        let r = rows(&db, dim::DIRECTION);
+        assert_eq!(
+            r,
+            vec![
+                (m, vec![Direction::Outbound as u8], (150, 2, 2)),
+                (m, vec![Direction::Inbound as u8], (7, 1, 1)),
+            ]
+        );
+        // The totals are untouched by the new dimension.
+        assert_eq!(rows(&db, dim::TOTAL), vec![(m, vec![], (157, 3, 3))]);
+    }
+
+    #[test]
+    fn a_file_from_before_directions_has_them_from_the_minute_after_its_last() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = redb::Database::create(d.path().join("r.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let m = 1_790_506_800_000;
+        // What an older version left: a total row for minute m and no meta key.
+        let txn = db.begin_write().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut t = txn.open_table(MINUTE).unwrap_or_else(|e| panic!("{e}"));
+            t.insert((m, dim::TOTAL, &[][..]), (10, 1, 1)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        txn.commit().unwrap_or_else(|e| panic!("{e}"));
+        let mut agg = RollupAgg::default();
+        agg.add(&flow(m + 5, Direction::Inbound, 3));
+        agg.add(&flow(m + 60_000, Direction::Inbound, 4));
+        write(&db, &mut agg);
+        // Minute m holds rows without direction: it is not complete.
+        assert_eq!(directions_from(&db), Some(m + 60_000));
+        // Later writes keep the mark.
+        agg.add(&flow(m + 120_000, Direction::Outbound, 5));
+        write(&db, &mut agg);
+        assert_eq!(directions_from(&db), Some(m + 60_000));
+    }
 }

@@ -52,6 +52,8 @@ pub mod dim {
     pub const IN_INTERFACE: u8 = 2;
     pub const OUT_INTERFACE: u8 = 3;
     pub const PROTOCOL: u8 = 4;
+    /// Key: one byte, the flow's [`crate::flow::Direction`] (rows from `meta::DIRECTIONS_FROM` on).
+    pub const DIRECTION: u8 = 5;
 }
 
 /// Hour top kinds.

@@ -158,6 +158,46 @@ pub fn bars(values: &[u64], label: &str, unit: fn(u64) -> String, span_html: &st
     s
 }
 
+/// Two series on one scale around a middle axis: `up` above it (outbound),
+/// `down` below (inbound), for the traffic page's in vs out.
+pub fn bars_mirrored(up: &[u64], down: &[u64], labels: (&str, &str), title: &str, unit: fn(u64) -> String, span_html: &str) -> String {
+    let (w, half) = (720.0_f64, 70.0_f64);
+    let max = up.iter().chain(down).copied().max().unwrap_or(0).max(1) as f64;
+    let n = up.len().max(down.len()).max(1) as f64;
+    let bw = w / n;
+    let mut s = format!(
+        "<figure><svg viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"{}\" class=\"chart mirrored\">",
+        2.0 * half + 16.0,
+        esc(title)
+    );
+    for (series, cls, label, above) in [(up, "up", labels.0, true), (down, "down", labels.1, false)] {
+        for (i, v) in series.iter().enumerate() {
+            let bh = (*v as f64 / max) * half;
+            let y = if above { half - bh } else { half };
+            let _ = write!(
+                s,
+                "<rect class=\"{cls}\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\"><title>{}: {}</title></rect>",
+                i as f64 * bw + 0.5,
+                (bw - 1.0).max(0.5),
+                esc(label),
+                esc(&unit(*v))
+            );
+        }
+    }
+    let peak = |v: &[u64]| esc(&unit(v.iter().copied().max().unwrap_or(0)));
+    let _ = write!(
+        s,
+        "<line x1=\"0\" y1=\"{half}\" x2=\"{w}\" y2=\"{half}\" class=\"axis\"/></svg><figcaption>{}: \
+         <span class=\"key up\">▲ {} (peak {})</span> <span class=\"key down\">▼ {} (peak {})</span>{span_html}</figcaption></figure>",
+        esc(title),
+        esc(labels.0),
+        peak(up),
+        esc(labels.1),
+        peak(down)
+    );
+    s
+}
+
 /// The configuration's names for addresses (`[[network.name]]`), replaced at every reload.
 static NAMES: std::sync::RwLock<Vec<crate::net::NamedNet>> = std::sync::RwLock::new(Vec::new());
 

@@ -294,7 +294,76 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
          port).</p>",
         x.templates_known, x.sets_waiting, x.kernel_drops, x.queue_drops, x.not_netflow
     );
+    if !x.unknown_senders.is_empty() {
+        b.push_str(
+            "<h2>Unknown senders</h2><p class=\"hint\">Addresses that sent datagrams to the collector's port that \
+             were not NetFlow or IPFIX (the 32 heard most recently).</p>",
+        );
+        let rows: Vec<Vec<String>> = x
+            .unknown_senders
+            .iter()
+            .map(|u| vec![html::addr(&u.sender), esc(&u.looks_like), u.datagrams.to_string(), esc(&u.hint)])
+            .collect();
+        b.push_str(&table(&["Sender", "Looks like", "Datagrams", "What to do"], &rows));
+    }
     page("Exporters", "/exporters", &v, &b)
+}
+
+/// The traffic page's in vs out: a mirrored chart of bytes out (up) and in
+/// (down), and the range's totals per direction with links to their flows.
+fn in_vs_out(t: &views::Traffic, every: &str, span: &str) -> String {
+    let mut b = String::from("<h2>In vs out</h2>");
+    if let Some(n) = &t.directions_note {
+        let _ = write!(b, "<p class=\"hint\">{}</p>", esc(n));
+        return b;
+    }
+    let out: Vec<u64> = t.in_out.iter().map(|p| p.1).collect();
+    let inb: Vec<u64> = t.in_out.iter().map(|p| p.0).collect();
+    b.push_str(&html::bars_mirrored(
+        &out,
+        &inb,
+        ("out", "in"),
+        &format!("Bytes per {every}, out to and in from outside the internal networks"),
+        units::bytes,
+        span,
+    ));
+    let all: u64 = t.directions.iter().map(|d| d.bytes).sum();
+    let rows: Vec<Vec<String>> = t
+        .directions
+        .iter()
+        .map(|d| {
+            let what = match d.direction.as_str() {
+                "inbound" => "In: from outside to an internal address",
+                "outbound" => "Out: from an internal address to outside",
+                "internal" => "Inside: both ends internal",
+                "external" => "Transit: neither end internal",
+                _ => "Unclassified (no internal networks configured)",
+            };
+            let share = if all == 0 { 0.0 } else { d.bytes as f64 * 100.0 / all as f64 };
+            vec![
+                format!(
+                    "<a href=\"/flows?filter={}&amp;from=-{}\">{}</a>",
+                    html::url(&format!("direction {}", d.direction)),
+                    esc(&t.range),
+                    esc(what)
+                ),
+                units::bytes(d.bytes),
+                format!("{share:.1} %"),
+                d.packets.to_string(),
+                d.flows.to_string(),
+            ]
+        })
+        .filter(|r| r[4] != "0")
+        .collect();
+    if rows.is_empty() {
+        b.push_str("<p>No flows in this range.</p>");
+    } else {
+        b.push_str(&table(
+            &["Direction (by Settings → internal networks)", "Bytes", "Share", "Packets", "Flows"],
+            &rows,
+        ));
+    }
+    b
 }
 
 pub async fn traffic(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
@@ -319,6 +388,7 @@ pub async fn traffic(AxState(s): AxState<State>, v: Viewer, q: Q) -> Response {
     if let Some(n) = &t.note {
         let _ = write!(b, "<p class=\"hint\">{}</p>", esc(n));
     }
+    b.push_str(&in_vs_out(&t, &every, &span));
     for (name, rows) in &t.top {
         let _ = write!(b, "<h2>Top {}</h2>", esc(name));
         if t.top_approximate.contains(name) {

@@ -466,9 +466,21 @@ pub struct Exporters {
     pub queue_drops: u64,
     /// Datagrams that were not NetFlow/IPFIX (another sender on the port, or not an exporter).
     pub not_netflow: u64,
+    /// Who sent them (the 32 heard most recently), most datagrams first.
+    pub unknown_senders: Vec<UnknownSender>,
     /// Templates known now and data sets waiting for theirs (all exporters).
     pub templates_known: u64,
     pub sets_waiting: u64,
+}
+
+/// A sender of datagrams that were not NetFlow or IPFIX.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnknownSender {
+    pub sender: String,
+    /// sflow, netflow_v1, netflow_v6, netflow_v8, syslog, snmp, empty, other.
+    pub looks_like: String,
+    pub datagrams: u64,
+    pub hint: String,
 }
 
 pub fn exporters(state: &State) -> Exporters {
@@ -476,7 +488,14 @@ pub fn exporters(state: &State) -> Exporters {
     let list = crate::decode::rows::load_exporters(&state.reader()).unwrap_or_default();
     let m = &state.app.metrics;
     let mut lags: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    // Per sender: datagrams by what they looked like.
+    let mut unknown: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for x in m.snapshot() {
+        if x.name == defs::DECODE_UNKNOWN_SENDER.name {
+            let label = |k: &str| x.labels.iter().find(|l| l.0 == k).map(|l| l.1.clone()).unwrap_or_default();
+            unknown.entry(label("sender")).or_default().push((x.value, label("looks_like")));
+            continue;
+        }
         let Some((_, exporter)) = x.labels.first() else { continue };
         if x.name == defs::DECODE_EXPORT_LAG.name {
             lags.entry(exporter.clone()).or_default().0 = x.value;
@@ -556,6 +575,24 @@ pub fn exporters(state: &State) -> Exporters {
         kernel_drops: m.value(&defs::COLLECTOR_DROPPED, &["kernel"]),
         queue_drops: m.value(&defs::COLLECTOR_DROPPED, &["decoder_queue"]),
         not_netflow: m.value(&defs::DECODE_DROPPED, &["not_netflow"]),
+        unknown_senders: {
+            let mut v: Vec<UnknownSender> = unknown
+                .into_iter()
+                .map(|(sender, mut kinds)| {
+                    // The row names what it sent most.
+                    kinds.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                    let looks_like = kinds.first().map(|k| k.1.clone()).unwrap_or_default();
+                    UnknownSender {
+                        sender,
+                        datagrams: kinds.iter().map(|k| k.0).sum(),
+                        hint: crate::decode::strangers::advice(&looks_like).to_string(),
+                        looks_like,
+                    }
+                })
+                .collect();
+            v.sort_by(|a, b| b.datagrams.cmp(&a.datagrams).then_with(|| a.sender.cmp(&b.sender)));
+            v
+        },
         templates_known: m.value(&defs::DECODE_TEMPLATES, &[]),
         sets_waiting: m.value(&defs::DECODE_PENDING_SETS, &[]),
     }
@@ -834,6 +871,13 @@ pub struct Traffic {
     pub bucket_s: u64,
     /// (bucket start, flows, packets, bytes).
     pub series: Vec<(String, u64, u64, u64)>,
+    /// Per bucket of `series`: (bytes in, bytes out): inbound flows (from
+    /// outside `[network] internal` to inside) and outbound ones. Empty when
+    /// the roll-ups cannot tell (`directions_note` says why).
+    pub in_out: Vec<(u64, u64)>,
+    /// The range's totals per direction (inbound, outbound, internal, transit, unclassified).
+    pub directions: Vec<DirectionRow>,
+    pub directions_note: Option<String>,
     pub top: BTreeMap<String, Vec<TopRow>>,
     /// Top lists summed from each hour's stored list (values at least these,
     /// the order may differ from an exact ranking): `flowwarden query --top` is exact.
@@ -843,6 +887,60 @@ pub struct Traffic {
     /// hour's stored top destinations and talkers, summed (at least these).
     /// Empty without a country database.
     pub countries: Vec<CountryRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirectionRow {
+    /// The `direction` filter's word: inbound, outbound, internal, external, unknown.
+    pub direction: String,
+    pub bytes: u64,
+    pub packets: u64,
+    pub flows: u64,
+}
+
+/// Per bucket (bytes in, bytes out), and the range's totals per direction.
+type InOut = (Vec<(u64, u64)>, Vec<DirectionRow>);
+
+/// In vs out per bucket and the totals per direction, from the minute roll-ups.
+fn directions(reader: &crate::store::reader::Reader, scope: &Scope, bucket: u64) -> Result<InOut, String> {
+    use crate::flow::Direction;
+    let by = match query::rollups::direction_series(reader, scope, bucket) {
+        Ok(Ok(b)) => b,
+        Ok(Err(why)) => return Err(why),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut in_out = Vec::new();
+    let mut totals = [(0u64, 0u64, 0u64); 5];
+    let mut t = scope.from;
+    while t < scope.to {
+        let c = by.get(&t).copied().unwrap_or_default();
+        in_out.push((c[Direction::Inbound as usize].2, c[Direction::Outbound as usize].2));
+        for (sum, x) in totals.iter_mut().zip(c) {
+            sum.0 += x.0;
+            sum.1 += x.1;
+            sum.2 += x.2;
+        }
+        t += bucket;
+    }
+    let rows = [
+        Direction::Inbound,
+        Direction::Outbound,
+        Direction::Internal,
+        Direction::External,
+        Direction::Unknown,
+    ]
+    .into_iter()
+    .map(|d| {
+        let (flows, packets, bytes) = totals[d as usize];
+        DirectionRow {
+            direction: d.as_str().to_string(),
+            bytes,
+            packets,
+            flows,
+        }
+    })
+    .collect();
+    Ok((in_out, rows))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -933,6 +1031,10 @@ pub fn traffic(state: &State, q: &ListQuery) -> Traffic {
             BTreeMap::new()
         }
     };
+    let (in_out, directions, directions_note) = match directions(&reader, &scope, bucket) {
+        Ok((io, rows)) => (io, rows, None),
+        Err(why) => (Vec::new(), Vec::new(), Some(format!("in vs out is not shown: {why}"))),
+    };
     let mut points = Vec::new();
     let mut t = scope.from;
     while t < scope.to {
@@ -984,6 +1086,9 @@ pub fn traffic(state: &State, q: &ListQuery) -> Traffic {
         range: range.to_string(),
         bucket_s: bucket / 1000,
         series: points,
+        in_out,
+        directions,
+        directions_note,
         top,
         top_approximate: approximate,
         note,
