@@ -469,6 +469,16 @@ fn json_twins_show_what_the_cli_shows() {
     };
     assert_eq!(names(&api_exp["exporters"]), names(&cli_exp));
     assert_eq!(api_exp["exporters"][0]["records"], cli_exp[0]["records"]);
+    // Export lag (first packet / last packet to export, seconds) was measured by
+    // `ingest`, kept in the state file, and read back by the CLI and the page alike.
+    let lag = &cli_exp[0]["export_lag_s"];
+    assert!(
+        lag[0]
+            .as_u64()
+            .is_some_and(|held| held > 0 && lag[1].as_u64().is_some_and(|d| d <= held)),
+        "{lag}"
+    );
+    assert_eq!(api_exp["exporters"][0]["export_lag_s"], *lag);
     let page = c.get("/exporters");
     for n in names(&cli_exp) {
         assert!(page.body.contains(&n), "{n}");

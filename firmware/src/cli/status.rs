@@ -76,6 +76,8 @@ pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
                     let mut v = serde_json::to_value(e).unwrap_or_default();
                     // The stored bit set, as the versions themselves.
                     v["versions"] = serde_json::json!(versions(e.versions));
+                    // [from first packet, from last packet] to export, seconds, when last saved.
+                    v["export_lag_s"] = serde_json::json!(e.export_lag_s);
                     v
                 })
                 .collect();
@@ -97,6 +99,7 @@ pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
                 ("Sampling", Align::Right),
                 ("Last seen (UTC)", Align::Left),
                 ("Clock offset", Align::Right),
+                ("Export lag", Align::Right),
             ]);
             for e in &list {
                 let v: Vec<String> = versions(e.versions).iter().map(|v| v.to_string()).collect();
@@ -119,12 +122,23 @@ pub fn exporters(data_dir: &Path, format: TableOrJson, out: &mut dyn Write) -> R
                     },
                     rfc3339_ms(e.last_seen_ms)[..19].replace('T', " "),
                     units::offset_ms(e.clock_offset_ms),
+                    match e.export_lag_s {
+                        Some((held, delay)) => format!("{} / {}", units::duration_ms(held * 1000), units::duration_ms(delay * 1000)),
+                        None => "-".into(),
+                    },
                 ]);
             }
             if t.is_empty() {
                 writeln!(out, "no exporter has sent anything to {}", data_dir.display())?;
             } else {
                 t.write(out)?;
+                if list.iter().any(|e| e.export_lag_s.is_some()) {
+                    writeln!(
+                        out,
+                        "Export lag: the longest time from a flow's first packet / from its last packet to its export, \
+                         over the 5-10 min before the exporter was last seen (the exporter's active / idle timeouts)."
+                    )?;
+                }
             }
             let problems: Vec<String> = list
                 .iter()

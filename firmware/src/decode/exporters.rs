@@ -83,6 +83,13 @@ pub struct ExporterStats {
     pub time_clamped: u64,
     /// The original end time of the last clamped flow, UTC ms.
     pub last_clamped_ms: Option<u64>,
+    /// Export lag when the snapshot was taken: the longest time, in seconds,
+    /// from a flow's first packet and from its last packet to its export over
+    /// the 5-10 min before (None: no flows in them). Stored after the row's
+    /// first layout by `rows.rs` (postcard cannot add a field), hence skipped
+    /// here; the page and the CLI put it in their JSON themselves.
+    #[serde(skip)]
+    pub export_lag_s: Option<(u64, u64)>,
 }
 
 /// Sequence tracking state for one (exporter, domain, version) stream.
@@ -190,9 +197,22 @@ impl ExporterTable {
         v
     }
 
-    /// All exporters, sorted by address.
+    /// All exporters, sorted by address, with their export lag.
     pub fn snapshot(&self) -> Vec<ExporterStats> {
-        let mut v: Vec<ExporterStats> = self.stats.values().cloned().collect();
+        let mut v: Vec<ExporterStats> = self
+            .stats
+            .iter()
+            .map(|(a, s)| ExporterStats {
+                export_lag_s: self
+                    .lag
+                    .get(a)
+                    .filter(|l| l.held_ms() > 0 || l.delay_ms() > 0)
+                    .map(|l| (l.held_ms() / 1000, l.delay_ms() / 1000))
+                    // Nothing heard since a restart: as it was when last seen.
+                    .or(s.export_lag_s),
+                ..s.clone()
+            })
+            .collect();
         v.sort_by(|a, b| a.exporter.cmp(&b.exporter));
         v
     }

@@ -540,7 +540,8 @@ pub fn exporters(state: &State) -> Exporters {
                     e.last_error.as_ref().map(|x| format!(" (last: {x})")).unwrap_or_default()
                 ));
             }
-            let export_lag_s = lags.get(&e.exporter).copied();
+            // Live from the decoder; else as last saved (the CLI's `exporters` reads that too).
+            let export_lag_s = lags.get(&e.exporter).copied().or(e.export_lag_s);
             if let Some((held, delay)) = export_lag_s {
                 if held > EXPORT_LAG_HINT_S {
                     hints.push(format!(
