@@ -7,7 +7,9 @@
 //! the tables hold (row counts times bytes per row, measured with redb's table
 //! statistics every so often) and trims the oldest tenth of the rows, whole
 //! minutes and hours, until the new rows fit. Trimmed rows are counted; rows
-//! older than what was trimmed are not written again.
+//! older than what was trimmed are not written again. A trim that finds the
+//! file at its cap may pass it by an eighth (at least 256 KiB) of the share:
+//! otherwise a full file could never delete and every later roll-up would be lost.
 
 use super::writer::StoreWriter;
 use super::{StoreError, quota::Refusal};
@@ -117,7 +119,17 @@ impl StoreWriter {
     /// one hour). Returns whether it did.
     pub(super) fn trim_rollups(&mut self) -> bool {
         let p = self.dir.rollups();
-        for attempt in 1..=2 {
+        let share = self.rollup_share();
+        let trimmed = self.trim_rollups_within(&p, share);
+        // The cap may have been lifted for the trim: back to the share.
+        self.quota.set_cap(&p, share);
+        trimmed
+    }
+
+    fn trim_rollups_within(&mut self, p: &std::path::Path, share: u64) -> bool {
+        let p = p.to_path_buf();
+        let (mut lifted, mut made_room) = (false, false);
+        for _ in 1..=3 {
             let res = super::guard(&p, || {
                 let db = self.rollup_db()?;
                 let txn = db.begin_write().map_err(|e| StoreError::db(&p, e))?;
@@ -146,7 +158,16 @@ impl StoreWriter {
                 Err(e) => {
                     self.rollups = None;
                     match self.quota.take_refusal(&p) {
-                        Some(Refusal::Budget | Refusal::Disk) if attempt == 1 => {
+                        // Deleting needs new pages too (copy-on-write), and a
+                        // file at its cap could never trim again: the trim alone
+                        // may pass the cap by a little. The pages it frees take
+                        // the next roll-up writes, so the file grows no further.
+                        Some(Refusal::FileCap) if !lifted => {
+                            lifted = true;
+                            self.quota.set_cap(&p, share + (share / 8).max(256 << 10));
+                        }
+                        Some(Refusal::Budget | Refusal::Disk) if !made_room => {
+                            made_room = true;
                             let need = self.quota.file_len(&p).unwrap_or(0) + (256 << 10);
                             self.make_room(need, None);
                         }
