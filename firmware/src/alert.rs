@@ -145,6 +145,59 @@ impl Alert {
     }
 }
 
+impl Alert {
+    /// Names (`[[network.name]]`) and countries (the country database) beside
+    /// the alert's addresses, for the analyst who reads it in the SIEM: the
+    /// evidence gets `src_name`, `dst_name`, `src_country`, `dst_country`
+    /// where known, and the summary says them at each address's first mention
+    /// ("… to 203.0.113.9 (NL)", "10.20.1.5 (finance-pc) …"). Run on every
+    /// copy that leaves the detector; running it twice changes nothing.
+    pub fn annotate(&mut self, name_of: impl Fn(&IpAddr) -> Option<String>, country_of: impl Fn(&IpAddr) -> Option<String>) {
+        for (end, ip) in [("src", Some(self.src)), ("dst", self.dst)] {
+            let Some(ip) = ip else { continue };
+            let name = name_of(&ip);
+            let country = country_of(&ip);
+            if let Some(n) = &name {
+                self.evidence.insert(format!("{end}_name"), serde_json::json!(n));
+            }
+            if let Some(c) = &country {
+                self.evidence.insert(format!("{end}_country"), serde_json::json!(c));
+            }
+            let label: Vec<&str> = [name.as_deref(), country.as_deref()].into_iter().flatten().collect();
+            if !label.is_empty() {
+                self.summary = mention(&self.summary, &ip.to_string(), &label.join(", "));
+            }
+        }
+    }
+}
+
+/// `text` with ` (label)` after the first mention of the address `addr`
+/// (not inside a longer address: 10.0.0.1 is not in 10.0.0.15), unless a
+/// parenthesis follows it already.
+fn mention(text: &str, addr: &str, label: &str) -> String {
+    let bytes = text.as_bytes();
+    let addr_char = |b: u8| b.is_ascii_hexdigit() || b == b':';
+    let mut from = 0;
+    while let Some(i) = text[from..].find(addr).map(|i| i + from) {
+        let end = i + addr.len();
+        let before_ok = i == 0 || !(addr_char(bytes[i - 1]) || bytes[i - 1] == b'.');
+        // A '.' ends a sentence unless an address goes on after it.
+        let after_ok = match bytes.get(end) {
+            None => true,
+            Some(b'.') => !bytes.get(end + 1).is_some_and(|b| b.is_ascii_digit()),
+            Some(b) => !addr_char(*b),
+        };
+        if before_ok && after_ok {
+            if text[end..].starts_with(" (") {
+                return text.to_string();
+            }
+            return format!("{} ({label}){}", &text[..end], &text[end..]);
+        }
+        from = end;
+    }
+    text.to_string()
+}
+
 /// Build an evidence object from key/value pairs.
 #[macro_export]
 macro_rules! evidence {
@@ -171,6 +224,40 @@ mod tests {
         assert_ne!(id, alert_id(Kind::Scan, a, Some(b), Some(443), 1_000));
         assert_ne!(id, alert_id(Kind::Beaconing, a, None, Some(443), 1_000));
         assert_eq!(fnv1a(&[b"a"]), fnv1a(&[b"a"]));
+    }
+
+    #[test]
+    fn annotate_names_and_countries_once() {
+        let mut a = Alert {
+            id: "fw-1".into(),
+            kind: Kind::Exfiltration,
+            severity: 7,
+            src: IpAddr::from([10, 0, 0, 1]),
+            dst: Some(IpAddr::from([203, 0, 113, 9])),
+            dst_port: Some(443),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            count: 1,
+            summary: "10.0.0.15 and 10.0.0.1 sent 1.8 GB to 203.0.113.9.".into(),
+            attack: Vec::new(),
+            evidence: serde_json::Map::new(),
+        };
+        let name = |ip: &IpAddr| (*ip == IpAddr::from([10, 0, 0, 1])).then(|| "finance-pc".to_string());
+        let country = |ip: &IpAddr| (*ip == IpAddr::from([203, 0, 113, 9])).then(|| "NL".to_string());
+        a.annotate(name, country);
+        assert_eq!(a.summary, "10.0.0.15 and 10.0.0.1 (finance-pc) sent 1.8 GB to 203.0.113.9 (NL).");
+        assert_eq!(a.evidence["src_name"], "finance-pc");
+        assert_eq!(a.evidence["dst_country"], "NL");
+        assert!(!a.evidence.contains_key("src_country") && !a.evidence.contains_key("dst_name"));
+        let once = a.clone();
+        a.annotate(name, country);
+        assert_eq!(a, once);
+        // An address inside a longer one, or IPv6 inside another, is not a mention.
+        assert_eq!(mention("to 2001:db8::10", "2001:db8::1", "X"), "to 2001:db8::10");
+        assert_eq!(
+            mention("203.0.113.90 203.0.113.9", "203.0.113.9", "NL"),
+            "203.0.113.90 203.0.113.9 (NL)"
+        );
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl Pipeline {
         let spool_outbox = outbox.clone();
         let detect_handoff = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (detect_tx, detector) = if cfg.detect.enabled {
-            let engine = match carried.engine {
+            let mut engine = match carried.engine {
                 Some(mut e) => {
                     e.reconfigure(cfg.detect.clone(), cfg.network.internal.clone());
                     e
@@ -246,6 +246,7 @@ impl Pipeline {
                     crate::detect::rows::load(&reader)?,
                 ),
             };
+            engine.set_names(cfg.network.names.clone());
             let (dtx, drx) = sync_channel(cfg.collector.queue_batches);
             let wtx = tx.clone();
             let m = metrics.clone();

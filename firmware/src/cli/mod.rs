@@ -114,6 +114,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Ingest { config, data_dir, files } => {
             let cfg = load_config(config.as_deref())?;
             writable_data_dir(&data_dir)?;
+            // Alerts carry the countries of their addresses.
+            crate::geo::install(&data_dir);
             ingest::ingest(&cfg, &data_dir, &files, out)
         }
         Command::Query { data_dir, query } => {

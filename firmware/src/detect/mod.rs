@@ -126,6 +126,8 @@ struct Counters {
 pub struct Engine {
     cfg: DetectConfig,
     internal: Vec<IpNet>,
+    /// `[[network.name]]`: names beside the addresses of the alerts that leave.
+    names: Vec<crate::net::NamedNet>,
     learning_hours: u64,
     capacity_hours: usize,
     meta: Meta,
@@ -160,6 +162,7 @@ impl Engine {
             suppress: Suppressor::new(d.suppress_window.ms(), d.beacon.window.ms(), d.allow.clone()),
             counters: Counters::default(),
             out_alerts: Vec::new(),
+            names: Vec::new(),
             out_state: Vec::new(),
             cfg: d,
         };
@@ -368,7 +371,12 @@ impl Engine {
         }
         c.evidence
             .insert("detected_at".into(), serde_json::json!(crate::timefmt::rfc3339_ms(self.meta.clock)));
-        if let Some((group, alert)) = self.suppress.submit(c) {
+        if let Some((group, mut alert)) = self.suppress.submit(c) {
+            let names = &self.names;
+            alert.annotate(
+                |ip| crate::net::name_of(names, ip).map(String::from),
+                |ip| crate::geo::global().and_then(|g| g.country_str(*ip)),
+            );
             if alert.count == 1 {
                 self.counters.alerts_new += 1;
             } else {
@@ -532,6 +540,11 @@ impl Engine {
     /// Whether alerts or state rows are waiting.
     pub fn has_update(&self) -> bool {
         !self.out_alerts.is_empty() || !self.out_state.is_empty()
+    }
+
+    /// The names put beside alert addresses (set at start and every reload).
+    pub fn set_names(&mut self, names: Vec<crate::net::NamedNet>) {
+        self.names = names;
     }
 
     pub fn take_update(&mut self) -> DetectUpdate {

@@ -1,7 +1,8 @@
 //! ArcSight CEF:0 bodies (CEF implementation standard v27 escaping rules).
 //!
 //! Header fields escape `\` and `|`; extension values escape `\` and `=`
-//! and write CR/LF as `\r`/`\n`. Alerts carry src, dst, dpt, proto, start,
+//! and write CR/LF as `\r`/`\n`. Alerts carry src, dst (and shost, dhost:
+//! the site's names for them), dpt, proto, start,
 //! end, rt, cnt, in/out, cat, act (`alert` for a new alert, `update` when a
 //! repeat was folded into it), msg, externalId (the stable alert id), dvchost,
 //! deviceExternalId, cs1-cs6 and cn1-cn3 with their labels, threatAttackID and
@@ -65,8 +66,15 @@ pub fn body(env: &Envelope<'_>) -> String {
         Event::Alert(a) => {
             let f = facts(a);
             x.add("src", a.src);
+            // The site's names for the addresses ([[network.name]]), when it has them.
+            if let Some(n) = a.evidence.get("src_name").and_then(|v| v.as_str()) {
+                x.add("shost", n);
+            }
             if let Some(d) = a.dst {
                 x.add("dst", d);
+            }
+            if let Some(n) = a.evidence.get("dst_name").and_then(|v| v.as_str()) {
+                x.add("dhost", n);
             }
             if let Some(p) = a.dst_port {
                 x.add("dpt", p);
@@ -190,6 +198,53 @@ externalId=fw-00000000000000ab cs1Label=attackTactic cs1=Discovery cs2Label=atta
 cs3Label=detail cs3=horizontal cs5Label=evidence cs5={\"proto\":\"tcp\",\"shape\":\"horizontal\",\"targets\":250} \
 cs6Label=delivery cs6=resent cn2Label=observed cn2=250 threatAttackID=T1046 frameworkName=MITRE ATT&CK";
         assert_eq!(body(&env), golden);
+    }
+
+    #[test]
+    fn names_become_shost_and_dhost_and_countries_reach_every_format() {
+        let mut a = Alert {
+            id: "fw-1".into(),
+            kind: Kind::Exfiltration,
+            severity: 8,
+            src: std::net::IpAddr::from([10, 0, 0, 5]),
+            dst: Some(std::net::IpAddr::from([203, 0, 113, 9])),
+            dst_port: Some(443),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            count: 1,
+            summary: "10.0.0.5 sent 1.8 GB to 203.0.113.9".into(),
+            attack: Vec::new(),
+            evidence: serde_json::Map::new(),
+        };
+        a.annotate(
+            |_| Some("finance pc".to_string()),
+            |ip| (ip.to_string() == "203.0.113.9").then(|| "NL".into()),
+        );
+        let s = Sender {
+            hostname: "fw1".into(),
+            device_id: "id1".into(),
+            version: "1",
+            pid: 1,
+        };
+        let ev = Event::Alert(a);
+        let env = Envelope {
+            event: &ev,
+            seq: None,
+            resent: false,
+            at_ms: 0,
+            sender: &s,
+        };
+        let cef = body(&env);
+        assert!(cef.contains("shost=finance pc") && cef.contains("dhost=finance pc"), "{cef}");
+        assert!(
+            cef.contains("msg=10.0.0.5 (finance pc) sent 1.8 GB to 203.0.113.9 (finance pc, NL)"),
+            "{cef}"
+        );
+        let ecs: serde_json::Value = serde_json::from_str(&crate::forward::ecs::body(&env, true)).unwrap_or_default();
+        assert_eq!(ecs["destination"]["geo"]["country_iso_code"], "NL");
+        assert!(ecs["source"].get("geo").is_none(), "{ecs}");
+        let leef = crate::forward::leef::body(&env);
+        assert!(leef.contains("dstCountry=NL") && leef.contains("srcHostName=finance pc"), "{leef}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! `@timestamp`, `event.*` (kind alert/event, id, sequence, severity,
 //! start/end, dataset `flowwarden.alert`), `source.ip`, `destination.ip/port`,
+//! `source/destination.geo.country_iso_code` (from the country database),
 //! `network.transport`, `threat.framework/technique/tactic`, `rule.name`,
 //! `observer.*`, `message`, and the alert's own evidence under
 //! `flowwarden.evidence` (left out when the message would be too long).
@@ -40,6 +41,10 @@ pub fn body(env: &Envelope<'_>, with_evidence: bool) -> String {
             v["event"]["end"] = json!(crate::timefmt::rfc3339_ms(a.last_seen_ms));
             v["rule"] = json!({"name": a.kind.as_str(), "category": ev.name()});
             v["source"] = json!({"ip": a.src.to_string()});
+            let text = |k: &str| a.evidence.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            if let Some(c) = text("src_country") {
+                v["source"]["geo"] = json!({"country_iso_code": c});
+            }
             if let Some(b) = f.bytes_out {
                 v["source"]["bytes"] = json!(b);
             }
@@ -50,6 +55,9 @@ pub fn body(env: &Envelope<'_>, with_evidence: bool) -> String {
                 }
                 if let Some(b) = f.bytes_in {
                     v["destination"]["bytes"] = json!(b);
+                }
+                if let Some(c) = text("dst_country") {
+                    v["destination"]["geo"] = json!({"country_iso_code": c});
                 }
             }
             if let Some(p) = &f.proto {

@@ -39,6 +39,17 @@ pub fn body(env: &Envelope<'_>) -> String {
             if let Some(p) = a.dst_port {
                 kv.push(("dstPort", p.to_string()));
             }
+            // The site's names and the countries of the addresses (custom keys).
+            for (key, ev_key) in [
+                ("srcHostName", "src_name"),
+                ("dstHostName", "dst_name"),
+                ("srcCountry", "src_country"),
+                ("dstCountry", "dst_country"),
+            ] {
+                if let Some(v) = a.evidence.get(ev_key).and_then(|v| v.as_str()) {
+                    kv.push((key, v.to_string()));
+                }
+            }
             if let Some(p) = f.proto {
                 kv.push(("proto", p));
             }
