@@ -79,7 +79,14 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
     let (ok, out, err) = common::cli(&[os("exporters"), os("--data-dir"), data_os, os("--format"), os("json")]);
     assert!(ok, "{err}");
     let exporters: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    b.goto(&format!("{base}/exporters"));
+    // A switch that sends sFlow to the collector's port is named under "Unknown senders".
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    udp.send_to(&[0, 0, 0, 5, 0, 0, 0, 1, 192, 0, 2, 9, 0, 0, 0, 0], ("127.0.0.1", r.port))
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.wait_until("the sFlow sender on /exporters", |b| {
+        b.goto(&format!("{base}/exporters"));
+        b.text("main").contains("sFlow is not read here")
+    });
     let table = b.text("table");
     for e in exporters.as_array().into_iter().flatten() {
         assert!(table.contains(e["exporter"].as_str().unwrap_or("?")), "{table}");

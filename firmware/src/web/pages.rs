@@ -290,9 +290,14 @@ pub async fn exporters(AxState(s): AxState<State>, v: Viewer) -> Response {
     let _ = write!(
         b,
         "<p>Templates known now: {}; data sets waiting for their template: {}. Datagrams dropped: {} in the kernel's \
-         socket buffers, {} in the decoder queue; {} were not NetFlow or IPFIX (another sender on the collector's \
+         socket buffers, {} in the decoder queue; {} {} not NetFlow or IPFIX (another sender on the collector's \
          port).</p>",
-        x.templates_known, x.sets_waiting, x.kernel_drops, x.queue_drops, x.not_netflow
+        x.templates_known,
+        x.sets_waiting,
+        x.kernel_drops,
+        x.queue_drops,
+        x.not_netflow,
+        if x.not_netflow == 1 { "was" } else { "were" }
     );
     if !x.unknown_senders.is_empty() {
         b.push_str(
