@@ -29,7 +29,9 @@ const NETWORK_JSON: &str = "/run/flowwarden/network.json";
 /// A request to the network thread; the answer is one line, `ok …` or `error …`.
 enum Cmd {
     Apply(SyncSender<String>),
-    Keep(SyncSender<String>),
+    /// When it was asked: a keep asked before the new settings went on the
+    /// wire came over the old network and proves nothing.
+    Keep(SyncSender<String>, Instant),
 }
 
 /// The supervisor's way to the network thread.
@@ -42,7 +44,7 @@ impl Handle {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let cmd = match line.trim() {
             "network apply" => Cmd::Apply(tx),
-            "network keep" => Cmd::Keep(tx),
+            "network keep" => Cmd::Keep(tx, Instant::now()),
             other => return format!("error unknown request {other:?} (expected \"network apply\" or \"network keep\")"),
         };
         if self.0.send(cmd).is_err() {
@@ -70,12 +72,28 @@ struct Applied {
 }
 
 struct Trial {
+    /// When the previous settings came off the wire.
+    changed: Instant,
     until: Instant,
     until_wall: SystemTime,
     confirm: Duration,
     /// The table to go back to (None: none, the board's defaults).
     previous: Option<Management>,
     tried: String,
+}
+
+impl Trial {
+    /// Why a keep asked at `asked` does not count: it came before these
+    /// settings were on the wire, so over the previous network.
+    fn too_early(&self, asked: Instant) -> Option<String> {
+        (asked < self.changed).then(|| {
+            format!(
+                "error not kept: asked before {} was on the wire (over the previous network); ask again once the \
+                 page answers over the new one",
+                self.tried
+            )
+        })
+    }
 }
 
 struct Netman {
@@ -242,8 +260,8 @@ impl Netman {
                 .unwrap_or(Duration::from_secs(3600));
             match rx.recv_timeout(wait) {
                 Ok(Cmd::Apply(reply)) => self.apply_site(&reply),
-                Ok(Cmd::Keep(reply)) => {
-                    let _ = reply.send(self.keep());
+                Ok(Cmd::Keep(reply, asked)) => {
+                    let _ = reply.send(self.keep(asked));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
@@ -506,9 +524,11 @@ impl Netman {
         ));
         std::thread::sleep(management::APPLY_DELAY);
         say!("network: trying {tried} for {} s", confirm.as_secs());
+        let changed = Instant::now();
         self.tear_down();
         self.site = new;
         self.trial = Some(Trial {
+            changed,
             until: Instant::now() + confirm,
             until_wall: SystemTime::now() + confirm,
             confirm,
@@ -522,10 +542,14 @@ impl Netman {
     }
 
     /// `network keep`: the settings on trial stay.
-    fn keep(&mut self) -> String {
+    fn keep(&mut self, asked: Instant) -> String {
         let Some(t) = self.trial.take() else {
             return "error nothing to keep: no management network settings are on trial".into();
         };
+        if let Some(no) = t.too_early(asked) {
+            self.trial = Some(t);
+            return no;
+        }
         if let Err(e) = std::fs::remove_file(&self.marker)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -637,6 +661,22 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keep_asked_before_the_change_does_not_count() {
+        let before = Instant::now();
+        let t = Trial {
+            changed: before + Duration::from_secs(2),
+            until: before + Duration::from_secs(32),
+            until_wall: SystemTime::now(),
+            confirm: Duration::from_secs(30),
+            previous: None,
+            tried: "eth0.20 static 10.0.2.15/24".into(),
+        };
+        let no = t.too_early(before).unwrap_or_default();
+        assert!(no.starts_with("error not kept: asked before eth0.20 static"), "{no}");
+        assert_eq!(t.too_early(before + Duration::from_secs(3)), None);
+    }
 
     #[test]
     fn mac_addresses() {
