@@ -29,4 +29,6 @@ pub mod store;
 pub mod table;
 pub mod timefmt;
 pub mod units;
+pub mod update;
+pub mod version;
 pub mod web;

@@ -25,6 +25,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // The reader of our output went away (`| head`): stop quietly, as Unix tools do.
         Err(e) if flowwarden::cli::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        // The command already printed its ending (`update`: refused 1, failed 2).
+        Err(e) if e.downcast_ref::<flowwarden::cli::Quiet>().is_some() => {
+            std::process::ExitCode::from(e.downcast_ref::<flowwarden::cli::Quiet>().map(|q| q.0).unwrap_or(1))
+        }
         Err(e) => {
             // Typed errors already name their cause in their message; print each
             // cause of the chain once.

@@ -714,6 +714,10 @@ pub async fn run_live(
     // A closed stdout (the reader of `run | head` gone) must not stop the appliance.
     let _ = writeln!(std::io::stdout(), "{ready}");
     tracing::info!("{ready}");
+    if crate::management::under_init() {
+        // PID 1's health check for a slot on trial (crate::init::slots).
+        let _ = std::fs::write(crate::update::READY_FILE, format!("{}\n", std::process::id()));
+    }
     on_ready(&addrs);
     tokio::pin!(shutdown);
     let mut cfg = cfg;

@@ -8,7 +8,8 @@
 //! stages: collector, capture, decode, detect, forward, query, accounts ─▶ store ─▶ leaves
 //! control (the channel to a running appliance) ─▶ accounts
 //! web (the page) ─▶ what the stages keep (decode, detect, forward, query, store), accounts, control
-//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki geo management
+//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki geo management fsutil version
+//! init (PID 1) ─▶ update (bundles, slots, boot flags)
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ const LEAVES: &[&str] = &[
     "geo",
     "management",
     "fsutil",
+    "version",
 ];
 
 /// What each top-level module may import besides the leaves (None: anything).
@@ -35,13 +37,15 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
         "cli" | "main" | "lib" | "pipeline" => return None,
         m if LEAVES.contains(&m) => &[],
-        "store" | "capture" | "collector" | "init" | "demo" => &[],
+        "store" | "capture" | "collector" | "demo" | "update" => &[],
+        // PID 1 installs updates and settles the boot flags.
+        "init" => &["update"],
         "decode" | "detect" | "forward" | "query" | "accounts" => &["store"],
         // The control channel carries the stages' changes to a running appliance.
         "control" => &["accounts"],
         "config" => &["decode", "detect", "forward", "store", "web"],
         // The page reads what the stages keep and changes accounts through the control channel.
-        "web" => &["store", "accounts", "control", "decode", "detect", "forward", "query"],
+        "web" => &["store", "accounts", "control", "decode", "detect", "forward", "query", "update"],
         other => panic!("module {other} is not in the layering table: add it to DESIGN.md and here"),
     })
 }

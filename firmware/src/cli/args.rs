@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "flowwarden", version, about = "NetFlow/IPFIX security monitoring appliance")]
+#[command(name = "flowwarden", version = crate::version::version(), about = "NetFlow/IPFIX security monitoring appliance")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -132,6 +132,25 @@ pub enum Command {
     CheckConfig {
         /// The configuration file (TOML).
         file: PathBuf,
+    },
+    /// Install a signed firmware bundle (cargo xtask bundle) into the other system
+    /// slot, on the appliance's image: prints each step and ends with
+    /// `flowwarden: update V staged in slot a|b` (exit 0, then reboots into it unless
+    /// --no-reboot), `flowwarden: update refused: REASON` (exit 1) or
+    /// `flowwarden: update failed: REASON` (exit 2).
+    Update {
+        /// The bundle: a file, or an http:// URL with a numeric host.
+        #[arg(value_name = "FILE|URL", required_unless_present = "acknowledge_rollback")]
+        source: Option<String>,
+        /// Stage the update but do not reboot into it.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Where a downloaded bundle is kept while it is installed.
+        #[arg(long, value_name = "DIR", default_value = "/data")]
+        data_dir: PathBuf,
+        /// Acknowledge the last rollback (the page and `status` stop showing it in red).
+        #[arg(long, conflicts_with_all = ["source", "no_reboot"])]
+        acknowledge_rollback: bool,
     },
     /// Print version information.
     Version,

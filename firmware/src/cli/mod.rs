@@ -13,6 +13,7 @@ mod ingest;
 mod query;
 mod run;
 mod status;
+mod update;
 
 pub use args::{AlertFormat, Bucket, Cli, Command, QueryArgs, TableOrJson};
 
@@ -31,6 +32,11 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
         None => Ok(Config::default()),
     }
 }
+
+/// An ending whose message was already printed: exit with this code and say nothing more.
+#[derive(Debug, thiserror::Error)]
+#[error("exit {0}")]
+pub struct Quiet(pub u8);
 
 /// Where `run` keeps data when neither flag nor config says.
 pub fn default_data_dir() -> PathBuf {
@@ -153,11 +159,17 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Token { action } => accounts::token(action, out),
         Command::CheckConfig { file } => status::check_config(&file, out),
         Command::Reload { data_dir } => run::reload(&data_dir, out),
+        Command::Update {
+            source,
+            no_reboot,
+            data_dir,
+            acknowledge_rollback,
+        } => update::update(source.as_deref(), &data_dir, no_reboot, acknowledge_rollback, out),
         Command::Version => {
             writeln!(
                 out,
                 "flowwarden {} ({} {}, store schema {})",
-                env!("CARGO_PKG_VERSION"),
+                crate::version::version(),
                 std::env::consts::ARCH,
                 std::env::consts::OS,
                 crate::store::schema::SCHEMA_VERSION

@@ -103,7 +103,7 @@ impl Sender {
         Sender {
             hostname,
             device_id,
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::version::version(),
             pid: std::process::id(),
         }
     }

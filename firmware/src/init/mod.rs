@@ -31,6 +31,7 @@ pub mod kmod;
 pub mod mounts;
 pub mod netlink;
 pub mod power;
+pub mod slots;
 pub mod sntp;
 pub mod sysconf;
 
@@ -82,7 +83,7 @@ const RELEASE_FILE: &str = "/etc/flowwarden/release";
 /// Entry point when running as PID 1. Never returns.
 pub fn main() -> ! {
     let boot = Instant::now();
-    say!("flowwarden {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+    say!("flowwarden {} starting as PID 1", crate::version::version());
     // What the image was built from (board, commit, the kernel xtask chose and why).
     if let Ok(text) = std::fs::read_to_string(RELEASE_FILE) {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -170,6 +171,9 @@ fn boot_and_supervise(boot: Instant) -> Result<()> {
     if let Some(line) = mounts::resize_to_partition(&cfg.data, &dev) {
         say!("{line}");
     }
+    // A/B slots: what this boot is (trial, rollback), before the appliance starts.
+    let release = std::fs::read_to_string(RELEASE_FILE).unwrap_or_default();
+    let slot_ctl = slots::SlotCtl::start(&cfg, &cfg.data.mountpoint, &release).map(Arc::new);
     let size = mounts::ext4_bytes(&dev).map(|b| format!(", {} MiB", b >> 20)).unwrap_or_default();
     set(&status, |s| {
         s.data = format!("{} on {}{size}", dev.display(), cfg.data.mountpoint.display())
@@ -184,7 +188,7 @@ fn boot_and_supervise(boot: Instant) -> Result<()> {
         .enable_all()
         .build()
         .context("async runtime for the supervisor")?;
-    rt.block_on(supervise(cfg, status, net, appliance_pid))
+    rt.block_on(supervise(cfg, status, net, appliance_pid, slot_ctl))
 }
 
 /// Tries DHCP-offered then configured SNTP servers; steps the clock on the first answer.
@@ -240,6 +244,8 @@ enum Event {
     /// A console command whose child reads this line on its stdin (a password).
     ConsoleWithInput(Vec<String>, String, std::sync::mpsc::SyncSender<i32>),
     PowerButton,
+    /// `system reboot` over the request socket (after an update was staged).
+    Reboot,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -248,8 +254,10 @@ enum Stop {
     Reboot,
 }
 
-/// PID 1's request socket: one line in (`network apply`, `network keep`), one line out.
-fn serve_requests(net: Option<netman::Handle>) {
+/// PID 1's request socket: one line in (`network apply`, `network keep`, `update
+/// stage FILE`, `update acknowledge`, `system reboot`), one line out; `update stage`
+/// first sends a `progress …` line per step.
+fn serve_requests(net: Option<netman::Handle>, slot_ctl: Option<Arc<slots::SlotCtl>>, tx: tokio::sync::mpsc::Sender<Event>) {
     use std::os::unix::fs::PermissionsExt;
     let path = crate::management::INIT_SOCKET;
     let _ = std::fs::remove_file(path);
@@ -265,11 +273,19 @@ fn serve_requests(net: Option<netman::Handle>) {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let net = net.clone();
+            let slot_ctl = slot_ctl.clone();
+            let tx = tx.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
-                let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::BufReader::new(r.take(256)).read_line(&mut line)).await;
+                let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::BufReader::new(r.take(4096)).read_line(&mut line)).await;
+                let ask = line.trim().to_string();
+                if read.as_ref().is_ok_and(|r| r.is_ok()) && (ask.starts_with("update ") || ask.starts_with("system ")) {
+                    let answer = system_request(&ask, slot_ctl, &tx, &mut w).await;
+                    let _ = w.write_all(format!("{}\n", answer.replace('\n', " ")).as_bytes()).await;
+                    return;
+                }
                 let answer = match (read, net) {
                     (Ok(Ok(_)), Some(net)) => tokio::task::spawn_blocking(move || net.request(&line))
                         .await
@@ -283,7 +299,51 @@ fn serve_requests(net: Option<netman::Handle>) {
     });
 }
 
-async fn supervise(cfg: SystemConfig, status: Shared, net: Option<netman::Handle>, appliance_pid: Arc<AtomicI32>) -> Result<()> {
+/// The update and system requests of [`serve_requests`]; returns the last line.
+async fn system_request(
+    ask: &str,
+    slot_ctl: Option<Arc<slots::SlotCtl>>,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> String {
+    use tokio::io::AsyncWriteExt;
+    if ask == "system reboot" {
+        return match tx.send(Event::Reboot).await {
+            Ok(()) => "ok rebooting".into(),
+            Err(_) => "error the supervisor is gone".into(),
+        };
+    }
+    let Some(ctl) = slot_ctl else {
+        return "failed updates are off on this boot (see the console at boot: no flowwarden.slot=, or no ESP)".into();
+    };
+    if ask == "update acknowledge" {
+        return tokio::task::spawn_blocking(move || ctl.acknowledge())
+            .await
+            .unwrap_or_else(|_| "error the request failed".into());
+    }
+    let Some(file) = ask.strip_prefix("update stage ") else {
+        return format!("error unknown request {ask:?}");
+    };
+    let file = PathBuf::from(file);
+    let (ptx, mut prx) = tokio::sync::mpsc::channel::<String>(64);
+    let job = tokio::task::spawn_blocking(move || {
+        ctl.stage(&file, &mut |l| {
+            let _ = ptx.blocking_send(l.to_string());
+        })
+    });
+    while let Some(l) = prx.recv().await {
+        let _ = w.write_all(format!("progress {}\n", l.replace('\n', " ")).as_bytes()).await;
+    }
+    job.await.unwrap_or_else(|_| "failed the installer stopped unexpectedly".into())
+}
+
+async fn supervise(
+    cfg: SystemConfig,
+    status: Shared,
+    net: Option<netman::Handle>,
+    appliance_pid: Arc<AtomicI32>,
+    slot_ctl: Option<Arc<slots::SlotCtl>>,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -295,8 +355,16 @@ async fn supervise(cfg: SystemConfig, status: Shared, net: Option<netman::Handle
         let _ = ptx.try_send(Event::PowerButton);
     });
     say!("watching {} input devices for the power button", watched.len());
-    spawn_console(tx.clone(), status.clone(), cfg.data.mountpoint.display().to_string(), net.clone());
-    serve_requests(net);
+    spawn_console(
+        tx.clone(),
+        status.clone(),
+        cfg.data.mountpoint.display().to_string(),
+        net.clone(),
+        slot_ctl.clone(),
+    );
+    serve_requests(net, slot_ctl.clone(), tx.clone());
+    // A slot on trial: look at the appliance's health every 2 s.
+    let mut health = tokio::time::interval(Duration::from_secs(2));
 
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     // The watchdog resets the box unless we pet it; we pet it only while the appliance runs.
@@ -360,10 +428,18 @@ async fn supervise(cfg: SystemConfig, status: Shared, net: Option<netman::Handle
                 }
                 None
             }
+            _ = health.tick(), if slot_ctl.is_some() => {
+                if let Some(ctl) = slot_ctl.clone() {
+                    let pid = appliance_pid.load(Ordering::Relaxed);
+                    let _ = tokio::task::spawn_blocking(move || ctl.check_health(pid)).await;
+                }
+                None
+            }
             _ = sigterm.recv() => Some(Stop::PowerOff),
             _ = sigint.recv() => Some(Stop::Reboot),
             _ = tokio::time::sleep_until(sleep_until), if restart_at.is_some() => {
                 restart_at = None;
+                let _ = std::fs::remove_file(crate::update::READY_FILE);
                 match spawn_appliance(&exe, &cfg.data.mountpoint) {
                     Ok(pid) => {
                         say!("appliance started (pid {})", pid.as_raw_nonzero());
@@ -377,6 +453,7 @@ async fn supervise(cfg: SystemConfig, status: Shared, net: Option<netman::Handle
             }
             ev = rx.recv() => match ev {
                 Some(Event::PowerButton) => { say!("power button pressed"); Some(Stop::PowerOff) }
+                Some(Event::Reboot) => { say!("reboot asked for over the request socket"); Some(Stop::Reboot) }
                 Some(Event::Console(ConsoleCmd::Reboot, r)) => { let _ = r.send(0); Some(Stop::Reboot) }
                 Some(Event::Console(ConsoleCmd::PowerOff, r)) => { let _ = r.send(0); Some(Stop::PowerOff) }
                 Some(Event::Console(ConsoleCmd::Exec(args), r)) => {
@@ -402,6 +479,9 @@ async fn supervise(cfg: SystemConfig, status: Shared, net: Option<netman::Handle
                 // Magic close: a deliberate shutdown must not be taken for a hang.
                 use std::io::Write;
                 let _ = w.write_all(b"V");
+            }
+            if let Some(ctl) = &slot_ctl {
+                ctl.shutdown();
             }
             shutdown(stop, appliance, &cfg.data.mountpoint, &mut sigchld).await;
         }
@@ -514,7 +594,13 @@ async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, sigchld: &mut
     fatal(&format!("reboot(2) failed: {r:?}"))
 }
 
-fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir: String, net: Option<netman::Handle>) {
+fn spawn_console(
+    tx: tokio::sync::mpsc::Sender<Event>,
+    status: Shared,
+    data_dir: String,
+    net: Option<netman::Handle>,
+    slot_ctl: Option<Arc<slots::SlotCtl>>,
+) {
     let _ = std::thread::Builder::new().name("console".into()).spawn(move || {
         let stdin = std::io::stdin();
         let mut lines = stdin.lock().lines();
@@ -529,9 +615,18 @@ fn spawn_console(tx: tokio::sync::mpsc::Sender<Event>, status: Shared, data_dir:
                 Ok(ConsoleCmd::Status) => {
                     let s = status.lock().map(|s| s.clone()).unwrap_or_default();
                     println!(
-                        "network: {}\ntime: {}\ndata: {}\nappliance: {} (restarts {})",
-                        s.network, s.time, s.data, s.appliance, s.restarts
+                        "version: {}\nnetwork: {}\ntime: {}\ndata: {}\nappliance: {} (restarts {})",
+                        crate::version::version(),
+                        s.network,
+                        s.time,
+                        s.data,
+                        s.appliance,
+                        s.restarts
                     );
+                    match &slot_ctl {
+                        Some(ctl) => ctl.status_lines().iter().for_each(|l| println!("{l}")),
+                        None => println!("slot: updates are off on this boot"),
+                    }
                     0
                 }
                 Ok(ConsoleCmd::NetworkKeep) => {

@@ -43,6 +43,30 @@ pub struct SystemConfig {
     pub time: Time,
     /// Hardware watchdog, petted only while the appliance runs; absent = none.
     pub watchdog: Option<Watchdog>,
+    #[serde(default)]
+    pub update: UpdatePolicy,
+}
+
+/// A/B updates: when a slot on trial counts as good.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePolicy {
+    /// Seconds the appliance must have been ready (one process, not restarted) before
+    /// a slot on trial is marked good.
+    #[serde(default = "default_good_after")]
+    pub good_after_secs: u64,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        UpdatePolicy {
+            good_after_secs: default_good_after(),
+        }
+    }
+}
+
+fn default_good_after() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -200,6 +224,7 @@ impl Default for SystemConfig {
             network: Network::default(),
             time: Time::default(),
             watchdog: None,
+            update: UpdatePolicy::default(),
         }
     }
 }

@@ -187,6 +187,17 @@ impl State {
         self.audit.record(AuditEvent { at_ms: self.now(), record });
     }
 
+    /// PID 1's update events (installed, refused, marked good, rolled back): into the
+    /// audit trail, the log and the SIEM like the page's own (only on the image).
+    pub fn take_system_events(&self) {
+        if self.app.host_status_dir.is_none() {
+            return;
+        }
+        for e in crate::update::take_events(&self.app.data_dir) {
+            self.audit(&e.action, "system", IpAddr::from([0, 0, 0, 0]), e.detail);
+        }
+    }
+
     /// An admin action, audited.
     pub fn audit_action(&self, v: &Viewer, addr: IpAddr, action: &str, detail: String) {
         self.audit(action, &v.name, addr, detail);
@@ -318,6 +329,7 @@ pub async fn housekeeping(state: State, mut stop: tokio::sync::watch::Receiver<b
     loop {
         gauge.set(state.sessions.count(state.now()) as u64);
         state.sample_rates();
+        state.take_system_events();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.changed() => break,
@@ -342,6 +354,12 @@ pub fn router(state: State) -> Router {
         .route("/forwarding/test", post(pages::forward_test))
         .route("/system/users", post(pages::user_change))
         .route("/system/network/keep", post(pages::network_keep))
+        // A bundle is tens of MiB: this route alone takes up to the bundle limit.
+        .route(
+            "/system/update",
+            post(pages::update_upload).layer(axum::extract::DefaultBodyLimit::max(crate::update::MAX_BUNDLE as usize)),
+        )
+        .route("/system/update/acknowledge", post(pages::update_acknowledge))
         .route("/system/diagnostics", get(views::diagnostics))
         .route("/settings", get(site::settings))
         .route("/settings/preview", post(site::preview_form))

@@ -83,7 +83,7 @@ pub fn layout(title: &str, active: &str, viewer: Option<&Viewer>, body: &str) ->
     let _ = write!(s, "<h1>{}</h1>", esc(title));
     s.push_str(body);
     s.push_str("</main><footer>flowwarden ");
-    s.push_str(env!("CARGO_PKG_VERSION"));
+    s.push_str(crate::version::version());
     s.push_str(" · times in your browser's time zone with UTC beside them");
     if crate::geo::global().is_some() {
         s.push_str(" · ");

@@ -810,6 +810,9 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
             b.push_str("</dl>");
         }
     }
+    if let Some(f) = &x.firmware {
+        b.push_str(&firmware_section(&v, f));
+    }
     if let Some(d) = &x.detectors {
         b.push_str("<h2>Detectors</h2>");
         let rows: Vec<Vec<String>> = d
@@ -930,46 +933,243 @@ fn network_trial(v: &Viewer, t: &serde_json::Map<String, serde_json::Value>) -> 
     b
 }
 
+/// `/system`'s firmware section: both slots, the last update, a rollback (red until
+/// acknowledged), and for admins the upload of a bundle.
+fn firmware_section(v: &Viewer, f: &serde_json::Value) -> String {
+    let slot = |n: &str| {
+        let s = &f[n];
+        if s.is_null() {
+            "flags unreadable".to_string()
+        } else {
+            esc(s["state"].as_str().unwrap_or("?"))
+        }
+    };
+    let running = f["running"].as_str().unwrap_or("?");
+    let other = if running == "a" { "b" } else { "a" };
+    let mut b = format!(
+        "<h2 id=\"firmware\">Firmware</h2><dl><dt>Running</dt><dd>slot {} ({})</dd><dt>Other slot</dt><dd>slot {} ({})</dd><dt>Last update</dt><dd>{}</dd></dl>",
+        esc(running),
+        slot(running),
+        esc(other),
+        slot(other),
+        f["last_update"]
+            .as_object()
+            .map(|e| format!(
+                "{} ({})",
+                esc(e.get("text").and_then(|t| t.as_str()).unwrap_or("?")),
+                time(e.get("at").and_then(|t| t.as_str()).unwrap_or(""))
+            ))
+            .unwrap_or_else(|| "none".into())
+    );
+    if let Some(rb) = f["rollback"].as_object().filter(|_| f["rollback_acknowledged"] != true) {
+        let _ = write!(
+            b,
+            "<div class=\"card bad\" id=\"rollback\" role=\"alert\"><p><strong>{}</strong> ({}).</p>",
+            esc(rb.get("text").and_then(|t| t.as_str()).unwrap_or("rolled back")),
+            time(rb.get("at").and_then(|t| t.as_str()).unwrap_or(""))
+        );
+        if v.is_admin() {
+            let _ = write!(
+                b,
+                "<form method=\"post\" action=\"/system/update/acknowledge\">{}<button type=\"submit\">Acknowledge</button></form>",
+                html::csrf(v)
+            );
+        }
+        b.push_str("</div>");
+    }
+    if v.is_admin() {
+        let _ = write!(
+            b,
+            "<form method=\"post\" action=\"/system/update?csrf={}\" enctype=\"multipart/form-data\" id=\"update-form\">\
+             <label>Update bundle (.fwb, signed) <input type=\"file\" name=\"bundle\" accept=\".fwb\" required></label> \
+             <button type=\"submit\">Install into slot {} and reboot</button></form>\
+             <p class=\"hint\">The bundle is checked completely (signature, board, epoch, hash) before anything is written; \
+             the box then reboots into the other slot and keeps it only once it proves itself.</p>",
+            esc(&v.csrf),
+            esc(other)
+        );
+    }
+    b
+}
+
 #[derive(Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
     csrf: String,
 }
 
-/// `POST /system/network/keep` (admin): the management network settings on
-/// trial stay (PID 1 is asked; reaching this page over them proves they work).
-pub async fn network_keep(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<CsrfForm>) -> Response {
+/// What an admin's button asks PID 1, and how the answer is shown and audited.
+struct Pid1Ask {
+    request: &'static str,
+    /// When PID 1 is not there (a laptop).
+    absent: &'static str,
+    audit: &'static str,
+    title: &'static str,
+    ok: &'static str,
+    refused: &'static str,
+    back: &'static str,
+}
+
+/// An admin's request to PID 1 from the page: checked (role, CSRF), asked, audited, shown.
+async fn ask_pid1(s: &State, v: &Viewer, parts: &Parts, csrf: &str, a: Pid1Ask) -> Response {
     if !v.is_admin() {
-        return forbidden(&v);
+        return forbidden(v);
     }
-    if !csrf_ok(&parts.headers, &v.csrf, &f.csrf) {
-        return csrf_refused(Some(&v));
+    if !csrf_ok(&parts.headers, &v.csrf, csrf) {
+        return csrf_refused(Some(v));
     }
     let answer = if crate::management::under_init() {
-        tokio::task::spawn_blocking(|| crate::management::ask_init("network keep"))
+        tokio::task::spawn_blocking(move || crate::management::ask_init(a.request))
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
     } else {
-        Err("PID 1 does not manage the network here (not the appliance image)".into())
+        Err(a.absent.to_string())
     };
     let (status, text) = match &answer {
-        Ok(line) => (StatusCode::OK, format!("Management network: {line}.")),
-        Err(e) => (StatusCode::CONFLICT, format!("Not kept: {e}.")),
+        Ok(line) => (StatusCode::OK, format!("{}: {line}.", a.ok)),
+        Err(e) => (StatusCode::CONFLICT, format!("{}: {e}.", a.refused)),
     };
     s.audit_action(
-        &v,
-        peer_ip(&parts),
-        "network_kept",
+        v,
+        peer_ip(parts),
+        a.audit,
         match &answer {
             Ok(l) => l.clone(),
             Err(e) => format!("refused: {e}"),
         },
     );
-    (
-        status,
-        Html(message_page(Some(&v), "Management network", &text, "/system", "System")),
-    )
-        .into_response()
+    (status, Html(message_page(Some(v), a.title, &text, a.back, "System"))).into_response()
+}
+
+/// `POST /system/network/keep` (admin): the management network settings on
+/// trial stay (PID 1 is asked; reaching this page over them proves they work).
+pub async fn network_keep(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<CsrfForm>) -> Response {
+    let a = Pid1Ask {
+        request: "network keep",
+        absent: "PID 1 does not manage the network here (not the appliance image)",
+        audit: "network_kept",
+        title: "Management network",
+        ok: "Management network",
+        refused: "Not kept",
+        back: "/system",
+    };
+    ask_pid1(&s, &v, &parts, &f.csrf, a).await
+}
+
+/// `POST /system/update/acknowledge` (admin): the rollback stops being shown in red.
+pub async fn update_acknowledge(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<CsrfForm>) -> Response {
+    let a = Pid1Ask {
+        request: "update acknowledge",
+        absent: "there are no update slots here (not the appliance image)",
+        audit: "rollback_acknowledge",
+        title: "Firmware",
+        ok: "Firmware",
+        refused: "Not acknowledged",
+        back: "/system#firmware",
+    };
+    ask_pid1(&s, &v, &parts, &f.csrf, a).await
+}
+
+#[derive(Deserialize)]
+pub struct CsrfQuery {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /system/update` (admin, multipart `bundle`): the bundle is streamed into
+/// the data directory, handed to PID 1 like `flowwarden update FILE`, and on
+/// success the box reboots into it. The CSRF token comes in the query (the body is
+/// the file).
+pub async fn update_upload(
+    AxState(s): AxState<State>,
+    v: Viewer,
+    parts: Parts,
+    axum::extract::Query(q): axum::extract::Query<CsrfQuery>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    if !v.is_admin() {
+        return forbidden(&v);
+    }
+    if !csrf_ok(&parts.headers, &v.csrf, &q.csrf) {
+        return csrf_refused(Some(&v));
+    }
+    let ip = peer_ip(&parts);
+    let page = |status: StatusCode, text: String| {
+        (
+            status,
+            Html(message_page(Some(&v), "Firmware update", &text, "/system#firmware", "System")),
+        )
+            .into_response()
+    };
+    if !crate::management::under_init() {
+        return page(
+            StatusCode::CONFLICT,
+            "Updates are installed on the appliance image; this host has no update slots.".into(),
+        );
+    }
+    let dir = s.app.data_dir.join("update");
+    let dest = dir.join("upload.fwb");
+    let saved = async {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut field = loop {
+            match form.next_field().await {
+                Ok(Some(f)) if f.name() == Some("bundle") => break f,
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("the form has no bundle file".to_string()),
+                Err(e) => return Err(format!("the upload broke off: {e}")),
+            }
+        };
+        // Plain file writes (the page cache takes them; an admin uploads rarely).
+        let mut out = std::fs::File::create(&dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        let mut n: u64 = 0;
+        use std::io::Write;
+        loop {
+            match field.chunk().await {
+                Ok(Some(c)) => {
+                    n += c.len() as u64;
+                    if n > crate::update::MAX_BUNDLE {
+                        return Err(format!(
+                            "the file is larger than the {} bytes a bundle may have",
+                            crate::update::MAX_BUNDLE
+                        ));
+                    }
+                    out.write_all(&c).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("the upload broke off after {n} bytes: {e}")),
+            }
+        }
+        out.sync_all().map_err(|e| format!("syncing {}: {e}", dest.display()))?;
+        Ok(n)
+    }
+    .await;
+    let n = match saved {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&dest);
+            s.audit_action(&v, ip, "update_upload", format!("failed: {e}"));
+            return page(StatusCode::BAD_REQUEST, format!("flowwarden: update failed: {e}"));
+        }
+    };
+    s.audit_action(&v, ip, "update_upload", format!("{n} bytes uploaded; handed to PID 1"));
+    let file = dest.clone();
+    let ending = tokio::task::spawn_blocking(move || crate::update::ask::stage(&file, &mut |_| {}).line())
+        .await
+        .unwrap_or_else(|e| format!("flowwarden: update failed: {e}"));
+    let _ = std::fs::remove_file(&dest);
+    if ending.contains(" staged in slot ") {
+        // Let the answer reach the browser before the box goes down.
+        tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let _ = tokio::task::spawn_blocking(|| crate::management::ask_init("system reboot")).await;
+        });
+        page(
+            StatusCode::OK,
+            format!("{ending}. The box reboots into it now; this page answers again in a minute or two."),
+        )
+    } else {
+        page(StatusCode::CONFLICT, ending)
+    }
 }
 
 #[derive(Deserialize)]

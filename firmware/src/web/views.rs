@@ -247,6 +247,38 @@ pub fn status(state: &State) -> Status {
         }
     });
 
+    // Firmware: a rollback (red until acknowledged) or a slot still on trial.
+    if let Some(f) = host_status(state, "slots.json") {
+        let running = f["running"].as_str().unwrap_or("?");
+        let version = f["version"].as_str().unwrap_or("?");
+        if let Some(rb) = f["rollback"].as_object().filter(|_| f["rollback_acknowledged"] != true) {
+            checks.push(Check {
+                name: "firmware",
+                level: Level::Bad,
+                reason: format!(
+                    "{} ({})",
+                    rb.get("text").and_then(|t| t.as_str()).unwrap_or("rolled back"),
+                    rb.get("at").and_then(|t| t.as_str()).unwrap_or("?")
+                ),
+                fix: Some("the update did not come up: read the console log of its boots, then acknowledge on /system".into()),
+            });
+        } else if f["running_good"] == false {
+            checks.push(Check {
+                name: "firmware",
+                level: Level::Warming,
+                reason: format!("slot {running} ({version}) is on trial: it is marked good once the appliance has been ready for a while"),
+                fix: None,
+            });
+        } else {
+            checks.push(Check {
+                name: "firmware",
+                level: Level::Ok,
+                reason: format!("running {version} from slot {running}, marked good"),
+                fix: None,
+            });
+        }
+    }
+
     // Time: the box's own synchronisation (what PID 1 recorded on the image).
     if let Some(t) = host_status(state, "time.json") {
         checks.push(if t["synced"] == true {
@@ -422,7 +454,7 @@ pub fn status(state: &State) -> Status {
         )
     }));
     Status {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::version::version().to_string(),
         now: rfc3339_ms(now),
         started: rfc3339_ms(state.started_ms),
         uptime_s: uptime / 1000,
@@ -1177,6 +1209,8 @@ pub struct System {
     /// The management network and time sync as PID 1 set them up (the image only).
     pub network: Option<serde_json::Value>,
     pub time: Option<serde_json::Value>,
+    /// The A/B slots, the last update and any rollback (PID 1's slots.json; the image only).
+    pub firmware: Option<serde_json::Value>,
     pub detectors: Option<crate::detect::EngineStatus>,
     /// (name, role, changed); only for admins.
     pub users: Option<Vec<(String, String, String)>>,
@@ -1203,7 +1237,7 @@ pub fn system(state: &State, viewer: &Viewer) -> System {
             .collect()
     });
     System {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::version::version().to_string(),
         started: rfc3339_ms(state.started_ms),
         uptime_s: now.saturating_sub(state.started_ms) / 1000,
         web: state.urls().iter().map(|u| format!("https://{u}/")).collect(),
@@ -1212,6 +1246,7 @@ pub fn system(state: &State, viewer: &Viewer) -> System {
         collector: state.app.collector.iter().map(|a| format!("udp {a}")).collect(),
         network: host_status(state, "network.json"),
         time: host_status(state, "time.json"),
+        firmware: host_status(state, "slots.json"),
         detectors: crate::detect::rows::load_status(&reader).ok().flatten(),
         users,
         audit: state.audit.recent(),
@@ -1337,7 +1372,7 @@ pub async fn diagnostics(AxState(s): AxState<State>, v: Viewer) -> Response {
         system.users = system.users.map(|u| u.into_iter().map(|(n, r, _)| (n, r, String::new())).collect());
         serde_json::json!({
             "generated": rfc3339_ms(s.now()),
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::version::version(),
             "config": config,
             "status": status(s),
             "exporters": exporters(s),

@@ -4,8 +4,8 @@
 //! | # | GPT name   | contents                                                   |
 //! |---|------------|------------------------------------------------------------|
 //! | 1 | `esp`      | FAT32: EFI/BOOT/BOOT{X64,AA64}.EFI (GRUB), grub.cfg, grubenv |
-//! | 2 | `system_a` | ext4 `flowwarden_a`: vmlinuz, initrd.img, release          |
-//! | 3 | `system_b` | ext4 `flowwarden_b`: the same (the update target later)    |
+//! | 2 | `system_a` | ext4 `flowwarden_sys`: vmlinuz, initrd.img, release        |
+//! | 3 | `system_b` | ext4 `flowwarden_sys`: the same (an update's target)       |
 //! | 4 | `data`     | ext4 `data`: the appliance's data directory (empty)        |
 //!
 //! The initramfs holds the static binary as /init (PID 1), the board's kernel
@@ -13,6 +13,9 @@
 //! (first-boot format of a blank data partition) and /etc/flowwarden/system.toml.
 //! The Debian kernel package is pinned by version and sha256 in board.toml.
 //! image/README.md describes the layout and boot flow.
+//!
+//! `cargo xtask bundle` builds the same slot file system and signs it into a
+//! bundle (tools/fwbundle) that `flowwarden update` installs into the other slot.
 
 use crate::board::Board;
 use crate::cpio::Cpio;
@@ -25,7 +28,89 @@ use std::process::{Command, Stdio};
 
 const MIB: u64 = 1024 * 1024;
 
-pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
+/// What a slot is built as: the version its binary reports, the security epoch and
+/// the update keys (PEM public keys) it trusts.
+pub struct Release {
+    pub version: String,
+    pub epoch: u32,
+    pub keys: Vec<String>,
+    /// Tests only: a slot whose initramfs is missing (it cannot boot).
+    pub without_initrd: bool,
+}
+
+/// `--version`'s default: the package version and the short commit.
+pub fn default_version(root: &Path) -> String {
+    format!("{}+g{}", env!("CARGO_PKG_VERSION"), git_commit(root))
+}
+
+/// The tree's security epoch (one number in image/security-epoch).
+pub fn security_epoch(root: &Path) -> Result<u32> {
+    let p = root.join("image/security-epoch");
+    let t = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+    t.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.parse().ok())
+        .with_context(|| format!("{}: expected one number (the security epoch)", p.display()))
+}
+
+/// The development update key (target/keys/dev-update.pem, made once): images built
+/// without --update-key trust it; never for boxes that leave the building.
+pub fn dev_key(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let dir = root.join("target/keys");
+    let private = dir.join("dev-update.pem");
+    let public = dir.join("dev-update.pub.pem");
+    if !private.exists() {
+        std::fs::create_dir_all(&dir)?;
+        let pem = fwbundle::SigningKey::generate_pem()?;
+        write_private(&private, &pem)?;
+        eprintln!(
+            "xtask: made a development update key {} (images without --update-key trust it)",
+            private.display()
+        );
+    }
+    let key = fwbundle::SigningKey::from_pem(&std::fs::read(&private)?).with_context(|| format!("{}", private.display()))?;
+    std::fs::write(&public, key.public().to_pem())?;
+    Ok((private, public))
+}
+
+/// Writes a private key readable by its owner only.
+pub fn write_private(path: &Path, pem: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("{}", path.display()))?;
+    f.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
+/// The public keys of `--update-key` files (or the development key), checked.
+pub fn update_keys(root: &Path, files: &[PathBuf]) -> Result<Vec<String>> {
+    let files = if files.is_empty() {
+        let (_, public) = dev_key(root)?;
+        eprintln!(
+            "xtask: no --update-key given: the image trusts the development key {}",
+            public.display()
+        );
+        vec![public]
+    } else {
+        files.to_vec()
+    };
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read(f).with_context(|| format!("--update-key {}", f.display()))?;
+            let key = fwbundle::PublicKey::from_pem(&text).with_context(|| format!("--update-key {}", f.display()))?;
+            eprintln!("xtask: update key {} ({})", key.fingerprint(), f.display());
+            Ok(key.to_pem())
+        })
+        .collect()
+}
+
+pub fn image(root: &Path, board_name: &str, key_files: &[PathBuf]) -> Result<PathBuf> {
     let board = Board::load(root, board_name)?;
     eprintln!("xtask: image for {}", board.describe());
     apt_ensure(
@@ -38,16 +123,167 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
         ],
         board.arch == "aarch64",
     )?;
-    let bin = crate::build::build(root, &board.arch)?;
+    let release = Release {
+        version: default_version(root),
+        epoch: security_epoch(root)?,
+        keys: update_keys(root, key_files)?,
+        without_initrd: false,
+    };
     let out_dir = root.join("target/images");
     let cache = out_dir.join("cache");
     let work = out_dir.join(format!("{board_name}.work"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
+    let slot_fs = system_slot(root, &board, &release, &work)?;
+    let (grub_pkg, grub_fmt, efi_name) = if board.arch == "aarch64" {
+        ("grub-efi-arm64-bin", "arm64-efi", "BOOTAA64.EFI")
+    } else {
+        ("grub-efi-amd64-bin", "x86_64-efi", "BOOTX64.EFI")
+    };
+    let grub_root = extract(
+        &fetch_latest(&cache, grub_pkg, board.deb_arch())?,
+        &cache.join(format!("{grub_pkg}-{}", board.deb_arch())),
+    )?;
+    // Both slots hold the same build at first.
+    let mut parts: Vec<(&str, &str, PathBuf, u64)> = vec![
+        ("system_a", LINUX_FS, slot_fs.clone(), board.disk.slot_mib),
+        ("system_b", LINUX_FS, slot_fs, board.disk.slot_mib),
+    ];
+    let empty = work.join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let data = work.join("data.fs");
+    mke2fs(&data, "data", &empty, board.disk.data_mib, &[])?;
+
+    // ESP with GRUB: both slots good, a first.
+    std::fs::write(work.join("grub.cfg"), fwbundle::boot::grub_cfg(&board.kernel.cmdline))?;
+    let env = work.join("grubenv");
+    run(Command::new("grub-editenv").arg(&env).arg("create"))?;
+    run(Command::new("grub-editenv").arg(&env).arg("set").args([
+        format!("{}=a", fwbundle::boot::ORDER),
+        format!("{}=1", fwbundle::boot::good("a")),
+        format!("{}=1", fwbundle::boot::good("b")),
+        format!("{}={}", fwbundle::boot::version("a"), release.version),
+        format!("{}={}", fwbundle::boot::version("b"), release.version),
+    ]))?;
+    let efi = work.join(efi_name);
+    run(Command::new("grub-mkimage")
+        .arg("-d")
+        .arg(grub_root.join("usr/lib/grub").join(grub_fmt))
+        .args(["-O", grub_fmt, "-p", "/EFI/BOOT", "-o"])
+        .arg(&efi)
+        .args(GRUB_MODULES))?;
+    let esp = work.join("esp.fs");
+    let _ = std::fs::remove_file(&esp);
+    run(Command::new("mkfs.fat")
+        .args(["-F", "32", "-n", "FW-ESP", "-C"])
+        .arg(&esp)
+        .arg((board.disk.esp_mib * 1024).to_string())
+        .stdout(Stdio::null()))?;
+    run(Command::new("mmd")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&esp)
+        .args(["::/EFI", "::/EFI/BOOT"]))?;
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&esp)
+        .arg(&efi)
+        .arg(work.join("grub.cfg"))
+        .arg(&env)
+        .arg("::/EFI/BOOT/"))?;
+    parts.insert(0, ("esp", ESP, esp, board.disk.esp_mib));
+    parts.push(("data", LINUX_FS, data, board.disk.data_mib));
+
+    let img = out_dir.join(format!("{board_name}.img"));
+    assemble(&img, &parts)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(img)
+}
+
+/// `cargo xtask bundle`: the board's slot file system, compressed and signed with
+/// `key` into target/bundles/BOARD-VERSION.fwb. The slot trusts the signing key's
+/// public half for the updates after it.
+pub fn bundle(
+    root: &Path,
+    board_name: &str,
+    key: &Path,
+    version: Option<&str>,
+    epoch: Option<u32>,
+    without_initrd: bool,
+) -> Result<PathBuf> {
+    let board = Board::load(root, board_name)?;
+    apt_ensure(&[("e2fsprogs", "mke2fs")], board.arch == "aarch64")?;
+    let signer =
+        fwbundle::SigningKey::from_pem(&std::fs::read(key).with_context(|| format!("--key {}", key.display()))?).with_context(|| {
+            format!(
+                "--key {} (an Ed25519 private key in PKCS#8 PEM: openssl genpkey -algorithm ed25519)",
+                key.display()
+            )
+        })?;
+    let version = version.map(str::to_string).unwrap_or_else(|| default_version(root));
+    let release = Release {
+        version: version.clone(),
+        epoch: match epoch {
+            Some(e) => e,
+            None => security_epoch(root)?,
+        },
+        keys: vec![signer.public().to_pem()],
+        without_initrd,
+    };
+    eprintln!(
+        "xtask: bundle {version} for {board_name} (security epoch {}), signed by update key {}",
+        release.epoch,
+        signer.public().fingerprint()
+    );
+    let out_dir = root.join("target/bundles");
+    let work = out_dir.join(format!("{board_name}.work"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let slot_fs = system_slot(root, &board, &release, &work)?;
+    let image = std::fs::read(&slot_fs)?;
+    let compressed = zstd::bulk::compress(&image, 9).context("zstd")?;
+    let manifest = fwbundle::Manifest {
+        format: fwbundle::FORMAT,
+        product: fwbundle::PRODUCT.into(),
+        board: board_name.to_string(),
+        arch: board.arch.clone(),
+        version: version.clone(),
+        epoch: release.epoch,
+        compression: "zstd".into(),
+        compressed_size: compressed.len() as u64,
+        payload_size: image.len() as u64,
+        payload_sha256: fwbundle::sha256_hex(&image),
+    };
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    let out = out_dir.join(format!("{board_name}-{version}.fwb"));
+    let mut f = std::fs::File::create(&out).with_context(|| format!("{}", out.display()))?;
+    f.write_all(&fwbundle::header_bytes(&json, &signer.sign(&json)))?;
+    f.write_all(&compressed)?;
+    f.sync_all()?;
+    eprintln!(
+        "xtask: {}: slot image {} MiB, bundle {:.1} MiB",
+        out.display(),
+        image.len() >> 20,
+        (compressed.len() + json.len() + 76) as f64 / (1 << 20) as f64
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(out)
+}
+
+/// Builds one slot's ext4 file system (kernel, initramfs, release file) in `work`.
+fn system_slot(root: &Path, board: &Board, release: &Release, work: &Path) -> Result<PathBuf> {
+    let board_name = board.name.as_str();
+    if !flowwarden_version_ok(&release.version) {
+        bail!("--version {:?}: 1 to 64 characters from A-Z a-z 0-9 . + - _ ~", release.version);
+    }
+    let bin = crate::build::build(root, &board.arch)?;
+    let bin = stamp_version(&std::fs::read(&bin)?, &release.version).with_context(|| format!("{}", bin.display()))?;
+    let cache = root.join("target/images/cache");
     std::fs::create_dir_all(&cache)?;
 
     // Kernel: the pinned one, or the newest of its series once Debian dropped it.
-    let kernel = crate::kernel::fetch(&cache, &board)?;
+    let kernel = crate::kernel::fetch(&cache, board)?;
     let deb = kernel.deb.clone();
     let kdir = extract(&deb, &cache.join(format!("{}_{}", kernel.package, kernel.version)))?;
     let kver = kernel.release().to_string();
@@ -62,16 +298,7 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
         modules.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" ")
     );
 
-    // GRUB and a static e2fsck for the board's architecture.
-    let (grub_pkg, grub_fmt, efi_name) = if board.arch == "aarch64" {
-        ("grub-efi-arm64-bin", "arm64-efi", "BOOTAA64.EFI")
-    } else {
-        ("grub-efi-amd64-bin", "x86_64-efi", "BOOTX64.EFI")
-    };
-    let grub_root = extract(
-        &fetch_latest(&cache, grub_pkg, board.deb_arch())?,
-        &cache.join(format!("{grub_pkg}-{}", board.deb_arch())),
-    )?;
+    // A static e2fsck for the board's architecture.
     let fsck_root = extract(
         &fetch_latest(&cache, "e2fsck-static", board.deb_arch())?,
         &cache.join(format!("e2fsck-static-{}", board.deb_arch())),
@@ -122,20 +349,26 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
     }
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.char_dev("dev/null", 0o666, 1, 3);
-    cpio.file("init", 0o755, &std::fs::read(&bin)?);
+    cpio.file("init", 0o755, &bin);
     cpio.file(
         "sbin/e2fsck",
         0o755,
         &std::fs::read(&e2fsck).with_context(|| format!("{}", e2fsck.display()))?,
     );
     cpio.file("etc/flowwarden/system.toml", 0o644, system_toml.as_bytes());
-    let release = format!(
-        "flowwarden {}\nboard {board_name}\ncommit {}\n{}\n",
-        env!("CARGO_PKG_VERSION"),
+    let release_text = format!(
+        "flowwarden {}\nboard {board_name}\ncommit {}\nepoch {}\n{}\n",
+        release.version,
         git_commit(root),
+        release.epoch,
         kernel.release_line()
     );
-    cpio.file("etc/flowwarden/release", 0o644, release.as_bytes());
+    cpio.file("etc/flowwarden/release", 0o644, release_text.as_bytes());
+    // The keys the next update must be signed with.
+    cpio.dir("etc/flowwarden/update-keys");
+    for (i, pem) in release.keys.iter().enumerate() {
+        cpio.file(&format!("etc/flowwarden/update-keys/key{}.pem", i + 1), 0o644, pem.as_bytes());
+    }
     // Countries of external addresses (a newer file on the data partition wins).
     cpio.file(
         "usr/share/flowwarden/country.mmdb",
@@ -150,70 +383,49 @@ pub fn image(root: &Path, board_name: &str) -> Result<PathBuf> {
     let initrd = work.join("initrd.img");
     gzip(&cpio.finish(), &initrd)?;
 
-    // Slots A and B (identical at build time).
     let slot_dir = work.join("slot");
     std::fs::create_dir_all(&slot_dir)?;
     std::fs::copy(&vmlinuz, slot_dir.join("vmlinuz"))?;
-    std::fs::copy(&initrd, slot_dir.join("initrd.img"))?;
-    std::fs::write(slot_dir.join("release"), &release)?;
-    let mut parts: Vec<(&str, &str, PathBuf, u64)> = Vec::new();
-    for s in ["a", "b"] {
-        let img = work.join(format!("system_{s}.fs"));
-        // GRUB 2.06 reads ext4 but not these two newer features of e2fsprogs 1.47.
-        mke2fs(
-            &img,
-            &format!("flowwarden_{s}"),
-            &slot_dir,
-            board.disk.slot_mib,
-            &["-O", "^metadata_csum_seed,^orphan_file"],
-        )?;
-        parts.push((if s == "a" { "system_a" } else { "system_b" }, LINUX_FS, img, board.disk.slot_mib));
+    if !release.without_initrd {
+        std::fs::copy(&initrd, slot_dir.join("initrd.img"))?;
     }
-    let empty = work.join("empty");
-    std::fs::create_dir_all(&empty)?;
-    let data = work.join("data.fs");
-    mke2fs(&data, "data", &empty, board.disk.data_mib, &[])?;
-
-    // ESP with GRUB.
-    let grub_cfg = grub_cfg(&board.kernel.cmdline);
-    std::fs::write(work.join("grub.cfg"), grub_cfg)?;
-    let env = work.join("grubenv");
-    run(Command::new("grub-editenv").arg(&env).arg("create"))?;
-    run(Command::new("grub-editenv").arg(&env).args(["set", "slot=a"]))?;
-    let efi = work.join(efi_name);
-    run(Command::new("grub-mkimage")
-        .arg("-d")
-        .arg(grub_root.join("usr/lib/grub").join(grub_fmt))
-        .args(["-O", grub_fmt, "-p", "/EFI/BOOT", "-o"])
-        .arg(&efi)
-        .args(GRUB_MODULES))?;
-    let esp = work.join("esp.fs");
-    let _ = std::fs::remove_file(&esp);
-    run(Command::new("mkfs.fat")
-        .args(["-F", "32", "-n", "FW-ESP", "-C"])
-        .arg(&esp)
-        .arg((board.disk.esp_mib * 1024).to_string())
-        .stdout(Stdio::null()))?;
-    run(Command::new("mmd")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(&esp)
-        .args(["::/EFI", "::/EFI/BOOT"]))?;
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(&esp)
-        .arg(&efi)
-        .arg(work.join("grub.cfg"))
-        .arg(&env)
-        .arg("::/EFI/BOOT/"))?;
-    parts.insert(0, ("esp", ESP, esp, board.disk.esp_mib));
-    parts.push(("data", LINUX_FS, data, board.disk.data_mib));
-
-    let img = out_dir.join(format!("{board_name}.img"));
-    assemble(&img, &parts)?;
-    let _ = std::fs::remove_dir_all(&work);
+    std::fs::write(slot_dir.join("release"), &release_text)?;
+    let img = work.join("system.fs");
+    // GRUB 2.06 reads ext4 but not these two newer features of e2fsprogs 1.47.
+    mke2fs(
+        &img,
+        "flowwarden_sys",
+        &slot_dir,
+        board.disk.slot_mib,
+        &["-O", "^metadata_csum_seed,^orphan_file"],
+    )?;
     Ok(img)
+}
+
+fn flowwarden_version_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".+-_~".contains(&b))
+}
+
+/// The static binary with `version` in its version stamp (firmware/src/version.rs).
+pub fn stamp_version(bin: &[u8], version: &str) -> Result<Vec<u8>> {
+    const MARK: &[u8] = b"FWVERSION-STAMP:";
+    const ROOM: usize = 64;
+    let at: Vec<usize> = bin
+        .windows(MARK.len())
+        .enumerate()
+        .filter(|(_, w)| *w == MARK)
+        .map(|(i, _)| i)
+        .collect();
+    let [at] = at[..] else {
+        bail!("the version stamp occurs {} times in the binary, expected once", at.len());
+    };
+    let mut out = bin.to_vec();
+    let room = out
+        .get_mut(at + MARK.len()..at + MARK.len() + ROOM)
+        .context("the version stamp is cut off")?;
+    room.fill(0);
+    room[..version.len()].copy_from_slice(version.as_bytes());
+    Ok(out)
 }
 
 const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
@@ -232,32 +444,11 @@ const GRUB_MODULES: &[&str] = &[
     "echo",
     "test",
     "loadenv",
+    "regexp",
     "gzio",
     "true",
     "all_video",
 ];
-
-fn grub_cfg(cmdline: &str) -> String {
-    format!(
-        r#"# flowwarden boot: slot from grubenv (slot=a|b), the other slot as fallback.
-set timeout=0
-set default=0
-set fallback=1
-if [ -s "$prefix/grubenv" ]; then load_env -f "$prefix/grubenv"; fi
-if [ "$slot" = "b" ]; then set other=a; else set slot=a; set other=b; fi
-menuentry "flowwarden slot $slot" {{
-  search --no-floppy --label --set=root flowwarden_$slot
-  linux /vmlinuz {cmdline} flowwarden.slot=$slot
-  initrd /initrd.img
-}}
-menuentry "flowwarden slot $other (fallback)" {{
-  search --no-floppy --label --set=root flowwarden_$other
-  linux /vmlinuz {cmdline} flowwarden.slot=$other
-  initrd /initrd.img
-}}
-"#
-    )
-}
 
 fn mke2fs(out: &Path, label: &str, content: &Path, mib: u64, extra: &[&str]) -> Result<()> {
     let _ = std::fs::remove_file(out);

@@ -18,6 +18,7 @@ mod image;
 mod kernel;
 mod pagebench;
 mod qemu;
+mod qemu_update;
 mod readme;
 mod webcheck;
 
@@ -164,12 +165,12 @@ fn ci() -> Result<()> {
         eval::eval(&root(), &["--quick".into(), "--profile".into(), "ci".into()])
     })?;
     for board in QEMU_BOARDS {
-        step(&format!("qemu-test {board}"), || qemu::qemu_test(&root(), board))?;
+        step(&format!("qemu-test {board}"), || qemu::qemu_test(&root(), board, false))?;
     }
     // Hardware boards are not booted here, but their images must build (module lists
     // resolve against the board's kernel); the binaries are already built above.
     for board in HARDWARE_BOARDS {
-        step(&format!("image {board}"), || image::image(&root(), board).map(|_| ()))?;
+        step(&format!("image {board}"), || image::image(&root(), board, &[]).map(|_| ()))?;
     }
     eprintln!("xtask: ci passed in {:.0} s", t0.elapsed().as_secs_f64());
     Ok(())
@@ -198,7 +199,9 @@ fn soak(args: &[String]) -> Result<()> {
     step("eval (all seeds)", || eval::eval(&root(), &["--profile".into(), "ci".into()]))?;
     for board in QEMU_BOARDS {
         for i in 1..=boots {
-            step(&format!("qemu-test {board} ({i}/{boots})"), || qemu::qemu_test(&root(), board))?;
+            step(&format!("qemu-test {board} ({i}/{boots})"), || {
+                qemu::qemu_test(&root(), board, false)
+            })?;
         }
     }
     eprintln!("xtask: soak passed in {:.0} s", t0.elapsed().as_secs_f64());
@@ -208,6 +211,11 @@ fn soak(args: &[String]) -> Result<()> {
 /// The boards `cargo xtask ci` builds and boots.
 const QEMU_BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64"];
 const HARDWARE_BOARDS: &[&str] = &["x86-appliance", "arm-minipc"];
+
+/// Every value of a flag that may be given more than once.
+fn flags(args: &[String], name: &str) -> Vec<String> {
+    args.windows(2).filter(|w| w[0] == name).map(|w| w[1].clone()).collect()
+}
 
 /// The value of `--name VALUE` in `args`.
 fn flag<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
@@ -227,8 +235,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench-page [--hosts N]      the status page's weight and time per page over a 2-hour office (N hosts, default 3000)
   eval [--quick] [--profile P]   detection quality on flowgen scenarios and real captures
   build --arch x86_64|aarch64 static binary for a firmware image
-  image --board NAME          disk image for a board
-  qemu-test --board NAME      boot the board's image under QEMU and test it";
+  image --board NAME [--update-key PUB.pem]...   disk image for a board (trusting those update keys; default: a development key in target/keys/)
+  bundle --board NAME --key KEY.pem [--version V] [--epoch N]   signed update bundle target/bundles/NAME-V.fwb
+  qemu-test --board NAME [--only-updates]   boot the board's image under QEMU and test it (--only-updates: just the A/B update test)";
 
 /// Refuse flags a command does not know; `allowed` lists (flag, takes a value).
 fn check_flags(command: &str, args: &[String], allowed: &[(&str, bool)]) -> Result<()> {
@@ -310,14 +319,42 @@ fn dispatch(args: &[String]) -> Result<()> {
             Ok(())
         }
         "image" => {
-            check_flags(command, rest, &[("--board", true)])?;
-            let img = image::image(&root(), flag(rest, "--board")?)?;
+            check_flags(command, rest, &[("--board", true), ("--update-key", true)])?;
+            let keys: Vec<PathBuf> = flags(rest, "--update-key").into_iter().map(PathBuf::from).collect();
+            if keys.len() > 2 {
+                bail!("cargo xtask image: at most two --update-key (the current one and its successor)");
+            }
+            let img = image::image(&root(), flag(rest, "--board")?, &keys)?;
             println!("{}", img.display());
             Ok(())
         }
+        "bundle" => {
+            check_flags(
+                command,
+                rest,
+                &[("--board", true), ("--key", true), ("--version", true), ("--epoch", true)],
+            )?;
+            let epoch = match flag(rest, "--epoch") {
+                Ok(e) => Some(
+                    e.parse::<u32>()
+                        .with_context(|| format!("--epoch {e:?}: expected a whole number"))?,
+                ),
+                Err(_) => None,
+            };
+            let out = image::bundle(
+                &root(),
+                flag(rest, "--board")?,
+                Path::new(flag(rest, "--key")?),
+                flag(rest, "--version").ok(),
+                epoch,
+                false,
+            )?;
+            println!("{}", out.display());
+            Ok(())
+        }
         "qemu-test" => {
-            check_flags(command, rest, &[("--board", true)])?;
-            qemu::qemu_test(&root(), flag(rest, "--board")?)
+            check_flags(command, rest, &[("--board", true), ("--only-updates", false)])?;
+            qemu::qemu_test(&root(), flag(rest, "--board")?, rest.iter().any(|a| a == "--only-updates"))
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),
     }

@@ -31,18 +31,18 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct Vm {
+pub(crate) struct Vm {
     /// Host ports forwarded to the guest's page (443) and redirect (80).
     web: crate::webcheck::Ports,
     child: Child,
-    stdin: ChildStdin,
+    pub(crate) stdin: ChildStdin,
     lines: Arc<Mutex<Vec<String>>>,
     started: Instant,
     monitor: PathBuf,
 }
 
 impl Vm {
-    fn start(board: &Board, disk: &Path, udp_port: u16, dir: &Path, boot_no: u32) -> Result<Vm> {
+    pub(crate) fn start(board: &Board, disk: &Path, udp_port: u16, dir: &Path, boot_no: u32) -> Result<Vm> {
         let q = board.qemu.as_ref().context("board has no [qemu] table")?;
         let monitor = dir.join(format!("monitor-{boot_no}.sock"));
         let web = crate::webcheck::Ports {
@@ -105,16 +105,16 @@ impl Vm {
     }
 
     /// Console line `i` (empty if there is none).
-    fn line(&self, i: usize) -> String {
+    pub(crate) fn line(&self, i: usize) -> String {
         self.lines.lock().ok().and_then(|l| l.get(i).cloned()).unwrap_or_default()
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lines.lock().map(|l| l.len()).unwrap_or(0)
     }
 
     /// Index of the first line at or after `from` containing `pat`.
-    fn wait_for(&mut self, pat: &str, from: usize, timeout: Duration) -> Result<usize> {
+    pub(crate) fn wait_for(&mut self, pat: &str, from: usize, timeout: Duration) -> Result<usize> {
         let t0 = Instant::now();
         loop {
             if let Ok(l) = self.lines.lock()
@@ -142,7 +142,7 @@ impl Vm {
     }
 
     /// Runs a console command; returns its output lines (exit 0 required).
-    fn console(&mut self, cmd: &str, timeout: Duration) -> Result<Vec<String>> {
+    pub(crate) fn console(&mut self, cmd: &str, timeout: Duration) -> Result<Vec<String>> {
         let from = self.len();
         writeln!(self.stdin, "{cmd}")?;
         self.stdin.flush()?;
@@ -181,7 +181,7 @@ impl Vm {
     }
 
     /// Total stored flows according to the guest's own query.
-    fn flows(&mut self) -> Result<u64> {
+    pub(crate) fn flows(&mut self) -> Result<u64> {
         let out = self.console("query --series 1h --format csv", Duration::from_secs(120))?;
         Ok(sum_series(&out))
     }
@@ -194,7 +194,7 @@ impl Vm {
     }
 
     /// `poweroff` on the console; waits for the clean unmount and QEMU's exit.
-    fn poweroff(mut self) -> Result<()> {
+    pub(crate) fn poweroff(mut self) -> Result<()> {
         let from = self.len();
         writeln!(self.stdin, "poweroff")?;
         self.stdin.flush()?;
@@ -214,7 +214,7 @@ impl Vm {
         bail!("QEMU still running {} s after power-off", timeout.as_secs())
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -361,12 +361,12 @@ fn free_tcp_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn free_udp_port() -> Result<u16> {
+pub(crate) fn free_udp_port() -> Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// flowgen sending IPFIX from `source_port` (0: any); `extra` adds flags.
-fn flowgen(root: &Path, port: u16, records: u64, rate: u64, seed: u64, source_port: u16, extra: &[&str]) -> Result<Child> {
+pub(crate) fn flowgen(root: &Path, port: u16, records: u64, rate: u64, seed: u64, source_port: u16, extra: &[&str]) -> Result<Child> {
     let bin = root.join("target/release/flowgen");
     Command::new(bin)
         .args(["--hosts", "40", "--duration", "2h", "--version", "ipfix", "--seed"])
@@ -385,7 +385,7 @@ fn flowgen(root: &Path, port: u16, records: u64, rate: u64, seed: u64, source_po
         .context("flowgen")
 }
 
-fn finish_flowgen(mut c: Child) -> Result<String> {
+pub(crate) fn finish_flowgen(mut c: Child) -> Result<String> {
     let st = c.wait()?;
     let mut out = String::new();
     if let Some(mut o) = c.stdout.take() {
@@ -416,7 +416,7 @@ fn partition(img: &Path, name: &str) -> Result<(u64, u64)> {
     bail!("{}: no partition named {name:?}:\n{text}", img.display())
 }
 
-pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
+pub fn qemu_test(root: &Path, board_name: &str, only_updates: bool) -> Result<()> {
     let t_all = Instant::now();
     let board = Board::load(root, board_name)?;
     let q = board
@@ -439,7 +439,16 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         .collect();
     crate::apt_ensure(&pkgs, false)?;
     crate::apt_ensure(&[("chrony", "chronyd")], false)?;
-    let img = crate::image::image(root, board_name)?;
+    if only_updates {
+        run(crate::cargo().args(["build", "--release", "--package", "flowgen"]))?;
+        let dir = root.join("target/qemu-test").join(board_name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let text = crate::qemu_update::update_test(root, &board, &dir, board.arch == "x86_64")?;
+        std::fs::write(dir.join("report.md"), format!("{text}\n"))?;
+        return Ok(());
+    }
+    let img = crate::image::image(root, board_name, &[])?;
     let host_bin = crate::build::build(root, "x86_64")?;
     run(crate::cargo().args(["build", "--release", "--package", "flowgen"]))?;
     let dir = root.join("target/qemu-test").join(board_name);
@@ -680,6 +689,9 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
     vm.wait_for("starting as PID 1", fatal, ready_timeout)?;
     vm.kill();
 
+    // 9. A/B updates: the full set on x86_64, update and fallback on the others.
+    let updates = crate::qemu_update::update_test(root, &board, &dir, board.arch == "x86_64")?;
+
     let img_meta = std::fs::metadata(&img)?;
     let allocated = {
         use std::os::unix::fs::MetadataExt;
@@ -702,6 +714,7 @@ pub fn qemu_test(root: &Path, board_name: &str) -> Result<()> {
         "| board | boot → ready | reboot → ready | boot after power cut → ready | image | static binary | flows sent / read back | committed before cut → after boot | whole test |\n|---|---|---|---|---|---|---|---|---|\n{}\n",
         report.join("\n")
     );
+    let text = format!("{text}\n{updates}\n");
     std::fs::write(dir.join("report.md"), &text)?;
     eprintln!("xtask: qemu-test {board_name} passed\n{text}");
     Ok(())
