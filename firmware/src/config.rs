@@ -11,6 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// The configuration `run` reads from its data directory when no `--config`
+/// is given; the page's settings and provisioning save there.
+pub const SAVED_CONFIG: &str = "flowwarden.toml";
+
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {

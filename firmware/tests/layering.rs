@@ -38,6 +38,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "cli" | "main" | "lib" | "pipeline" => return None,
         m if LEAVES.contains(&m) => &[],
         "store" | "capture" | "collector" | "demo" | "update" => &[],
+        // First-boot provisioning writes configuration, accounts and files.
+        "provision" => &["config", "accounts", "store", "update"],
         // PID 1 installs updates and settles the boot flags.
         "init" => &["update"],
         "decode" | "detect" | "forward" | "query" | "accounts" => &["store"],

@@ -22,9 +22,7 @@ use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The configuration `run` reads from its data directory when no `--config`
-/// is given; the page's settings save there.
-pub const SAVED_CONFIG: &str = "flowwarden.toml";
+pub use crate::config::SAVED_CONFIG;
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
@@ -103,6 +101,23 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let mut cfg = load_config(config.as_deref())?;
             let dir = data_dir.or_else(|| cfg.data_dir.clone()).unwrap_or_else(default_data_dir);
             writable_data_dir(&dir)?;
+            // First boot: a provisioning file (ESP or data directory) is applied once, before
+            // the configuration is read.
+            let places = [
+                Path::new(crate::update::ESP_MOUNT).join(crate::provision::FILE),
+                dir.join(crate::provision::FILE),
+            ];
+            match crate::provision::run_pending(&dir, &places, crate::timefmt::now_ms()) {
+                Some(Ok(summary)) => {
+                    writeln!(out, "flowwarden: provisioning {summary}")?;
+                    out.flush()?;
+                }
+                Some(Err(e)) => {
+                    writeln!(out, "flowwarden: provisioning REJECTED, nothing of it applied: {e}")?;
+                    out.flush()?;
+                }
+                None => {}
+            }
             // Without --config, the data directory's file (written by the page's settings) if there is one.
             let file = config.unwrap_or_else(|| dir.join(SAVED_CONFIG));
             let overrides = run::Overrides {

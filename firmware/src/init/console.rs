@@ -1,6 +1,6 @@
 //! The serial-console maintenance commands PID 1 accepts from a field
 //! technician (and from the QEMU system tests): `query ...`, `exporters ...`,
-//! `status`, `user ...`, `token ...`, `update ...`, `network keep`, `reboot`, `poweroff`, `help`. Query and
+//! `status`, `user ...`, `token ...`, `update ...`, `network keep`, `factory-reset`, `reboot`, `poweroff`, `help`. Query and
 //! account commands run the appliance binary as a child with `--data-dir`
 //! filled in (account changes reach a running appliance over its control
 //! socket, so `user set` here is the password recovery that keeps all data); each command ends with a
@@ -34,11 +34,16 @@ pub enum ConsoleCmd {
     NetworkKeep,
     Reboot,
     PowerOff,
+    /// `factory-reset [--yes]`: wipe configuration, users and data (the slots stay).
+    /// Without --yes the console first asks for the word `reset`.
+    FactoryReset {
+        confirmed: bool,
+    },
     Help,
     Empty,
 }
 
-pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | update URL|FILE [--no-reboot] | update --acknowledge-rollback | network keep | reboot | poweroff | help";
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | update URL|FILE [--no-reboot] | update --acknowledge-rollback | network keep | factory-reset [--yes] | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
 pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
@@ -136,6 +141,11 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
         "status" => Ok(ConsoleCmd::Status),
         "network" if rest.len() == 1 && rest[0] == "keep" => Ok(ConsoleCmd::NetworkKeep),
         "reboot" => Ok(ConsoleCmd::Reboot),
+        "factory-reset" => match rest {
+            [] => Ok(ConsoleCmd::FactoryReset { confirmed: false }),
+            [y] if y == "--yes" => Ok(ConsoleCmd::FactoryReset { confirmed: true }),
+            _ => Err(ConsoleError::Unknown(format!("factory-reset {}", rest.join(" ")))),
+        },
         "poweroff" | "shutdown" => Ok(ConsoleCmd::PowerOff),
         "help" | "?" => Ok(ConsoleCmd::Help),
         other => Err(ConsoleError::Unknown(other.to_string())),
@@ -186,6 +196,12 @@ mod tests {
         assert_eq!(parse("user", "/d").unwrap(), ConsoleCmd::Exec(v(&["user", "--help"])));
         assert_eq!(parse("reload", "/d").unwrap(), ConsoleCmd::Exec(v(&["reload", "--data-dir", "/d"])));
         assert_eq!(parse("network keep", "/d").unwrap(), ConsoleCmd::NetworkKeep);
+        assert_eq!(parse("factory-reset", "/d").unwrap(), ConsoleCmd::FactoryReset { confirmed: false });
+        assert_eq!(
+            parse("factory-reset --yes", "/d").unwrap(),
+            ConsoleCmd::FactoryReset { confirmed: true }
+        );
+        assert!(parse("factory-reset now", "/d").is_err());
         assert_eq!(
             parse("update http://10.0.2.2:8000/x.fwb --no-reboot", "/d").unwrap(),
             ConsoleCmd::Exec(v(&["update", "--data-dir", "/d", "http://10.0.2.2:8000/x.fwb", "--no-reboot"]))

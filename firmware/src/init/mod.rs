@@ -188,7 +188,7 @@ fn boot_and_supervise(boot: Instant) -> Result<()> {
         .enable_all()
         .build()
         .context("async runtime for the supervisor")?;
-    rt.block_on(supervise(cfg, status, net, appliance_pid, slot_ctl))
+    rt.block_on(supervise(cfg, status, net, appliance_pid, slot_ctl, dev))
 }
 
 /// Tries DHCP-offered then configured SNTP servers; steps the clock on the first answer.
@@ -252,6 +252,8 @@ enum Event {
 enum Stop {
     PowerOff,
     Reboot,
+    /// Wipe the data partition, then reboot (it is formatted afresh: first boot again).
+    FactoryReset,
 }
 
 /// PID 1's request socket: one line in (`network apply`, `network keep`, `update
@@ -343,6 +345,7 @@ async fn supervise(
     net: Option<netman::Handle>,
     appliance_pid: Arc<AtomicI32>,
     slot_ctl: Option<Arc<slots::SlotCtl>>,
+    data_dev: PathBuf,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
@@ -455,6 +458,11 @@ async fn supervise(
                 Some(Event::PowerButton) => { say!("power button pressed"); Some(Stop::PowerOff) }
                 Some(Event::Reboot) => { say!("reboot asked for over the request socket"); Some(Stop::Reboot) }
                 Some(Event::Console(ConsoleCmd::Reboot, r)) => { let _ = r.send(0); Some(Stop::Reboot) }
+                Some(Event::Console(ConsoleCmd::FactoryReset { confirmed: true }, r)) => {
+                    say!("factory reset asked for on the console");
+                    let _ = r.send(0);
+                    Some(Stop::FactoryReset)
+                }
                 Some(Event::Console(ConsoleCmd::PowerOff, r)) => { let _ = r.send(0); Some(Stop::PowerOff) }
                 Some(Event::Console(ConsoleCmd::Exec(args), r)) => {
                     match std::process::Command::new(&exe).args(&args).env("NO_COLOR", "1").stdin(std::process::Stdio::null()).spawn() {
@@ -483,7 +491,7 @@ async fn supervise(
             if let Some(ctl) = &slot_ctl {
                 ctl.shutdown();
             }
-            shutdown(stop, appliance, &cfg.data.mountpoint, &mut sigchld).await;
+            shutdown(stop, appliance, &cfg.data.mountpoint, &data_dev, &mut sigchld).await;
         }
     }
 }
@@ -559,8 +567,15 @@ fn reap() -> Vec<(Pid, i32)> {
     out
 }
 
-async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, sigchld: &mut tokio::signal::unix::Signal) -> ! {
-    say!("shutting down ({})", if stop == Stop::Reboot { "reboot" } else { "power off" });
+async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, data_dev: &Path, sigchld: &mut tokio::signal::unix::Signal) -> ! {
+    say!(
+        "shutting down ({})",
+        match stop {
+            Stop::Reboot => "reboot",
+            Stop::PowerOff => "power off",
+            Stop::FactoryReset => "factory reset",
+        }
+    );
     if let Some(pid) = appliance {
         let _ = rustix::process::kill_process(pid, Signal::TERM);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -584,12 +599,27 @@ async fn shutdown(stop: Stop, appliance: Option<Pid>, data: &Path, sigchld: &mut
         Err(e) => say!("data partition: {e} (left read-only)"),
     }
     rustix::fs::sync();
-    let cmd = if stop == Stop::Reboot {
+    if stop == Stop::FactoryReset {
+        // The first MiB zeroed: the next boot finds a blank partition and formats it
+        // (mounts::mount_data), as on the first boot. The slots are not touched.
+        match mounts::blank(data_dev) {
+            Ok(()) => println!(
+                "flowwarden: factory reset: {} wiped (configuration, users, certificates, flows, alerts); the installed firmware stays; rebooting",
+                data_dev.display()
+            ),
+            Err(e) => say!(
+                "factory reset: cannot wipe {}: {e}; rebooting with the data as it was",
+                data_dev.display()
+            ),
+        }
+        rustix::fs::sync();
+    }
+    let cmd = if stop != Stop::PowerOff {
         RebootCommand::Restart
     } else {
         RebootCommand::PowerOff
     };
-    say!("{}", if stop == Stop::Reboot { "rebooting" } else { "powering off" });
+    say!("{}", if stop == Stop::PowerOff { "powering off" } else { "rebooting" });
     let r = rustix::system::reboot(cmd);
     fatal(&format!("reboot(2) failed: {r:?}"))
 }
@@ -636,6 +666,26 @@ fn spawn_console(
                         .unwrap_or_else(|| "error PID 1 manages no network here".into());
                     println!("flowwarden-console: {answer}");
                     i32::from(!answer.starts_with("ok "))
+                }
+                Ok(ConsoleCmd::FactoryReset { confirmed: false }) => {
+                    println!(
+                        "factory reset wipes this box's configuration, users, tokens, certificates, flows and alerts \
+                         (the installed firmware stays). Type reset to go on, anything else to cancel:"
+                    );
+                    let word = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+                    if word.trim() == "reset" {
+                        let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+                        if tx
+                            .blocking_send(Event::Console(ConsoleCmd::FactoryReset { confirmed: true }, rtx))
+                            .is_err()
+                        {
+                            break;
+                        }
+                        rrx.recv().unwrap_or(-1)
+                    } else {
+                        println!("flowwarden-console: factory reset cancelled; nothing changed");
+                        1
+                    }
                 }
                 Ok(ConsoleCmd::ExecWithPassword(args)) => match console_password(&mut lines) {
                     Ok(pw) => {

@@ -266,6 +266,15 @@ fn format_blank(cfg: &DataPartition, dev: &Path) -> Result<(), MountError> {
     }
 }
 
+/// Zeroes the first MiB of `dev` (factory reset): the next boot takes it for blank
+/// and formats it.
+pub fn blank(dev: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(dev)?;
+    f.write_all(&vec![0u8; 1 << 20])?;
+    f.sync_all()
+}
+
 /// True when the first MiB of `dev` is all zero bytes (never written).
 pub fn is_blank(dev: &Path) -> bool {
     use std::io::Read;

@@ -47,12 +47,13 @@ pub fn download(url: &str, dest: &Path, limit: u64, timeout: Duration) -> Result
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
-    write!(
-        s,
+    // One write: a server may answer (and close) as soon as the request is complete.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flowwarden/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         crate::version::version()
-    )
-    .map_err(|e| format!("{addr}: sending the request: {e}"))?;
+    );
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("{addr}: sending the request: {e}"))?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
     r.by_ref()
@@ -138,8 +139,14 @@ mod tests {
             let port = l.local_addr().unwrap().port();
             std::thread::spawn(move || {
                 let (mut s, _) = l.accept().unwrap();
-                let mut req = [0u8; 1024];
-                let _ = s.read(&mut req);
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {claim}\r\n\r\n");
                 let _ = s.write_all(body);
             });

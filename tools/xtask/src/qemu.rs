@@ -396,7 +396,7 @@ pub(crate) fn finish_flowgen(mut c: Child) -> Result<String> {
 }
 
 /// Start and length in bytes of the GPT partition named `name`.
-fn partition(img: &Path, name: &str) -> Result<(u64, u64)> {
+pub(crate) fn partition(img: &Path, name: &str) -> Result<(u64, u64)> {
     let o = Command::new("sfdisk").arg("--dump").arg(img).output().context("sfdisk --dump")?;
     let text = String::from_utf8_lossy(&o.stdout);
     for line in text.lines() {

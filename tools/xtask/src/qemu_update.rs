@@ -12,7 +12,11 @@
 //!    falls back to the good slot, which says so in the contract's words, and the
 //!    rollback is shown until acknowledged; flows still there;
 //! 4. a power cut while a slot is written (x86_64): the box boots the good slot and
-//!    the half-written one is not bootable.
+//!    the half-written one is not bootable;
+//! 5. provisioning (x86_64): a `flowwarden-provision.toml` put on the ESP is applied
+//!    once (a user with an argon2id hash, a configuration) and removed;
+//! 6. factory reset (x86_64): `factory-reset --yes` empties the box (no flows, no
+//!    users, a new setup code) and keeps the slots.
 
 use crate::board::Board;
 use crate::qemu::{Vm, finish_flowgen, flowgen, free_udp_port};
@@ -274,10 +278,101 @@ pub fn update_test(root: &Path, board: &Board, dir: &Path, full: bool) -> Result
         ensure!(vm2.flows()? == sent, "flows changed across the power cut");
         report.push("power cut while writing slot a: slot b boots, slot a not bootable".into());
         vm2.poweroff()?;
+        report.push(provision_and_reset(board, &disk, dir, ready, sent)?);
     } else {
         vm.poweroff()?;
     }
     let text = format!("{name} updates ({:.0} s): {}", t0.elapsed().as_secs_f64(), report.join("; "));
     eprintln!("xtask: {text}");
     Ok(text)
+}
+
+/// The password of the provisioned user, and its argon2id hash (made once with the
+/// `argon2` tool: `echo -n PASS | argon2 flowwardenprovsalt -id -m 16 -t 2 -p 1 -e`).
+const PROVISIONED_HASH: &str = "$argon2id$v=19$m=65536,t=2,p=1$Zmxvd3dhcmRlbnByb3ZzYWx0$T0+XsWuaXj2goyi4Fc0YIc9aJIWgRR+SND0rBNo+Sh4";
+
+/// Provisioning from the ESP, then a factory reset.
+fn provision_and_reset(board: &Board, disk: &Path, dir: &Path, ready: Duration, sent: u64) -> Result<String> {
+    let (esp_start, _) = crate::qemu::partition(disk, "esp")?;
+    let esp = format!("{}@@{esp_start}", disk.display());
+    let file = dir.join("flowwarden-provision.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# A branch office's settings, put on the ESP before the box is shipped.\n[network]\ninternal = [\"10.77.0.0/16\"]\n\n\
+             [[user]]\nname = \"regional-it\"\nrole = \"admin\"\nhash = \"{PROVISIONED_HASH}\"\n\n\
+             [[file]]\npath = \"pki/siem-ca.pem\"\ncontents = \"\"\"\n-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n\"\"\"\n"
+        ),
+    )?;
+    crate::run(
+        Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&esp)
+            .arg(&file)
+            .arg("::/"),
+    )?;
+    let mut vm = Vm::start(board, disk, free_udp_port()?, dir, 13)?;
+    let i = vm.wait_for("flowwarden: provisioning ", 0, ready)?;
+    let line = vm.line(i);
+    ensure!(
+        line.contains("flowwarden: provisioning applied /boot/efi/flowwarden-provision.toml: configuration written; 1 user(s) (regional-it admin); 1 file(s) (pki/siem-ca.pem)"),
+        "provisioning: {line}"
+    );
+    vm.wait_for("flowwarden: ready", i, ready)?;
+    let users = vm.console("user list", Duration::from_secs(60))?.join("\n");
+    ensure!(users.contains("regional-it"), "user list after provisioning: {users}");
+    ensure!(vm.flows()? == sent, "flows changed with provisioning");
+    // Once: the file is gone from the ESP, and a reboot applies nothing.
+    let from = vm.len();
+    writeln!(vm.stdin, "reboot")?;
+    vm.stdin.flush()?;
+    vm.wait_for("flowwarden: ready", from, ready)?;
+    ensure!(
+        (from..vm.len()).all(|i| !vm.line(i).contains("flowwarden: provisioning")),
+        "provisioning applied twice"
+    );
+
+    // Factory reset: asked for by typing the word, or --yes.
+    let from = vm.len();
+    writeln!(vm.stdin, "factory-reset")?;
+    vm.stdin.flush()?;
+    vm.wait_for("Type reset to go on, anything else to cancel:", from, Duration::from_secs(30))?;
+    writeln!(vm.stdin, "no")?;
+    vm.stdin.flush()?;
+    vm.wait_for(
+        "flowwarden-console: factory reset cancelled; nothing changed",
+        from,
+        Duration::from_secs(30),
+    )?;
+    vm.wait_for("flowwarden-console: done (exit 1)", from, Duration::from_secs(30))?;
+    let from = vm.len();
+    writeln!(vm.stdin, "factory-reset --yes")?;
+    vm.stdin.flush()?;
+    vm.wait_for("flowwarden: factory reset: /dev/vda4 wiped", from, Duration::from_secs(120))?;
+    vm.wait_for("is blank: formatting it as ext4 (first boot)", from, ready)?;
+    vm.wait_for("flowwarden: web setup code ", from, ready)?;
+    vm.wait_for("flowwarden: ready", from, ready)?;
+    ensure!(vm.flows()? == 0, "flows left after the factory reset");
+    let users = vm.console("user list", Duration::from_secs(60))?.join("\n");
+    ensure!(!users.contains("regional-it"), "users left after the factory reset: {users}");
+    let st = status(&mut vm)?;
+    ensure!(
+        status_line(&st, "slot: ") == "slot: running b (9.9.9-good, good)",
+        "the slots changed with the factory reset:\n{st}"
+    );
+    vm.poweroff()?;
+    let left = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&esp)
+        .arg("-b")
+        .arg("::/")
+        .output()?;
+    let left = String::from_utf8_lossy(&left.stdout).to_string();
+    ensure!(
+        !left.contains("flowwarden-provision"),
+        "the provisioning file is still on the ESP: {left}"
+    );
+    Ok("provisioning from the ESP applied once; factory reset emptied the box and kept the slots".into())
 }
