@@ -67,6 +67,7 @@ impl Fixture {
             epoch: 2,
             compression: "zstd".into(),
             compressed_size: compressed.len() as u64,
+            compressed_sha256: fwbundle::sha256_hex(compressed),
             payload_size: self.payload.len() as u64,
             payload_sha256: fwbundle::sha256_hex(&self.payload),
         }
@@ -75,11 +76,16 @@ impl Fixture {
     /// Writes a bundle; `edit` may change the manifest before it is signed.
     fn bundle(&self, name: &str, key: &SigningKey, edit: impl FnOnce(&mut Manifest)) -> R<PathBuf> {
         let compressed = zstd::bulk::compress(&self.payload, 3)?;
-        let mut m = self.manifest("2.0", &compressed);
+        self.bundle_of(name, key, &compressed, edit)
+    }
+
+    /// A bundle around `compressed` as given.
+    fn bundle_of(&self, name: &str, key: &SigningKey, compressed: &[u8], edit: impl FnOnce(&mut Manifest)) -> R<PathBuf> {
+        let mut m = self.manifest("2.0", compressed);
         edit(&mut m);
         let json = serde_json::to_vec(&m)?;
         let mut out = fwbundle::header_bytes(&json, &key.sign(&json));
-        out.extend_from_slice(&compressed);
+        out.extend_from_slice(compressed);
         let p = self.root.join(name);
         std::fs::write(&p, out)?;
         Ok(p)
@@ -155,20 +161,44 @@ fn refusals_change_nothing() -> R {
         (f.bundle("big.fwb", &f.key, |m| m.payload_size = SLOT + 1)?, "size: "),
         // Signed, but the payload is not what the manifest says.
         (f.bundle("short.fwb", &f.key, |m| m.payload_size -= 1)?, "hash: "),
-        (f.bundle("wrong.fwb", &f.key, |m| m.payload_sha256 = "0".repeat(64))?, "hash: "),
+        (
+            f.bundle("wrong.fwb", &f.key, |m| m.payload_sha256 = "0".repeat(64))?,
+            "hash: the payload decompresses",
+        ),
+        (
+            f.bundle("wrongz.fwb", &f.key, |m| m.compressed_sha256 = "0".repeat(64))?,
+            "hash: the compressed payload",
+        ),
+        (
+            f.bundle("nohash.fwb", &f.key, |m| m.compressed_sha256 = "zz".into())?,
+            "format: compressed_sha256",
+        ),
     ];
     let tampered = f.bundle("tampered.fwb", &f.key, |_| {})?;
     let mut t = std::fs::read(&tampered)?;
     let n = t.len();
     t[n - 100] ^= 1;
     std::fs::write(&tampered, &t)?;
+    // A zstd skippable frame ahead of the image: changing a byte inside it leaves the
+    // decompressed image as signed, and the bundle must still be refused.
+    let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 16, 0, 0, 0];
+    skippable.extend_from_slice(&[0xaa; 16]);
+    skippable.extend_from_slice(&zstd::bulk::compress(&f.payload, 3)?);
+    let same_image = f.bundle_of("skippable.fwb", &f.key, &skippable, |_| {})?;
+    let mut b = std::fs::read(&same_image)?;
+    let at = b.len() - skippable.len() + 8;
+    b[at] ^= 0x40;
+    std::fs::write(&same_image, &b)?;
     let truncated = f.root.join("truncated.fwb");
     std::fs::write(&truncated, &t[..n - 10])?;
     let not_a_bundle = f.root.join("notes.txt");
     std::fs::write(&not_a_bundle, b"hello")?;
-    let cases = cases
-        .into_iter()
-        .chain([(tampered, "hash: "), (truncated, "size: "), (not_a_bundle, "format: ")]);
+    let cases = cases.into_iter().chain([
+        (tampered, "hash: the compressed payload"),
+        (same_image, "hash: the compressed payload"),
+        (truncated, "size: "),
+        (not_a_bundle, "format: "),
+    ]);
     for (bundle, reason) in cases {
         let (r, _) = stage(&bundle, &f.target());
         match r {

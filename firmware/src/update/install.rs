@@ -76,6 +76,16 @@ pub fn stage(bundle: &Path, t: &Target, say: &mut dyn FnMut(&str)) -> Result<Sta
         t.keys[key].fingerprint()
     ));
 
+    // Pass 0: the compressed bytes are the signed ones; the decompressor reads nothing else.
+    let (n0, hash0) = compressed_hash(&mut f, &header, bundle)?;
+    if n0 != m.compressed_size || hash0 != m.compressed_sha256 {
+        return Err(Refusal::Hash(format!(
+            "the compressed payload is {n0} bytes with SHA-256 {hash0}, the signed manifest says {} bytes with {}",
+            m.compressed_size, m.compressed_sha256
+        ))
+        .into());
+    }
+
     // Pass 1: the whole payload decompresses to exactly what the manifest signed.
     let (n, hash) = decode(&mut f, &header, &mut std::io::sink(), bundle)?;
     if n != m.payload_size || hash != m.payload_sha256 {
@@ -130,6 +140,15 @@ pub fn stage(bundle: &Path, t: &Target, say: &mut dyn FnMut(&str)) -> Result<Sta
         version: m.version.clone(),
         slot: t.slot,
     })
+}
+
+/// The compressed payload's length and SHA-256 as the file holds it.
+fn compressed_hash(f: &mut std::fs::File, h: &fwbundle::Header, bundle: &Path) -> Result<(u64, String), UpdateError> {
+    f.seek(SeekFrom::Start(h.payload_offset))
+        .map_err(|e| failed("cannot read", bundle, e))?;
+    let mut r = Hashing::new((&mut *f).take(h.manifest.compressed_size));
+    std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| failed("cannot read", bundle, e))?;
+    Ok(r.finish())
 }
 
 /// Decompresses the payload into `out`; (bytes, SHA-256 hex). A payload that does not

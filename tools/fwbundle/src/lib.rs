@@ -14,7 +14,10 @@
 //! | 76 + N    | rest  | the payload: the slot's file system image, zstd-compressed    |
 //!
 //! The signature covers the manifest; the manifest names the payload's sizes and
-//! the SHA-256 of the decompressed image, so the payload is covered through it.
+//! the SHA-256 of both the compressed bytes and the decompressed image, so the
+//! payload is covered through it. The compressed hash is checked first: the
+//! decompressor never reads a byte that was not signed (and a changed byte that
+//! happens to decompress to the same image is still refused).
 
 pub mod boot;
 
@@ -48,6 +51,8 @@ pub struct Manifest {
     pub compression: String,
     /// Bytes of payload after the signature (the compressed image).
     pub compressed_size: u64,
+    /// SHA-256 of those bytes as they are in the file, lower-case hex.
+    pub compressed_sha256: String,
     /// Bytes of the decompressed slot image.
     pub payload_size: u64,
     /// SHA-256 of the decompressed slot image, lower-case hex.
@@ -271,8 +276,10 @@ pub fn check(h: &Header, keys: &[PublicKey], want: &Expect) -> Result<usize, Ref
             m.compressed_size
         )));
     }
-    if m.payload_sha256.len() != 64 || !m.payload_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Refusal::Format("payload_sha256 is not 64 hex digits".into()));
+    for (name, h) in [("payload_sha256", &m.payload_sha256), ("compressed_sha256", &m.compressed_sha256)] {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Refusal::Format(format!("{name} is not 64 hex digits")));
+        }
     }
     Ok(which)
 }
@@ -342,7 +349,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn manifest(payload: &[u8], compressed: u64) -> Manifest {
+    fn manifest(payload: &[u8], compressed: &[u8]) -> Manifest {
         Manifest {
             format: FORMAT,
             product: PRODUCT.into(),
@@ -351,7 +358,8 @@ mod tests {
             version: "1.2.3".into(),
             epoch: 2,
             compression: "zstd".into(),
-            compressed_size: compressed,
+            compressed_size: compressed.len() as u64,
+            compressed_sha256: sha256_hex(compressed),
             payload_size: payload.len() as u64,
             payload_sha256: sha256_hex(payload),
         }
@@ -379,7 +387,7 @@ mod tests {
         let key = SigningKey::from_pem(SigningKey::generate_pem().unwrap().as_bytes()).unwrap();
         let other = SigningKey::from_pem(SigningKey::generate_pem().unwrap().as_bytes()).unwrap();
         let keys = [other.public(), key.public()];
-        let m = manifest(b"slot image", 4);
+        let m = manifest(b"slot image", b"zzzz");
         let file = bundle(&key, &m, b"zzzz");
         let h = read_header(&mut &file[..]).unwrap();
         assert_eq!(h.manifest, m);
@@ -452,7 +460,7 @@ mod tests {
         assert!(read_header(&mut &f[..]).unwrap_err().to_string().contains("manifest at offset 12"));
         // Every prefix of a real header fails cleanly.
         let key = SigningKey::from_pem(SigningKey::generate_pem().unwrap().as_bytes()).unwrap();
-        let file = bundle(&key, &manifest(b"x", 0), b"");
+        let file = bundle(&key, &manifest(b"x", b""), b"");
         for n in 0..file.len() {
             assert!(read_header(&mut &file[..n]).is_err());
         }

@@ -252,6 +252,7 @@ pub fn bundle(
         epoch: release.epoch,
         compression: "zstd".into(),
         compressed_size: compressed.len() as u64,
+        compressed_sha256: fwbundle::sha256_hex(&compressed),
         payload_size: image.len() as u64,
         payload_sha256: fwbundle::sha256_hex(&image),
     };
