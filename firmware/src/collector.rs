@@ -136,10 +136,13 @@ async fn receive(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 65_536];
+    let name = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let stage = crate::progress::global().stage(format!("collector {name}"));
     loop {
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, src)) => {
+                    let _unit = stage.busy();
                     counters.datagrams.fetch_add(1, Ordering::Relaxed);
                     match tx.try_send((src, now_ms(), buf[..n].to_vec())) {
                         Ok(()) => {}

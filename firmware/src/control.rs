@@ -39,6 +39,11 @@ pub enum Request {
     /// Read the configuration file again and apply it (`flowwarden reload`,
     /// the page's settings).
     Reload,
+    /// `flowwarden watchdog-test`: the named stage hangs in its next unit of
+    /// work (crate::progress), so the watchdog can be seen to reset the box.
+    FreezeStage {
+        stage: String,
+    },
 }
 
 /// The appliance's answer.

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod pki;
+pub mod progress;
 pub mod provision;
 pub mod query;
 pub mod store;

@@ -525,6 +525,7 @@ fn start_generation(pipeline: Pipeline, p: GenerationParts<'_>) -> Result<Genera
             let mut last_flush = Instant::now();
             let mut last_kernel = Instant::now();
             let mut reported_drops = counters.kernel_drops.load(Ordering::Relaxed);
+            let stage = crate::progress::global().stage("decoder");
             loop {
                 let mode = flag.load(Ordering::Relaxed);
                 if mode != RUNNING {
@@ -533,7 +534,10 @@ fn start_generation(pipeline: Pipeline, p: GenerationParts<'_>) -> Result<Genera
                     let (report, carried) = pipeline.hand_over(mode == HAND_OVER_KEEP_ENGINE);
                     return (rx, report, carried);
                 }
-                match rx.recv_timeout(Duration::from_millis(100)) {
+                let got = rx.recv_timeout(Duration::from_millis(100));
+                // Waiting is idle; from here to the next wait is one unit of work.
+                let _unit = stage.busy();
+                match got {
                     Ok((src, arrival, data)) => pipeline.datagram(src, arrival, &data),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -710,6 +714,7 @@ pub async fn run_live(
     )
     .await?;
     let hup_task = tokio::spawn(reload_on_sighup(reload_tx, stop_rx.clone()));
+    let progress_task = tokio::spawn(report_progress(stop_rx.clone()));
     let ready = format!("flowwarden: ready, listening on udp {}", summary.join(", "));
     // A closed stdout (the reader of `run | head` gone) must not stop the appliance.
     let _ = writeln!(std::io::stdout(), "{ready}");
@@ -803,6 +808,7 @@ pub async fn run_live(
         let _ = t.await;
     }
     let _ = hup_task.await;
+    let _ = progress_task.await;
     // The control server (and the page, through its handler) reach the writer:
     // they end before it may.
     let _ = control_task.await;
@@ -927,6 +933,13 @@ fn control_handler(tx: WriterSlot, dir: crate::store::DataDir, reload: tokio::sy
                 Err(e) => Reply::Refused(e),
             }
         }
+        Request::FreezeStage { stage } => match crate::progress::global().freeze(&stage) {
+            Ok(hit) => {
+                tracing::warn!("watchdog-test: stage(s) {} will hang in their next unit of work", hit.join(", "));
+                Reply::Done
+            }
+            Err(there) => Reply::Refused(format!("no stage named {stage:?}; running: {}", there.join(", "))),
+        },
         Request::Reload => {
             let (reply_tx, reply_rx) = sync_channel(1);
             if reload.blocking_send(Some(reply_tx)).is_err() {
@@ -943,6 +956,42 @@ fn control_handler(tx: WriterSlot, dir: crate::store::DataDir, reload: tokio::sy
 
 /// How long `flowwarden reload` waits for the stages to restart.
 const RELOAD_WAIT: Duration = Duration::from_secs(120);
+
+/// The watchdog's side in the appliance (crate::progress): every few seconds,
+/// tell PID 1 that every stage makes progress (on the image), and log a stage
+/// that hangs once when it starts and once when it recovers.
+async fn report_progress(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let on_image = crate::management::under_init();
+    let p = crate::progress::global();
+    let mut stalled: Option<crate::progress::Stalled> = None;
+    loop {
+        let now = if on_image {
+            crate::progress::report(p, Path::new(crate::progress::ALIVE_FILE), Path::new(crate::progress::STALL_FILE))
+        } else {
+            p.check().err()
+        };
+        match (&stalled, &now) {
+            (None, Some(s)) => tracing::error!(
+                "watchdog: {s}{}",
+                if on_image {
+                    "; PID 1 stops petting the watchdog and the box resets unless it recovers"
+                } else {
+                    ""
+                }
+            ),
+            (Some(s), None) => tracing::warn!("watchdog: stage {} makes progress again", s.stage),
+            _ => {}
+        }
+        stalled = now;
+        tokio::select! {
+            _ = tokio::time::sleep(crate::progress::REPORT_EVERY) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    if on_image {
+        let _ = std::fs::remove_file(crate::progress::ALIVE_FILE);
+    }
+}
 
 /// SIGHUP asks for a reload (as daemons do), until the appliance stops.
 async fn reload_on_sighup(reload: tokio::sync::mpsc::Sender<ReloadAsk>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -1008,7 +1057,9 @@ fn run_detector(
     let mut batches = 0u64;
     // The learning state is published at the first batch and then every STATUS_EVERY.
     let mut last_status: Option<std::time::Instant> = None;
+    let stage = crate::progress::global().stage("detector");
     while let Ok(msg) = rx.recv() {
+        let _unit = stage.busy();
         match msg {
             DetectMsg::Flows(b) => {
                 engine.process(&b);

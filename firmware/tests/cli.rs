@@ -319,3 +319,30 @@ fn query_reads_while_run_writes() {
     let (status, _) = fw.stop();
     assert!(status.success());
 }
+
+#[test]
+fn watchdog_test_names_the_stages_and_freezes_only_what_is_asked() {
+    let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = d.path().as_os_str();
+    let fw = common::Running::start(d.path(), &[]);
+    let (ok, _, err) = common::cli(&[os("watchdog-test"), os("--data-dir"), dir, os("nosuch"), os("--yes")]);
+    assert!(!ok);
+    assert!(err.contains("watchdog-test refused: no stage named \"nosuch\"; running: "), "{err}");
+    for stage in ["decoder", "writer", "detector", "collector 127.0.0.1:", "web"] {
+        assert!(err.contains(stage), "{stage} not among the stages named: {err}");
+    }
+    // Without --yes it only says what it would do.
+    let (ok, out, _) = common::cli(&[os("watchdog-test"), os("--data-dir"), dir, os("collector")]);
+    assert!(ok && out.contains("Add --yes to do it."), "{out}");
+    // The collector hangs at its next datagram; none is sent, so the appliance still stops cleanly.
+    let (ok, out, err) = common::cli(&[os("watchdog-test"), os("--data-dir"), dir, os("collector"), os("--yes")]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("flowwarden: stage collector hangs from its next unit of work; the watchdog notices after 60 s"),
+        "{out}"
+    );
+    let (status, _) = fw.stop();
+    assert!(status.success(), "{status}");
+    let (ok, _, err) = common::cli(&[os("watchdog-test"), os("--data-dir"), dir, os("--yes")]);
+    assert!(!ok && err.contains("no appliance is running on this data directory"), "{err}");
+}

@@ -8,7 +8,7 @@
 //! stages: collector, capture, decode, detect, forward, query, accounts ─▶ store ─▶ leaves
 //! control (the channel to a running appliance) ─▶ accounts
 //! web (the page) ─▶ what the stages keep (decode, detect, forward, query, store), accounts, control
-//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki geo management fsutil version
+//! config ─▶ each stage's settings;  leaves: alert flow units timefmt net metrics fasthash table pki geo management fsutil version progress
 //! init (PID 1) ─▶ update (bundles, slots, boot flags)
 //! ```
 
@@ -30,6 +30,7 @@ const LEAVES: &[&str] = &[
     "management",
     "fsutil",
     "version",
+    "progress",
 ];
 
 /// What each top-level module may import besides the leaves (None: anything).

@@ -128,6 +128,20 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Prove the watchdog: make one stage of the running appliance hang (decoder,
+    /// writer, detector, collector, sender, web). On the image, PID 1 stops
+    /// petting the watchdog about a minute later and the box resets.
+    WatchdogTest {
+        /// The running appliance's data directory (its control socket is there).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The stage to hang.
+        #[arg(default_value = "writer")]
+        stage: String,
+        /// Really do it (without it, only says what would happen).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Validate a configuration file; print what it sets and any warnings.
     CheckConfig {
         /// The configuration file (TOML).

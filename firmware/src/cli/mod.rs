@@ -174,6 +174,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Token { action } => accounts::token(action, out),
         Command::CheckConfig { file } => status::check_config(&file, out),
         Command::Reload { data_dir } => run::reload(&data_dir, out),
+        Command::WatchdogTest { data_dir, stage, yes } => run::watchdog_test(&data_dir, &stage, yes, out),
         Command::Update {
             source,
             no_reboot,

@@ -59,6 +59,33 @@ pub fn reload(dir: &Path, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// `flowwarden watchdog-test`: hang one stage of the running appliance on purpose.
+pub fn watchdog_test(dir: &Path, stage: &str, yes: bool, out: &mut dyn Write) -> Result<()> {
+    if !yes {
+        writeln!(
+            out,
+            "flowwarden: this hangs stage {stage} of the running appliance; it stays hung until the appliance restarts, \
+             and on the image the watchdog resets the box about {} s later. Add --yes to do it.",
+            crate::progress::STALL.as_secs()
+        )?;
+        return Ok(());
+    }
+    let req = crate::control::Request::FreezeStage { stage: stage.to_string() };
+    match crate::control::request(dir, &req)? {
+        Some(crate::control::Reply::Done) => {
+            writeln!(
+                out,
+                "flowwarden: stage {stage} hangs from its next unit of work; the watchdog notices after {} s",
+                crate::progress::STALL.as_secs()
+            )?;
+            Ok(())
+        }
+        Some(crate::control::Reply::Refused(why)) => bail!("watchdog-test refused: {why}"),
+        Some(other) => bail!("watchdog-test: unexpected answer {other:?}"),
+        None => bail!("{}: no appliance is running on this data directory", dir.display()),
+    }
+}
+
 pub fn run(cfg: Config, dir: PathBuf, listen: Vec<SocketAddr>, overrides: Overrides, demo: bool) -> Result<()> {
     if demo && !cfg!(feature = "demo") {
         bail!("--demo: this build has no demo (firmware images are built without it; use a laptop build)");

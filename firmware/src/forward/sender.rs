@@ -127,6 +127,9 @@ struct Run<'a> {
     delivered: crate::metrics::Counter,
     started: Instant,
     next_heartbeat: Option<Instant>,
+    /// For the watchdog: connecting and sending are units of work (each bounded
+    /// by a timeout); waiting for alerts is idle.
+    stage: crate::progress::Stage,
 }
 
 impl Run<'_> {
@@ -261,7 +264,10 @@ impl Run<'_> {
             if *stop.borrow() {
                 return End::Stop;
             }
-            match self.send_batch(conn).await {
+            let unit = self.stage.busy();
+            let sent = self.send_batch(conn).await;
+            drop(unit);
+            match sent {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return End::Failed(e),
@@ -270,7 +276,10 @@ impl Run<'_> {
                 && Instant::now() >= at
             {
                 let hb = Event::Heartbeat(self.heartbeat());
-                if let Err(e) = self.send_one(conn, hb).await {
+                let unit = self.stage.busy();
+                let sent = self.send_one(conn, hb).await;
+                drop(unit);
+                if let Err(e) = sent {
                     return End::Failed(e);
                 }
                 self.state.heartbeats += 1;
@@ -331,6 +340,7 @@ pub async fn run(
         delivered,
         started: Instant::now(),
         next_heartbeat: (hb > 0).then(Instant::now),
+        stage: crate::progress::global().stage(format!("sender {}", d.cfg.name)),
     };
     run.publish();
     let mut wake = shared.subscribe();
@@ -342,10 +352,12 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
+        let unit = run.stage.busy();
         let attempt = tokio::select! {
             c = d.connect_fut() => c,
             _ = stop.changed() => break,
         };
+        drop(unit);
         let delivered_before = run.state.delivered + run.state.heartbeats;
         match attempt {
             Err(e) => {

@@ -86,6 +86,10 @@ fn resolve_failure(host: &str, e: &hickory_resolver::ResolveError) -> String {
 
 /// How long a UDP send waits for the receiving host's ICMP port unreachable.
 const UDP_CONFIRM_WAIT: Duration = Duration::from_millis(200);
+/// A write that the receiver does not take within this long fails the session
+/// (which reconnects) instead of hanging the sender: the watchdog counts a
+/// sender stuck in a write as hung.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn io_reason(e: &std::io::Error, f: &ForwardConfig) -> String {
     if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
@@ -205,6 +209,16 @@ async fn connect_to(
 impl Conn {
     /// Write framed bytes (stream) or datagrams (udp).
     pub async fn send(&mut self, f: &ForwardConfig, stream_bytes: &[u8], datagrams: &[Vec<u8>]) -> Result<(), ForwardError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write(f, stream_bytes, datagrams)).await {
+            Ok(r) => r,
+            Err(_) => Err(ForwardError::Delivery(format!(
+                "write failed: timed out after {} s: the receiver stopped reading",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn write(&mut self, f: &ForwardConfig, stream_bytes: &[u8], datagrams: &[Vec<u8>]) -> Result<(), ForwardError> {
         let res = match &mut self.stream {
             Stream::Tls(s) => match s.write_all(stream_bytes).await {
                 Ok(()) => s.flush().await,

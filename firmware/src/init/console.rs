@@ -1,6 +1,6 @@
 //! The serial-console maintenance commands PID 1 accepts from a field
 //! technician (and from the QEMU system tests): `query ...`, `exporters ...`,
-//! `status`, `user ...`, `token ...`, `update ...`, `network keep`, `factory-reset`, `reboot`, `poweroff`, `help`. Query and
+//! `status`, `user ...`, `token ...`, `update ...`, `network keep`, `watchdog-test`, `factory-reset`, `reboot`, `poweroff`, `help`. Query and
 //! account commands run the appliance binary as a child with `--data-dir`
 //! filled in (account changes reach a running appliance over its control
 //! socket, so `user set` here is the password recovery that keeps all data); each command ends with a
@@ -43,7 +43,7 @@ pub enum ConsoleCmd {
     Empty,
 }
 
-pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | update URL|FILE [--no-reboot] | update --acknowledge-rollback | network keep | factory-reset [--yes] | reboot | poweroff | help";
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | update URL|FILE [--no-reboot] | update --acknowledge-rollback | network keep | watchdog-test [STAGE] [--yes] | factory-reset [--yes] | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
 pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
@@ -101,7 +101,9 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
         (first.as_str(), &words[1..])
     };
     match cmd {
-        "query" | "exporters" => {
+        // `update URL|FILE [--no-reboot]`, `update --acknowledge-rollback`;
+        // `watchdog-test [STAGE] [--yes]`: hang a stage and watch the watchdog reset the box.
+        "query" | "exporters" | "update" | "watchdog-test" => {
             if rest.iter().any(|w| w == "--data-dir" || w.starts_with("--data-dir=")) {
                 return Err(ConsoleError::DataDirFixed);
             }
@@ -128,15 +130,6 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
             })
         }
         "version" => Ok(ConsoleCmd::Exec(vec!["version".into()])),
-        // `update URL|FILE [--no-reboot]`, `update --acknowledge-rollback`.
-        "update" => {
-            if rest.iter().any(|w| w == "--data-dir" || w.starts_with("--data-dir=")) {
-                return Err(ConsoleError::DataDirFixed);
-            }
-            let mut args = vec!["update".to_string(), "--data-dir".into(), data_dir.to_string()];
-            args.extend(rest.iter().cloned());
-            Ok(ConsoleCmd::Exec(args))
-        }
         "reload" => Ok(ConsoleCmd::Exec(vec!["reload".into(), "--data-dir".into(), data_dir.to_string()])),
         "status" => Ok(ConsoleCmd::Status),
         "network" if rest.len() == 1 && rest[0] == "keep" => Ok(ConsoleCmd::NetworkKeep),
@@ -202,6 +195,14 @@ mod tests {
             ConsoleCmd::FactoryReset { confirmed: true }
         );
         assert!(parse("factory-reset now", "/d").is_err());
+        assert_eq!(
+            parse("watchdog-test writer --yes", "/d").unwrap(),
+            ConsoleCmd::Exec(v(&["watchdog-test", "--data-dir", "/d", "writer", "--yes"]))
+        );
+        assert!(matches!(
+            parse("watchdog-test --data-dir /x", "/d"),
+            Err(ConsoleError::DataDirFixed)
+        ));
         assert_eq!(
             parse("update http://10.0.2.2:8000/x.fwb --no-reboot", "/d").unwrap(),
             ConsoleCmd::Exec(v(&["update", "--data-dir", "/d", "http://10.0.2.2:8000/x.fwb", "--no-reboot"]))

@@ -76,6 +76,7 @@ macro_rules! say {
 }
 
 pub mod netman;
+pub mod watchdog;
 
 /// Written by `cargo xtask image`: version, board, commit, kernel package.
 const RELEASE_FILE: &str = "/etc/flowwarden/release";
@@ -367,29 +368,27 @@ async fn supervise(
     );
     serve_requests(net, slot_ctl.clone(), tx.clone());
     // A slot on trial: look at the appliance's health every 2 s.
-    let mut health = tokio::time::interval(Duration::from_secs(2));
+    let mut trial_tick = tokio::time::interval(Duration::from_secs(2));
 
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
-    // The watchdog resets the box unless we pet it; we pet it only while the appliance runs.
+    // Why the last boot ended, if the watchdog ended it (before this boot arms it again).
+    if let Some(line) = watchdog::previous_reset(cfg.watchdog.as_ref(), &cfg.data.mountpoint) {
+        println!("flowwarden: {line}");
+        if !crate::update::append_event(&cfg.data.mountpoint, "watchdog_reset", &line) {
+            say!("event watchdog_reset not queued for the audit trail");
+        }
+    }
+    // The watchdog resets the box unless we pet it; we pet it only while the
+    // appliance reports progress (watchdog.rs).
+    let mut health = watchdog::Health::new(cfg.watchdog.as_ref());
     let mut watchdog = cfg
         .watchdog
         .as_ref()
-        .and_then(|w| match std::fs::OpenOptions::new().write(true).open(&w.device) {
-            Ok(f) => {
-                say!(
-                    "watchdog {} armed, petted every {} s while the appliance runs",
-                    w.device.display(),
-                    w.pet_secs
-                );
-                Some(f)
-            }
-            Err(e) => {
-                say!("watchdog {}: {e}; running without one", w.device.display());
-                None
-            }
-        });
-    let mut pet = tokio::time::interval(Duration::from_secs(cfg.watchdog.as_ref().map(|w| w.pet_secs).unwrap_or(3600)));
+        .and_then(|w| watchdog::Watchdog::open(w, &cfg.data.mountpoint));
+    let mut pet = tokio::time::interval(Duration::from_secs(cfg.watchdog.as_ref().map(|w| w.pet_secs).unwrap_or(5)));
     let mut appliance: Option<Pid> = None;
+    // The last verdict on the appliance's progress (a slot on trial needs it to be marked good).
+    let progressing = std::sync::atomic::AtomicBool::new(false);
     let mut exits: VecDeque<Instant> = VecDeque::new();
     let mut restart_at = Some(tokio::time::Instant::now());
     let mut console_children: HashMap<Pid, std::sync::mpsc::SyncSender<i32>> = HashMap::new();
@@ -402,6 +401,7 @@ async fn supervise(
                     if Some(pid) == appliance {
                         appliance = None;
                         appliance_pid.store(0, Ordering::Relaxed);
+                        health.exited();
                         let now = Instant::now();
                         exits.push_back(now);
                         while exits.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(300)) {
@@ -420,21 +420,20 @@ async fn supervise(
                 }
                 None
             }
-            _ = pet.tick(), if watchdog.is_some() => {
-                if appliance.is_some()
-                    && let Some(w) = watchdog.as_mut()
-                {
-                    use std::io::Write;
-                    if let Err(e) = w.write_all(b"\0") {
-                        say!("watchdog: {e}");
-                    }
+            _ = pet.tick() => {
+                let verdict = health.check(appliance_pid.load(Ordering::Relaxed));
+                // Marking a slot good needs a real report, not the start-up grace.
+                progressing.store(verdict.is_ok() && health.reported(), Ordering::Relaxed);
+                if let Some(w) = watchdog.as_mut() {
+                    w.tick(verdict);
                 }
                 None
             }
-            _ = health.tick(), if slot_ctl.is_some() => {
+            _ = trial_tick.tick(), if slot_ctl.is_some() => {
                 if let Some(ctl) = slot_ctl.clone() {
                     let pid = appliance_pid.load(Ordering::Relaxed);
-                    let _ = tokio::task::spawn_blocking(move || ctl.check_health(pid)).await;
+                    let ok = progressing.load(Ordering::Relaxed);
+                    let _ = tokio::task::spawn_blocking(move || ctl.check_health(pid, ok)).await;
                 }
                 None
             }
@@ -449,6 +448,7 @@ async fn supervise(
                         set(&status, |s| s.appliance = format!("running, pid {}", pid.as_raw_nonzero()));
                         appliance = Some(pid);
                         appliance_pid.store(pid.as_raw_nonzero().get(), Ordering::Relaxed);
+                        health.started();
                     }
                     Err(e) => return Err(e),
                 }
@@ -483,10 +483,9 @@ async fn supervise(
             },
         };
         if let Some(stop) = stop {
-            if let Some(mut w) = watchdog.take() {
+            if let Some(w) = watchdog.take() {
                 // Magic close: a deliberate shutdown must not be taken for a hang.
-                use std::io::Write;
-                let _ = w.write_all(b"V");
+                w.close();
             }
             if let Some(ctl) = &slot_ctl {
                 ctl.shutdown();

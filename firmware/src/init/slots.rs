@@ -174,7 +174,7 @@ impl SlotCtl {
             ),
             Boot::Trial { try_no } => {
                 println!(
-                    "flowwarden: slot {} ({}) on trial, boot {try_no} of {}: marked good once the appliance has been ready for {} s",
+                    "flowwarden: slot {} ({}) on trial, boot {try_no} of {}: marked good once the appliance has been ready and reporting progress for {} s",
                     self.running.as_str(),
                     self.version,
                     fwbundle::boot::TRIES,
@@ -189,17 +189,29 @@ impl SlotCtl {
                 failed_version,
                 tries,
             } => {
-                let line = format!(
-                    "rolled back to slot {} ({}) after {tries} failed boots of slot {} ({})",
-                    self.running.as_str(),
-                    self.version,
-                    failed.as_str(),
-                    if failed_version.is_empty() {
-                        "unknown version"
-                    } else {
-                        &failed_version
-                    }
-                );
+                let failed_version = if failed_version.is_empty() {
+                    "unknown version"
+                } else {
+                    &failed_version
+                };
+                let line = if tries == 0 {
+                    // GRUB's menu fallback: the slot's kernel or initramfs could not be loaded.
+                    format!(
+                        "rolled back to slot {} ({}) after GRUB could not load slot {} ({}): no boot of it started",
+                        self.running.as_str(),
+                        self.version,
+                        failed.as_str(),
+                        failed_version
+                    )
+                } else {
+                    format!(
+                        "rolled back to slot {} ({}) after {tries} failed boots of slot {} ({})",
+                        self.running.as_str(),
+                        self.version,
+                        failed.as_str(),
+                        failed_version
+                    )
+                };
                 println!("flowwarden: {line}");
                 self.audit("rolled_back", &line);
                 self.remember(|r| {
@@ -225,12 +237,14 @@ impl SlotCtl {
         }
     }
 
-    /// Called every few seconds by the supervisor with the appliance's pid (0: not running).
-    pub fn check_health(&self, appliance_pid: i32) {
+    /// Called every few seconds by the supervisor with the appliance's pid (0: not
+    /// running) and whether it reports progress (init::watchdog): a slot is marked
+    /// good only after `good_after` of both, without a restart in between.
+    pub fn check_health(&self, appliance_pid: i32, progressing: bool) {
         let Ok(mut guard) = self.trial.lock() else { return };
         let Some(trial) = guard.as_mut() else { return };
         let ready_pid = std::fs::read_to_string(READY_FILE).ok().and_then(|t| t.trim().parse::<i32>().ok());
-        if appliance_pid == 0 || ready_pid != Some(appliance_pid) {
+        if appliance_pid == 0 || ready_pid != Some(appliance_pid) || !progressing {
             trial.ready_since = None;
             return;
         }
@@ -249,7 +263,7 @@ impl SlotCtl {
                 *guard = None;
                 drop(guard);
                 let line = format!(
-                    "slot {} ({}) marked good: the appliance has been ready for {} s",
+                    "slot {} ({}) marked good: the appliance has been ready and reporting progress for {} s",
                     self.running.as_str(),
                     self.version,
                     self.good_after.as_secs()

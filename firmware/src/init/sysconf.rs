@@ -77,6 +77,32 @@ pub struct Watchdog {
     /// Seconds between pets; must be well under the driver's timeout (iTCO: 30 s).
     #[serde(default = "default_pet")]
     pub pet_secs: u64,
+    /// Petting stops when the appliance has not reported progress for this long
+    /// (it reports every 5 s while no stage is hung: crate::progress).
+    #[serde(default = "default_stale")]
+    pub stale_secs: u64,
+    /// How long a starting appliance (opening a large store) may take before its
+    /// first report; also how long a restart may be pending.
+    #[serde(default = "default_grace")]
+    pub startup_grace_secs: u64,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            device: default_wdt(),
+            pet_secs: default_pet(),
+            stale_secs: default_stale(),
+            startup_grace_secs: default_grace(),
+        }
+    }
+}
+
+fn default_stale() -> u64 {
+    20
+}
+fn default_grace() -> u64 {
+    300
 }
 
 fn default_wdt() -> PathBuf {
@@ -266,6 +292,22 @@ impl SystemConfig {
         {
             return Err(invalid(format!("watchdog.pet_secs = {}: expected 1-60", w.pet_secs)));
         }
+        if let Some(w) = &cfg.watchdog
+            && !(15..=600).contains(&w.stale_secs)
+        {
+            return Err(invalid(format!(
+                "watchdog.stale_secs = {}: expected 15-600 (the appliance reports every 5 s)",
+                w.stale_secs
+            )));
+        }
+        if let Some(w) = &cfg.watchdog
+            && !(30..=3600).contains(&w.startup_grace_secs)
+        {
+            return Err(invalid(format!(
+                "watchdog.startup_grace_secs = {}: expected 30-3600",
+                w.startup_grace_secs
+            )));
+        }
         for s in &cfg.time.ntp_servers {
             ntp_addr(s).map_err(|m| invalid(format!("time.ntp_servers: {m}")))?;
         }
@@ -341,6 +383,11 @@ mod tests {
         assert!(e.contains("watchdog.pet_secs"), "{e}");
         let w = SystemConfig::parse("[watchdog]\n", Path::new("s.toml")).unwrap().watchdog.unwrap();
         assert_eq!((w.device.as_path(), w.pet_secs), (Path::new("/dev/watchdog"), 10));
+        assert_eq!(w, Watchdog::default());
+        let e = SystemConfig::parse("[watchdog]\nstale_secs = 5\n", Path::new("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("watchdog.stale_secs = 5: expected 15-600"), "{e}");
     }
 
     #[test]

@@ -932,9 +932,13 @@ impl StoreWriter {
 /// Drive a writer from a channel until every sender is gone.
 pub fn run_writer(mut w: StoreWriter, rx: Receiver<StoreMsg>) -> Arc<StoreCounters> {
     let mut deadline = Instant::now() + w.cfg.commit_interval;
+    let stage = crate::progress::global().stage("writer");
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
+        let got = rx.recv_timeout(wait);
+        // Each message (and each timed commit) is one unit of work for the watchdog.
+        let _unit = stage.busy();
+        match got {
             Ok(StoreMsg::Flows(b)) => {
                 w.add_batch(b);
                 if w.pending_flows() >= w.cfg.commit_max_flows {

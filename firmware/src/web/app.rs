@@ -326,10 +326,13 @@ impl State {
 /// Housekeeping until `stop`: the sessions gauge.
 pub async fn housekeeping(state: State, mut stop: tokio::sync::watch::Receiver<bool>) {
     let gauge = state.app.metrics.gauge(&defs::WEB_SESSIONS, &[]);
+    let stage = crate::progress::global().stage("web");
     loop {
+        let unit = stage.busy();
         gauge.set(state.sessions.count(state.now()) as u64);
         state.sample_rates();
         state.take_system_events();
+        drop(unit);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.changed() => break,

@@ -256,9 +256,15 @@ pub fn status(state: &State) -> Status {
                 name: "firmware",
                 level: Level::Bad,
                 reason: format!(
-                    "{} ({})",
+                    "{} (at {})",
                     rb.get("text").and_then(|t| t.as_str()).unwrap_or("rolled back"),
-                    rb.get("at").and_then(|t| t.as_str()).unwrap_or("?")
+                    rb.get("at")
+                        .and_then(|t| t.as_str())
+                        .map(|at| match parse_time(at, 0) {
+                            Ok(ms) => format!("{} UTC", crate::timefmt::plain_seconds(ms)),
+                            Err(_) => at.to_string(),
+                        })
+                        .unwrap_or_else(|| "?".into())
                 ),
                 fix: Some("the update did not come up: read the console log of its boots, then acknowledge on /system".into()),
             });

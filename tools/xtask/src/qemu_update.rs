@@ -15,7 +15,9 @@
 //!    the half-written one is not bootable;
 //! 5. provisioning (x86_64): a `flowwarden-provision.toml` put on the ESP is applied
 //!    once (a user with an argon2id hash, a configuration) and removed;
-//! 6. factory reset (x86_64): `factory-reset --yes` empties the box (no flows, no
+//! 6. a hung stage (x86_64): `watchdog-test writer --yes`; PID 1 stops petting,
+//!    the iTCO watchdog resets the box, the next boot says why, flows stay;
+//! 7. factory reset (x86_64): `factory-reset --yes` empties the box (no flows, no
 //!    users, a new setup code) and keeps the slots.
 
 use crate::board::Board;
@@ -334,6 +336,7 @@ fn provision_and_reset(board: &Board, disk: &Path, dir: &Path, ready: Duration, 
         (from..vm.len()).all(|i| !vm.line(i).contains("flowwarden: provisioning")),
         "provisioning applied twice"
     );
+    let hang = watchdog_reset(&mut vm, ready, sent)?;
 
     // Factory reset: asked for by typing the word, or --yes.
     let from = vm.len();
@@ -376,5 +379,50 @@ fn provision_and_reset(board: &Board, disk: &Path, dir: &Path, ready: Duration, 
         !left.contains("flowwarden-provision"),
         "the provisioning file is still on the ESP: {left}"
     );
-    Ok("provisioning from the ESP applied once; factory reset emptied the box and kept the slots".into())
+    Ok(format!(
+        "provisioning from the ESP applied once; {hang}; factory reset emptied the box and kept the slots"
+    ))
+}
+
+/// A hung stage: `watchdog-test writer --yes` hangs the store writer; the
+/// appliance stops reporting progress, PID 1 stops petting, the board's watchdog
+/// (q35's iTCO) resets the box, and the next boot says why. Committed flows stay.
+fn watchdog_reset(vm: &mut Vm, ready: Duration, sent: u64) -> Result<String> {
+    let t = Instant::now();
+    let from = vm.len();
+    let (lines, code) = console_code(vm, "watchdog-test writer --yes", Duration::from_secs(60))?;
+    ensure!(
+        code == 0
+            && lines
+                .iter()
+                .any(|l| l.starts_with("flowwarden: stage writer hangs from its next unit of work")),
+        "watchdog-test: exit {code}:\n{}",
+        lines.join("\n")
+    );
+    vm.wait_for("watchdog: stage writer made no progress for ", from, Duration::from_secs(180))?;
+    let i = vm.wait_for(
+        "flowwarden-init: watchdog: not petting any more: stage writer made no progress for ",
+        from,
+        Duration::from_secs(60),
+    )?;
+    let stopped = t.elapsed();
+    let i = vm.wait_for(
+        "flowwarden: the previous boot was reset by the watchdog: stage writer made no progress for ",
+        i,
+        Duration::from_secs(300),
+    )?;
+    let line = vm.line(i);
+    let reset = t.elapsed();
+    vm.wait_for("flowwarden: ready", i, ready)?;
+    ensure!(vm.flows()? == sent, "flows changed across the watchdog reset");
+    Ok(format!(
+        "watchdog: writer hung, petting stopped after {:.0} s, box reset and back after {:.0} s (driver {})",
+        stopped.as_secs_f64(),
+        reset.as_secs_f64(),
+        if line.contains("the driver confirms") {
+            "confirms the reset"
+        } else {
+            "does not report it"
+        }
+    ))
 }
