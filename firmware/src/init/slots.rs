@@ -22,6 +22,69 @@ macro_rules! say {
 use crate::update::READY_FILE;
 const SLOTS_JSON: &str = "/run/flowwarden/slots.json";
 const RECORD: &str = "update.json";
+/// The appliance's configuration file in the data directory (crate::config::SAVED_CONFIG;
+/// a test keeps the two equal: init does not import the configuration's code).
+pub const CONFIG: &str = "flowwarden.toml";
+
+/// Where the configuration a slot ran with before an update is kept.
+fn kept_config(data: &Path, slot: Slot) -> PathBuf {
+    data.join(format!("update/config-slot-{}.toml", slot.as_str()))
+}
+
+/// After a rollback to `running`: the configuration may have been changed under the
+/// slot that failed (on the page, by its first start) into something `running`
+/// refuses, and the box would never come up. `check` is this slot's own
+/// `check-config`. When it refuses the current file and differs from the one kept
+/// before the update, the kept one is restored and the refused one kept beside it.
+/// Returns the line to print.
+pub fn restore_config(
+    data: &Path,
+    running: Slot,
+    failed: Slot,
+    failed_version: &str,
+    check: &dyn Fn(&Path) -> Result<(), String>,
+) -> Option<String> {
+    let current = data.join(CONFIG);
+    let kept = kept_config(data, running);
+    let (Ok(now), Ok(before)) = (std::fs::read(&current), std::fs::read(&kept)) else {
+        return None;
+    };
+    if now == before {
+        return None;
+    }
+    let why = check(&current).err()?;
+    let aside = data.join(format!("{CONFIG}.from-slot-{}", failed.as_str()));
+    if let Err(e) = std::fs::rename(&current, &aside) {
+        return Some(format!("cannot move the refused configuration aside to {}: {e}", aside.display()));
+    }
+    if let Err(e) = crate::fsutil::write_atomic(&current, &before, 0o600) {
+        return Some(format!("cannot restore {} from {}: {e}", current.display(), kept.display()));
+    }
+    Some(format!(
+        "configuration restored: slot {} ({failed_version}) left {CONFIG} in a form this slot refuses ({why}); \
+         it is back to what slot {} ran with before the update, the refused file is {}",
+        failed.as_str(),
+        running.as_str(),
+        aside.display()
+    ))
+}
+
+/// `check-config FILE` by this very binary (the slot's own rules); Err(first line).
+fn check_with_own_binary(file: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    let out = std::process::Command::new(exe)
+        .arg("check-config")
+        .arg(file)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("check-config could not run: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    Err(text.lines().find(|l| !l.trim().is_empty()).unwrap_or("refused").trim().to_string())
+}
 
 /// What happened last, kept on the data partition across reboots.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -214,6 +277,10 @@ impl SlotCtl {
                 };
                 println!("flowwarden: {line}");
                 self.audit("rolled_back", &line);
+                if let Some(restored) = restore_config(&self.data, self.running, failed, failed_version, &check_with_own_binary) {
+                    println!("flowwarden: {restored}");
+                    self.audit("config_restored", &restored);
+                }
                 self.remember(|r| {
                     r.last = Some(entry(line.clone()));
                     r.rollback = Some(entry(line));
@@ -283,6 +350,14 @@ impl SlotCtl {
         let Ok(_one) = self.busy.try_lock() else {
             return "failed another update is being installed".into();
         };
+        // What this (good) slot runs with, in case the new one changes it and then fails.
+        if let Ok(text) = std::fs::read(self.data.join(CONFIG)) {
+            let kept = kept_config(&self.data, self.running);
+            let _ = std::fs::create_dir_all(self.data.join("update"));
+            if let Err(e) = crate::fsutil::write_atomic(&kept, &text, 0o600) {
+                say!("cannot keep the configuration in {}: {e}", kept.display());
+            }
+        }
         let target = self.running.other();
         let device = match super::mounts::wait_partition(target.partition(), Duration::from_secs(1)) {
             Ok(d) => d,
@@ -396,4 +471,57 @@ fn partition_bytes(dev: &Path) -> Option<u64> {
     let name = dev.file_name()?.to_string_lossy().into_owned();
     let t = std::fs::read_to_string(Path::new("/sys/class/block").join(name).join("size")).ok()?;
     t.trim().parse::<u64>().ok().map(|s| s * 512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_is_the_one_the_appliance_reads() {
+        assert_eq!(CONFIG, crate::config::SAVED_CONFIG);
+    }
+
+    #[test]
+    fn a_fallback_restores_the_configuration_only_when_this_slot_refuses_the_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path();
+        std::fs::create_dir_all(data.join("update")).unwrap();
+        let refuse = |p: &Path| -> Result<(), String> {
+            let t = std::fs::read_to_string(p).unwrap();
+            if t.contains("new_key") {
+                Err(format!("{}: unknown field `new_key`", p.display()))
+            } else {
+                Ok(())
+            }
+        };
+        let run = || restore_config(data, Slot::A, Slot::B, "2.0", &refuse);
+        // Nothing kept (no update from this slot yet): nothing to do.
+        std::fs::write(data.join(CONFIG), "new_key = 1\n").unwrap();
+        assert_eq!(run(), None);
+        // The same file as before the update: nothing to do.
+        std::fs::write(kept_config(data, Slot::A), "new_key = 1\n").unwrap();
+        assert_eq!(run(), None);
+        // Changed, and this slot accepts it: kept as changed.
+        std::fs::write(kept_config(data, Slot::A), "[web]\n").unwrap();
+        std::fs::write(data.join(CONFIG), "[web]\n[detect]\n").unwrap();
+        assert_eq!(run(), None);
+        assert_eq!(std::fs::read_to_string(data.join(CONFIG)).unwrap(), "[web]\n[detect]\n");
+        // Changed into something this slot refuses: restored, the refused one kept aside.
+        std::fs::write(data.join(CONFIG), "new_key = 1\n").unwrap();
+        let line = run().unwrap();
+        assert!(
+            line.starts_with("configuration restored: slot b (2.0) left flowwarden.toml in a form this slot refuses (")
+                && line.contains("unknown field `new_key`")
+                && line.ends_with("flowwarden.toml.from-slot-b"),
+            "{line}"
+        );
+        assert_eq!(std::fs::read_to_string(data.join(CONFIG)).unwrap(), "[web]\n");
+        assert_eq!(
+            std::fs::read_to_string(data.join("flowwarden.toml.from-slot-b")).unwrap(),
+            "new_key = 1\n"
+        );
+        // And once restored, a second boot does nothing more.
+        assert_eq!(run(), None);
+    }
 }
