@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod alert;
+pub mod backup;
 pub mod capture;
 pub mod cli;
 pub mod collector;

@@ -44,11 +44,15 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         // PID 1 installs updates and settles the boot flags.
         "init" => &["update"],
         "decode" | "detect" | "forward" | "query" | "accounts" => &["store"],
+        // Backup copies the state tables and files, decoding none of them.
+        "backup" => &["store"],
         // The control channel carries the stages' changes to a running appliance.
         "control" => &["accounts"],
         "config" => &["decode", "detect", "forward", "store", "web"],
         // The page reads what the stages keep and changes accounts through the control channel.
-        "web" => &["store", "accounts", "control", "decode", "detect", "forward", "query", "update"],
+        "web" => &[
+            "store", "accounts", "control", "decode", "detect", "forward", "query", "update", "backup",
+        ],
         other => panic!("module {other} is not in the layering table: add it to DESIGN.md and here"),
     })
 }

@@ -842,3 +842,74 @@ fn settings_are_checked_previewed_applied_by_reload_and_reverted() {
     );
     assert!(actions.iter().any(|x| x == "settings_reverted"), "{actions:?}");
 }
+
+#[test]
+fn an_admin_downloads_a_backup_and_restores_it_on_a_new_box() {
+    let (d, e) = (tmp(), tmp());
+    user_set(d.path(), "boss", "admin");
+    user_set(d.path(), "watcher", "viewer");
+    let r = Running::start(d.path(), &[]);
+    let mut v = client(&r);
+    assert_eq!(login(&mut v, "watcher", PASSWORD).status, 303);
+    assert!(!v.get("/system").body.contains("id=\"backup\""), "backup is for admins");
+    let csrf_v = csrf_field(&v.get("/").body);
+    let pass = "branch office 42 passphrase";
+    let fields = [("csrf", csrf_v.as_str()), ("passphrase", pass), ("again", pass)];
+    assert_eq!(v.post_form("/system/backup", &fields).status, 403);
+
+    let mut a = client(&r);
+    assert_eq!(login(&mut a, "boss", PASSWORD).status, 303);
+    let page = a.get("/system");
+    assert!(page.body.contains("id=\"backup-form\"") && page.body.contains("id=\"restore-form\""));
+    let csrf = csrf_field(&page.body);
+    // Refused: no CSRF token; passphrases that differ; one too short.
+    assert_eq!(a.post_form("/system/backup", &[("passphrase", pass), ("again", pass)]).status, 403);
+    let differ = a.post_form("/system/backup", &[("csrf", &csrf), ("passphrase", pass), ("again", "other")]);
+    assert_eq!(differ.status, 400);
+    assert!(differ.body.contains("The two passphrases differ"), "{}", differ.body);
+    let short = a.post_form("/system/backup", &[("csrf", &csrf), ("passphrase", "short"), ("again", "short")]);
+    assert!(short.status == 400 && short.body.contains("at least 12"), "{}", short.body);
+    let got = a.post_form("/system/backup", &[("csrf", &csrf), ("passphrase", pass), ("again", pass)]);
+    assert_eq!(got.status, 200);
+    assert!(
+        got.header("content-disposition")
+            .is_some_and(|c| c.starts_with("attachment; filename=\"flowwarden-backup-") && c.ends_with(".fwbk\"")),
+        "{:?}",
+        got.headers
+    );
+    assert!(got.raw.starts_with(b"FWBACKUP"));
+    assert!(audit_actions(&mut a).iter().any(|x| x == "backup_download"));
+    drop(r);
+
+    // A new box: set up by its first admin, then restored from the download.
+    user_set(e.path(), "newadmin", "admin");
+    let r2 = Running::start(e.path(), &[]);
+    let mut n = client(&r2);
+    assert_eq!(login(&mut n, "newadmin", PASSWORD).status, 303);
+    let csrf = csrf_field(&n.get("/system").body);
+    let wrong = post_multipart(
+        &mut n,
+        &format!("/system/restore?csrf={csrf}"),
+        &[("passphrase", "not the passphrase")],
+        &[("backup", "b.fwbk", &got.raw)],
+    );
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.body.contains("wrong passphrase"), "{}", wrong.body);
+    let ok = post_multipart(
+        &mut n,
+        &format!("/system/restore?csrf={csrf}"),
+        &[("passphrase", pass)],
+        &[("backup", "b.fwbk", &got.raw)],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.body.contains("Restore staged") && ok.body.contains("2 user(s)"), "{}", ok.body);
+    assert!(audit_actions(&mut n).iter().any(|x| x == "restore_upload"));
+    let (st, _) = r2.stop();
+    assert!(st.success());
+    // At the next start the old box's users are this box's users.
+    let r3 = Running::start(e.path(), &[]);
+    let mut b = client(&r3);
+    assert_eq!(login(&mut b, "boss", PASSWORD).status, 303, "the old box's admin logs in");
+    let mut gone = client(&r3);
+    assert_eq!(login(&mut gone, "newadmin", PASSWORD).status, 401, "the restore replaced the users");
+}

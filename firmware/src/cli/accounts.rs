@@ -30,24 +30,94 @@ fn apply(dir: &Path, change: AccountChange) -> Result<&'static str> {
 
 /// The new password: stdin's first line when it is not a terminal, else asked twice without echo.
 fn read_password() -> Result<String> {
+    read_secret("password", true, &|pw| Ok(accounts::check_password(pw)?))
+}
+
+/// A secret (`what`: password, passphrase): stdin's first line when it is not a
+/// terminal, else asked without echo (twice when `new`, checked by `check` first).
+fn read_secret(what: &str, new: bool, check: &dyn Fn(&str) -> Result<()>) -> Result<String> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         let mut line = String::new();
-        stdin.lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read the {what} from stdin"))?;
         let pw = line.strip_suffix('\n').unwrap_or(&line);
         let pw = pw.strip_suffix('\r').unwrap_or(pw);
         if pw.is_empty() {
-            bail!("no password on stdin (its first line is the password)");
+            bail!("no {what} on stdin (its first line is the {what})");
         }
         return Ok(pw.to_string());
     }
-    let first = prompt_hidden("New password: ")?;
-    accounts::check_password(&first)?;
-    let second = prompt_hidden("Same password again: ")?;
+    if !new {
+        return prompt_hidden(&format!("The backup's {what}: "));
+    }
+    let first = prompt_hidden(&format!("New {what}: "))?;
+    check(&first)?;
+    let second = prompt_hidden(&format!("Same {what} again: "))?;
     if first != second {
-        bail!("the two passwords differ; nothing changed");
+        bail!("the two {what}s differ; nothing changed");
     }
     Ok(first)
+}
+
+/// `flowwarden backup`: configuration, certificates and state (no flows) in one encrypted file.
+pub fn backup(dir: &Path, file: &Path, out: &mut dyn Write) -> Result<()> {
+    let data = DataDir::new(dir);
+    let archive = crate::backup::collect(&data)?;
+    let pass = read_secret("passphrase", true, &|p| {
+        let n = p.chars().count();
+        if n < crate::backup::MIN_PASSPHRASE {
+            bail!(
+                "the passphrase is {n} characters; a backup needs at least {}",
+                crate::backup::MIN_PASSPHRASE
+            );
+        }
+        Ok(())
+    })?;
+    let sealed = crate::backup::seal(&archive, &pass, crate::timefmt::now_ms())?;
+    crate::fsutil::write_atomic(file, &sealed, 0o600)?;
+    writeln!(
+        out,
+        "flowwarden: backup written to {} ({} bytes, encrypted): {}",
+        file.display(),
+        sealed.len(),
+        archive.summary()
+    )?;
+    Ok(())
+}
+
+/// `flowwarden restore`: applied now when no appliance runs on `dir`, else staged for its next start.
+pub fn restore(dir: &Path, file: &Path, out: &mut dyn Write) -> Result<()> {
+    let pass = read_secret("passphrase", false, &|_| Ok(()))?;
+    let (header, archive) = crate::backup::read(file, &pass)?;
+    let data = DataDir::new(dir);
+    let from = format!(
+        "{} (made {} by {})",
+        file.display(),
+        crate::timefmt::rfc3339_ms(header.created_ms),
+        header.version
+    );
+    match crate::store::WriterLock::take(&data) {
+        Ok(lock) => {
+            drop(lock);
+            crate::backup::restore(&data, &archive)?;
+            writeln!(out, "flowwarden: restored from {from}: {}", archive.summary())?;
+        }
+        Err(_) => {
+            let p = crate::backup::stage(&data, &archive)?;
+            writeln!(
+                out,
+                "flowwarden: restore from {from} staged in {}: an appliance is running on {}; it applies the restore when it \
+                 next starts (restart it; on the image: reboot): {}",
+                p.display(),
+                dir.display(),
+                archive.summary()
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Ask on the terminal with echo off (restored even when reading fails).

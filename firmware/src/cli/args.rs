@@ -142,6 +142,26 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Save what this box has learned and been told — configuration, certificates,
+    /// users, tokens, alerts, detector baselines, SIEM spools; not the flows — into
+    /// one file encrypted with a passphrase (stdin's first line, or asked twice).
+    Backup {
+        /// The data directory (the appliance may be running on it).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The backup file to write.
+        file: PathBuf,
+    },
+    /// Put a backup onto this box (passphrase: stdin's first line, or asked). With
+    /// no appliance running on DIR it is applied at once; otherwise it is staged
+    /// and applied when the appliance next starts (on the image: reboot).
+    Restore {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Validate a configuration file; print what it sets and any warnings.
     CheckConfig {
         /// The configuration file (TOML).

@@ -118,6 +118,22 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 }
                 None => {}
             }
+            // A restore staged while the appliance ran (`flowwarden restore`, the page): now,
+            // before anything is opened.
+            match crate::backup::apply_pending(&crate::store::DataDir::new(&dir)) {
+                Ok(Some(summary)) => {
+                    let line = format!("restore applied: {summary}");
+                    writeln!(out, "flowwarden: {line}")?;
+                    out.flush()?;
+                    crate::update::append_event(&dir, "restored", &line);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    writeln!(out, "flowwarden: restore NOT applied: {e}")?;
+                    out.flush()?;
+                    crate::update::append_event(&dir, "restore_failed", &e.to_string());
+                }
+            }
             // Without --config, the data directory's file (written by the page's settings) if there is one.
             let file = config.unwrap_or_else(|| dir.join(SAVED_CONFIG));
             let overrides = run::Overrides {
@@ -173,6 +189,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::User { action } => accounts::user(action, out),
         Command::Token { action } => accounts::token(action, out),
         Command::CheckConfig { file } => status::check_config(&file, out),
+        Command::Backup { data_dir, file } => accounts::backup(&data_dir, &file, out),
+        Command::Restore { data_dir, file } => accounts::restore(&data_dir, &file, out),
         Command::Reload { data_dir } => run::reload(&data_dir, out),
         Command::WatchdogTest { data_dir, stage, yes } => run::watchdog_test(&data_dir, &stage, yes, out),
         Command::Update {

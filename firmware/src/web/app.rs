@@ -363,6 +363,12 @@ pub fn router(state: State) -> Router {
             post(pages::update_upload).layer(axum::extract::DefaultBodyLimit::max(crate::update::MAX_BUNDLE as usize)),
         )
         .route("/system/update/acknowledge", post(pages::update_acknowledge))
+        .route("/system/backup", post(pages::backup_download))
+        // A backup carries the state file's tables: up to the archive limit.
+        .route(
+            "/system/restore",
+            post(pages::restore_upload).layer(axum::extract::DefaultBodyLimit::max(crate::backup::MAX_ARCHIVE as usize)),
+        )
         .route("/system/diagnostics", get(views::diagnostics))
         .route("/settings", get(site::settings))
         .route("/settings/preview", post(site::preview_form))

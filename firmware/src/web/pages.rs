@@ -813,6 +813,9 @@ pub async fn system(AxState(s): AxState<State>, v: Viewer) -> Response {
     if let Some(f) = &x.firmware {
         b.push_str(&firmware_section(&v, f));
     }
+    if v.is_admin() {
+        b.push_str(&backup_section(&v));
+    }
     if let Some(d) = &x.detectors {
         b.push_str("<h2>Detectors</h2>");
         let rows: Vec<Vec<String>> = d
@@ -992,6 +995,174 @@ fn firmware_section(v: &Viewer, f: &serde_json::Value) -> String {
     b
 }
 
+/// An admin's form post (CSRF token in the form, or in the query for file uploads):
+/// the refusal to send, or None when it may go on.
+fn admin_post_refused(v: &Viewer, parts: &Parts, csrf: &str) -> Option<Response> {
+    if !v.is_admin() {
+        return Some(forbidden(v));
+    }
+    if !csrf_ok(&parts.headers, &v.csrf, csrf) {
+        return Some(csrf_refused(Some(v)));
+    }
+    None
+}
+
+/// A message page answering an admin's action, linking back to `back` on /system.
+fn answer(v: &Viewer, status: StatusCode, title: &str, text: &str, back: &str) -> Response {
+    (status, Html(message_page(Some(v), title, text, back, "System"))).into_response()
+}
+
+/// Reboot in a moment: the answer reaches the browser before the box goes down.
+fn reboot_soon() {
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let _ = tokio::task::spawn_blocking(|| crate::management::ask_init("system reboot")).await;
+    });
+}
+
+/// Backup and restore (admin): what a replacement box needs, in one encrypted file.
+fn backup_section(v: &Viewer) -> String {
+    format!(
+        "<h2 id=\"backup\">Backup and restore</h2>\
+         <p class=\"hint\">Configuration, certificates, users, tokens, alerts, detector baselines and SIEM spools \
+         (not the flows), encrypted with a passphrase of at least {min} characters. Restore it on a replacement box \
+         to keep what this one has learned.</p>\
+         <form method=\"post\" action=\"/system/backup\" class=\"stack\" id=\"backup-form\">{csrf}\
+         <label>Passphrase <input type=\"password\" name=\"passphrase\" minlength=\"{min}\" autocomplete=\"new-password\" required></label>\
+         <label>Same passphrase again <input type=\"password\" name=\"again\" minlength=\"{min}\" autocomplete=\"new-password\" required></label>\
+         <button type=\"submit\">Download backup</button></form>\
+         <form method=\"post\" action=\"/system/restore?csrf={token}\" enctype=\"multipart/form-data\" class=\"stack\" id=\"restore-form\">\
+         <label>Backup file (.fwbk) <input type=\"file\" name=\"backup\" accept=\".fwbk\" required></label>\
+         <label>Its passphrase <input type=\"password\" name=\"passphrase\" autocomplete=\"off\" required></label>\
+         <button type=\"submit\">Restore and restart</button></form>\
+         <p class=\"hint\">A restore replaces the configuration, certificates, users, tokens, alerts and baselines of this box; \
+         its flows stay. It is applied when the appliance restarts.</p>",
+        min = crate::backup::MIN_PASSPHRASE,
+        csrf = html::csrf(v),
+        token = esc(&v.csrf)
+    )
+}
+
+#[derive(Deserialize)]
+pub struct BackupForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    passphrase: String,
+    #[serde(default)]
+    again: String,
+}
+
+/// `POST /system/backup` (admin): the encrypted backup as a download.
+pub async fn backup_download(AxState(s): AxState<State>, v: Viewer, parts: Parts, Form(f): Form<BackupForm>) -> Response {
+    if let Some(r) = admin_post_refused(&v, &parts, &f.csrf) {
+        return r;
+    }
+    let ip = peer_ip(&parts);
+    let refused = |text: String| answer(&v, StatusCode::BAD_REQUEST, "Backup", &text, "/system#backup");
+    if f.passphrase != f.again {
+        return refused("The two passphrases differ; no backup was made.".into());
+    }
+    let dir = crate::store::DataDir::new(&s.app.data_dir);
+    let now = s.now();
+    let pass = f.passphrase;
+    let made = tokio::task::spawn_blocking(move || {
+        let a = crate::backup::collect(&dir)?;
+        Ok::<_, crate::backup::BackupError>((crate::backup::seal(&a, &pass, now)?, a.summary()))
+    })
+    .await;
+    match made {
+        Ok(Ok((bytes, summary))) => {
+            s.audit_action(&v, ip, "backup_download", format!("{} bytes: {summary}", bytes.len()));
+            let name = format!(
+                "flowwarden-backup-{}.fwbk",
+                crate::timefmt::rfc3339_ms(now).get(..10).unwrap_or("now")
+            );
+            (
+                StatusCode::OK,
+                [
+                    (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+                    (axum::http::header::CACHE_CONTROL, "no-store".to_string()),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            s.audit_action(&v, ip, "backup_download", format!("failed: {e}"));
+            refused(format!("No backup was made: {e}."))
+        }
+        Err(e) => refused(format!("No backup was made: {e}.")),
+    }
+}
+
+/// `POST /system/restore` (admin, multipart `backup` and `passphrase`): opened and
+/// checked here, staged for the appliance's next start, then (on the image) the
+/// box reboots to apply it. The CSRF token comes in the query.
+pub async fn restore_upload(
+    AxState(s): AxState<State>,
+    v: Viewer,
+    parts: Parts,
+    axum::extract::Query(q): axum::extract::Query<CsrfQuery>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    if let Some(r) = admin_post_refused(&v, &parts, &q.csrf) {
+        return r;
+    }
+    let ip = peer_ip(&parts);
+    let page = |status: StatusCode, text: String| answer(&v, status, "Restore", &text, "/system#backup");
+    let (mut file, mut pass) = (Vec::new(), String::new());
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or("").to_string();
+                match field.bytes().await {
+                    Ok(b) if name == "backup" => file = b.to_vec(),
+                    Ok(b) if name == "passphrase" => pass = String::from_utf8_lossy(&b).to_string(),
+                    Ok(_) => {}
+                    Err(e) => return page(StatusCode::BAD_REQUEST, format!("The upload broke off: {e}.")),
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return page(StatusCode::BAD_REQUEST, format!("The upload broke off: {e}.")),
+        }
+    }
+    let dir = crate::store::DataDir::new(&s.app.data_dir);
+    let staged = tokio::task::spawn_blocking(move || {
+        let (h, a) = crate::backup::open(&file, &pass, std::path::Path::new("the uploaded backup"))?;
+        crate::backup::stage(&dir, &a)?;
+        Ok::<_, crate::backup::BackupError>(format!(
+            "made {} by {}: {}",
+            crate::timefmt::rfc3339_ms(h.created_ms),
+            h.version,
+            a.summary()
+        ))
+    })
+    .await;
+    let what = match staged {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            s.audit_action(&v, ip, "restore_upload", format!("refused: {e}"));
+            return page(StatusCode::BAD_REQUEST, format!("Nothing was restored: {e}."));
+        }
+        Err(e) => return page(StatusCode::INTERNAL_SERVER_ERROR, format!("Nothing was restored: {e}.")),
+    };
+    s.audit_action(&v, ip, "restore_upload", format!("staged: {what}"));
+    if crate::management::under_init() {
+        reboot_soon();
+        page(
+            StatusCode::OK,
+            format!("Restore staged ({what}). The box reboots to apply it; this page answers again in a minute or two."),
+        )
+    } else {
+        page(
+            StatusCode::OK,
+            format!("Restore staged ({what}). It is applied when flowwarden next starts: restart it."),
+        )
+    }
+}
+
 #[derive(Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
@@ -1012,11 +1183,8 @@ struct Pid1Ask {
 
 /// An admin's request to PID 1 from the page: checked (role, CSRF), asked, audited, shown.
 async fn ask_pid1(s: &State, v: &Viewer, parts: &Parts, csrf: &str, a: Pid1Ask) -> Response {
-    if !v.is_admin() {
-        return forbidden(v);
-    }
-    if !csrf_ok(&parts.headers, &v.csrf, csrf) {
-        return csrf_refused(Some(v));
+    if let Some(r) = admin_post_refused(v, parts, csrf) {
+        return r;
     }
     let answer = if crate::management::under_init() {
         tokio::task::spawn_blocking(move || crate::management::ask_init(a.request))
@@ -1087,20 +1255,11 @@ pub async fn update_upload(
     axum::extract::Query(q): axum::extract::Query<CsrfQuery>,
     mut form: axum::extract::Multipart,
 ) -> Response {
-    if !v.is_admin() {
-        return forbidden(&v);
-    }
-    if !csrf_ok(&parts.headers, &v.csrf, &q.csrf) {
-        return csrf_refused(Some(&v));
+    if let Some(r) = admin_post_refused(&v, &parts, &q.csrf) {
+        return r;
     }
     let ip = peer_ip(&parts);
-    let page = |status: StatusCode, text: String| {
-        (
-            status,
-            Html(message_page(Some(&v), "Firmware update", &text, "/system#firmware", "System")),
-        )
-            .into_response()
-    };
+    let page = |status: StatusCode, text: String| answer(&v, status, "Firmware update", &text, "/system#firmware");
     if !crate::management::under_init() {
         return page(
             StatusCode::CONFLICT,
@@ -1158,11 +1317,7 @@ pub async fn update_upload(
         .unwrap_or_else(|e| format!("flowwarden: update failed: {e}"));
     let _ = std::fs::remove_file(&dest);
     if ending.contains(" staged in slot ") {
-        // Let the answer reach the browser before the box goes down.
-        tokio::spawn(async {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            let _ = tokio::task::spawn_blocking(|| crate::management::ask_init("system reboot")).await;
-        });
+        reboot_soon();
         page(
             StatusCode::OK,
             format!("{ending}. The box reboots into it now; this page answers again in a minute or two."),

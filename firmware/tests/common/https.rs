@@ -15,6 +15,8 @@ pub struct Resp {
     /// Header names in lower case, in order.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes (downloads).
+    pub raw: Vec<u8>,
 }
 
 impl Resp {
@@ -193,5 +195,6 @@ fn parse(raw: &[u8]) -> Resp {
         status,
         headers,
         body: String::from_utf8_lossy(&body).to_string(),
+        raw: body,
     }
 }
