@@ -233,6 +233,11 @@ fn a_technician_sets_up_logs_in_and_reads_every_page() {
         b.screenshot(&shots().join(format!("{}.png", &path[1..])));
     }
     assert!(b.text("main").contains("setup"), "the audit log shows the first admin's setup");
+    let main = b.text("main");
+    assert!(
+        main.contains("Backup and restore") && main.contains("Download backup") && main.contains("Restore and restart"),
+        "the admin's /system has backup and restore: {main}"
+    );
 
     // Settings: name the demo's exporter through the form; the preview shows
     // the change as a diff, "Apply" reloads, and the exporters page shows the name.

@@ -1027,16 +1027,18 @@ fn backup_section(v: &Viewer) -> String {
          <p class=\"hint\">Configuration, certificates, users, tokens, alerts, detector baselines and SIEM spools \
          (not the flows), encrypted with a passphrase of at least {min} characters. Restore it on a replacement box \
          to keep what this one has learned.</p>\
+         <h3>Make a backup</h3>\
          <form method=\"post\" action=\"/system/backup\" class=\"stack\" id=\"backup-form\">{csrf}\
          <label>Passphrase <input type=\"password\" name=\"passphrase\" minlength=\"{min}\" autocomplete=\"new-password\" required></label>\
          <label>Same passphrase again <input type=\"password\" name=\"again\" minlength=\"{min}\" autocomplete=\"new-password\" required></label>\
          <button type=\"submit\">Download backup</button></form>\
+         <h3>Restore a backup onto this box</h3>\
+         <p class=\"hint\">A restore replaces the configuration, certificates, users, tokens, alerts and baselines of this box \
+         (its flows stay) and restarts it to apply them.</p>\
          <form method=\"post\" action=\"/system/restore?csrf={token}\" enctype=\"multipart/form-data\" class=\"stack\" id=\"restore-form\">\
          <label>Backup file (.fwbk) <input type=\"file\" name=\"backup\" accept=\".fwbk\" required></label>\
          <label>Its passphrase <input type=\"password\" name=\"passphrase\" autocomplete=\"off\" required></label>\
-         <button type=\"submit\">Restore and restart</button></form>\
-         <p class=\"hint\">A restore replaces the configuration, certificates, users, tokens, alerts and baselines of this box; \
-         its flows stay. It is applied when the appliance restarts.</p>",
+         <button type=\"submit\" class=\"danger\">Restore and restart</button></form>",
         min = crate::backup::MIN_PASSPHRASE,
         csrf = html::csrf(v),
         token = esc(&v.csrf)
