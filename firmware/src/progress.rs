@@ -223,8 +223,14 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// One report: writes `alive` (pid and the stages watched) or, for a hung
 /// stage, removes it and writes `stalled`. Returns the stall, if any.
 pub fn report(p: &Progress, alive: &std::path::Path, stalled: &std::path::Path) -> Option<Stalled> {
-    match p.check() {
+    report_at(p, p.now_ms(), alive, stalled)
+}
+
+fn report_at(p: &Progress, now_ms: u64, alive: &std::path::Path, stalled: &std::path::Path) -> Option<Stalled> {
+    match p.check_at(now_ms) {
         Ok(names) => {
+            // A stage that recovered: PID 1 goes by the stall file first.
+            let _ = std::fs::remove_file(stalled);
             let text = format!("{}\n{}\n", std::process::id(), names.join("\n"));
             if let Err(e) = crate::fsutil::write_atomic(alive, text.as_bytes(), 0o644) {
                 tracing::warn!("{}: {e}", alive.display());
@@ -305,9 +311,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (alive, stalled) = (dir.path().join("alive"), dir.path().join("stalled"));
         let p = Progress::new();
-        let _w = p.stage("writer");
-        assert_eq!(report(&p, &alive, &stalled), None);
+        let w = p.stage("writer");
+        assert_eq!(report_at(&p, 0, &alive, &stalled), None);
         let text = std::fs::read_to_string(&alive).unwrap();
         assert!(text.starts_with(&format!("{}\nwriter\n", std::process::id())), "{text}");
+        // Hung: the alive file goes, the reason is written.
+        let unit = w.busy_at(1000);
+        let late = 2000 + STALL.as_millis() as u64;
+        let s = report_at(&p, late, &alive, &stalled).unwrap();
+        assert_eq!(s.stage, "writer");
+        assert!(!alive.exists());
+        assert_eq!(
+            std::fs::read_to_string(&stalled).unwrap(),
+            "stage writer made no progress for 61 s\n"
+        );
+        // Recovered: alive again, and the reason is gone (PID 1 reads it first).
+        drop(unit);
+        assert_eq!(report_at(&p, late, &alive, &stalled), None);
+        assert!(alive.exists() && !stalled.exists());
     }
 }
