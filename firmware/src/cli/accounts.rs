@@ -99,23 +99,26 @@ pub fn restore(dir: &Path, file: &Path, out: &mut dyn Write) -> Result<()> {
         crate::timefmt::rfc3339_ms(header.created_ms),
         header.version
     );
+    // A replacement box's data directory may not exist yet.
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     match crate::store::WriterLock::take(&data) {
         Ok(lock) => {
             drop(lock);
             crate::backup::restore(&data, &archive)?;
             writeln!(out, "flowwarden: restored from {from}: {}", archive.summary())?;
         }
-        Err(_) => {
+        Err(crate::store::StoreError::InUse { holder, .. }) => {
             let p = crate::backup::stage(&data, &archive)?;
             writeln!(
                 out,
-                "flowwarden: restore from {from} staged in {}: an appliance is running on {}; it applies the restore when it \
-                 next starts (restart it; on the image: reboot): {}",
+                "flowwarden: restore from {from} staged in {}: {} is in use ({holder}); the appliance applies the restore \
+                 when it next starts (restart it; on the image: reboot): {}",
                 p.display(),
                 dir.display(),
                 archive.summary()
             )?;
         }
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
