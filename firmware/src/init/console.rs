@@ -1,5 +1,5 @@
 //! The serial-console maintenance commands PID 1 accepts from a field
-//! technician (and from the QEMU system tests): `query ...`, `exporters ...`,
+//! technician (and from the QEMU system tests): `query ...`, `exporters ...`, `alerts ...`,
 //! `status`, `user ...`, `token ...`, `update ...`, `network keep`, `watchdog-test`, `factory-reset`, `reboot`, `poweroff`, `help`. Query and
 //! account commands run the appliance binary as a child with `--data-dir`
 //! filled in (account changes reach a running appliance over its control
@@ -43,7 +43,7 @@ pub enum ConsoleCmd {
     Empty,
 }
 
-pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | update URL|FILE [--no-reboot] | update --acknowledge-rollback | network keep | watchdog-test [STAGE] [--yes] | factory-reset [--yes] | reboot | poweroff | help";
+pub const HELP: &str = "commands: query [--filter EXPR] [--format table|jsonl|csv] [--top KEY] ... | exporters [--format json] | alerts [--format table|jsonl] | status | user set NAME --role admin|viewer | user list | user remove NAME | token create NAME --role viewer|metrics | token list | token remove NAME | reload | update URL|FILE [--no-reboot] | update --acknowledge-rollback | network keep | watchdog-test [STAGE] [--yes] | factory-reset [--yes] | reboot | poweroff | help";
 
 /// Splits a line like a shell would for words, 'single' and "double" quotes and backslash escapes.
 pub fn split_words(line: &str) -> Result<Vec<String>, ConsoleError> {
@@ -103,7 +103,7 @@ pub fn parse(line: &str, data_dir: &str) -> Result<ConsoleCmd, ConsoleError> {
     match cmd {
         // `update URL|FILE [--no-reboot]`, `update --acknowledge-rollback`;
         // `watchdog-test [STAGE] [--yes]`: hang a stage and watch the watchdog reset the box.
-        "query" | "exporters" | "update" | "watchdog-test" => {
+        "query" | "exporters" | "alerts" | "update" | "watchdog-test" => {
             if rest.iter().any(|w| w == "--data-dir" || w.starts_with("--data-dir=")) {
                 return Err(ConsoleError::DataDirFixed);
             }
@@ -195,6 +195,10 @@ mod tests {
             ConsoleCmd::FactoryReset { confirmed: true }
         );
         assert!(parse("factory-reset now", "/d").is_err());
+        assert_eq!(
+            parse("alerts --format jsonl", "/d").unwrap(),
+            ConsoleCmd::Exec(v(&["alerts", "--data-dir", "/d", "--format", "jsonl"]))
+        );
         assert_eq!(
             parse("watchdog-test writer --yes", "/d").unwrap(),
             ConsoleCmd::Exec(v(&["watchdog-test", "--data-dir", "/d", "writer", "--yes"]))

@@ -7,7 +7,8 @@
 //!    an older security epoch: `update refused: signature|hash|epoch`, exit 1, and
 //!    the other slot is exactly as before;
 //! 2. a good update: staged in slot b, reboots into it, on trial, marked good after
-//!    its health checks, `version` says the bundle's version, every flow is there;
+//!    its health checks, `version` says the bundle's version, every flow and alert
+//!    (flowgen's horizontal scan) is there, as after the rollback and the power cut;
 //! 3. a slot that cannot boot (its initramfs left out): GRUB tries it three times,
 //!    falls back to the good slot, which says so in the contract's words, and the
 //!    rollback is shown until acknowledged; flows still there;
@@ -122,6 +123,19 @@ fn status(vm: &mut Vm) -> Result<String> {
     Ok(vm.console("status", Duration::from_secs(30))?.join("\n"))
 }
 
+/// The ids of the alerts the box keeps (console `alerts --format jsonl`), sorted.
+fn alert_ids(vm: &mut Vm) -> Result<Vec<String>> {
+    let lines = vm.console("alerts --format jsonl", Duration::from_secs(60))?;
+    let mut ids: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 /// Line of `status` starting with `prefix`.
 fn status_line(status: &str, prefix: &str) -> String {
     status.lines().find(|l| l.starts_with(prefix)).unwrap_or("").to_string()
@@ -172,8 +186,10 @@ pub fn update_test(root: &Path, board: &Board, dir: &Path, full: bool) -> Result
         "fresh image status:\n{st}"
     );
     let other0 = status_line(&st, "other slot: ");
-    let sent = 3000u64;
-    let out = finish_flowgen(flowgen(root, port, sent, 3000, 7, 0, &[])?)?;
+    // Two hours of a 40-host office with a horizontal scan at 01:00: flows and an alert
+    // that must both survive the update, the rollback and the power cut.
+    let sent = 12_000u64;
+    let out = finish_flowgen(flowgen(root, port, sent, 3000, 7, 0, &["--attack", "hscan"])?)?;
     eprintln!("xtask: flowgen: {out}");
     let mut stored = 0;
     for _ in 0..20 {
@@ -184,6 +200,15 @@ pub fn update_test(root: &Path, board: &Board, dir: &Path, full: bool) -> Result
         std::thread::sleep(Duration::from_secs(1));
     }
     ensure!(stored == sent, "guest stored {stored} of {sent} flows");
+    let mut alerts0 = Vec::new();
+    for _ in 0..30 {
+        alerts0 = alert_ids(&mut vm)?;
+        if !alerts0.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    ensure!(!alerts0.is_empty(), "the scan raised no alert in the guest");
 
     if full {
         for (file, reason) in [("other.fwb", "signature: "), ("tampered.fwb", "hash: "), ("old.fwb", "epoch: ")] {
@@ -226,6 +251,7 @@ pub fn update_test(root: &Path, board: &Board, dir: &Path, full: bool) -> Result
         "after the update:\n{st}"
     );
     ensure!(vm.flows()? == sent, "flows changed across the update");
+    ensure!(alert_ids(&mut vm)? == alerts0, "alerts changed across the update");
     report.push(format!(
         "good bundle: downloaded, checked and written in {staged_s:.0} s; booted, marked good {:.0} s after the update began",
         t.elapsed().as_secs_f64()
@@ -253,6 +279,7 @@ pub fn update_test(root: &Path, board: &Board, dir: &Path, full: bool) -> Result
         "after the rollback:\n{st}"
     );
     ensure!(vm.flows()? == sent, "flows changed across the rollback");
+    ensure!(alert_ids(&mut vm)? == alerts0, "alerts changed across the rollback");
     vm.console("update --acknowledge-rollback", Duration::from_secs(30))?;
     ensure!(
         !status(&mut vm)?.contains("ROLLBACK"),
@@ -280,6 +307,7 @@ pub fn update_test(root: &Path, board: &Board, dir: &Path, full: bool) -> Result
             "after a power cut while writing slot a:\n{st}"
         );
         ensure!(vm2.flows()? == sent, "flows changed across the power cut");
+        ensure!(alert_ids(&mut vm2)? == alerts0, "alerts changed across the power cut");
         report.push("power cut while writing slot a: slot b boots, slot a not bootable".into());
         vm2.poweroff()?;
         report.push(provision_and_reset(board, &disk, dir, ready, sent)?);
