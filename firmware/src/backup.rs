@@ -230,9 +230,9 @@ pub fn seal(archive: &Archive, passphrase: &str, created_ms: u64) -> Result<Vec<
         kdf: "argon2id".into(),
         kdf_kib: KDF_KIB,
         kdf_passes: KDF_PASSES,
-        salt: hex(&salt),
+        salt: fwbundle::hex(&salt),
         cipher: "chacha20-poly1305".into(),
-        nonce: hex(&nonce),
+        nonce: fwbundle::hex(&nonce),
     };
     let json = serde_json::to_vec(&header).map_err(|e| BackupError::Crypto(e.to_string()))?;
     let mut body = postcard::to_allocvec(archive).map_err(|e| BackupError::Crypto(e.to_string()))?;
@@ -403,10 +403,6 @@ pub fn apply_pending(dir: &DataDir) -> Result<Option<String>, BackupError> {
     restore(dir, &archive)?;
     std::fs::remove_file(&p).map_err(io(&p))?;
     Ok(Some(archive.summary()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

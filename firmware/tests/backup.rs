@@ -25,6 +25,15 @@ fn rows(dir: &Path, t: redb::TableDefinition<&str, &[u8]>) -> Result<TableRows, 
     Ok(Reader::new(DataDir::new(dir)).state_rows(t)?)
 }
 
+/// `flowwarden backup|restore --data-dir DIR FILE` with `input` on stdin; (ok, stdout, stderr).
+fn backup(dir: &OsStr, file: &OsStr, input: &str) -> (bool, String, String) {
+    common::cli_stdin(&[os("backup"), os("--data-dir"), dir, file], input)
+}
+
+fn restore(dir: &OsStr, file: &OsStr, input: &str) -> (bool, String, String) {
+    common::cli_stdin(&[os("restore"), os("--data-dir"), dir, file], input)
+}
+
 fn mode(p: &Path) -> Result<u32, Box<dyn std::error::Error>> {
     use std::os::unix::fs::PermissionsExt;
     Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
@@ -59,10 +68,7 @@ fn a_replacement_box_gets_everything_but_the_flows() -> R {
     let b = b.as_path();
     assert!(!common::read_all(a.path()).is_empty());
     let file = f.path().join("old-box.fwbk");
-    let (ok, out, err) = common::cli_stdin(
-        &[os("backup"), os("--data-dir"), a.path().as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, out, err) = backup(a.path().as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(ok, "{err}");
     assert!(
         out.starts_with(&format!("flowwarden: backup written to {} (", file.display()))
@@ -76,10 +82,7 @@ fn a_replacement_box_gets_everything_but_the_flows() -> R {
     assert!(!sealed.windows(40).any(|w| key.windows(40).any(|k| k == w)));
 
     // A wrong passphrase restores nothing and says so.
-    let (ok, _, err) = common::cli_stdin(
-        &[os("restore"), os("--data-dir"), b.as_os_str(), file.as_os_str()],
-        "not the passphrase\n",
-    );
+    let (ok, _, err) = restore(b.as_os_str(), file.as_os_str(), "not the passphrase\n");
     assert!(!ok);
     assert!(
         err.contains("wrong passphrase, or the file was changed after it was written"),
@@ -87,10 +90,7 @@ fn a_replacement_box_gets_everything_but_the_flows() -> R {
     );
     assert!(!b.exists(), "a refused restore created the data directory");
 
-    let (ok, out, err) = common::cli_stdin(
-        &[os("restore"), os("--data-dir"), b.as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, out, err) = restore(b.as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(ok, "{err}");
     assert!(
         out.starts_with(&format!("flowwarden: restored from {} (made ", file.display())),
@@ -117,17 +117,11 @@ fn a_restore_while_the_appliance_runs_is_applied_at_its_next_start() -> R {
     let (a, c) = (tempfile::tempdir()?, tempfile::tempdir()?);
     old_box(a.path())?;
     let file = c.path().join("old.fwbk");
-    let (ok, _, err) = common::cli_stdin(
-        &[os("backup"), os("--data-dir"), a.path().as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, _, err) = backup(a.path().as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(ok, "{err}");
     let new = c.path().join("box");
     let fw = common::Running::start(&new, &[]);
-    let (ok, out, err) = common::cli_stdin(
-        &[os("restore"), os("--data-dir"), new.as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, out, err) = restore(new.as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(ok, "{err}");
     assert!(
         out.contains(" staged in ") && out.contains("is in use (pid ") && out.contains("applies the restore when it next starts"),
@@ -156,30 +150,21 @@ fn a_changed_or_foreign_file_is_refused_by_name() -> R {
     let a = tempfile::tempdir()?;
     old_box(a.path())?;
     let file = a.path().join("b.fwbk");
-    let (ok, _, err) = common::cli_stdin(
-        &[os("backup"), os("--data-dir"), a.path().as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, _, err) = backup(a.path().as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(ok, "{err}");
     let mut bytes = std::fs::read(&file)?;
     let n = bytes.len();
     bytes[n / 2] ^= 0x10;
     std::fs::write(&file, &bytes)?;
     let target = a.path().join("target");
-    let (ok, _, err) = common::cli_stdin(
-        &[os("restore"), os("--data-dir"), target.as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, _, err) = restore(target.as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(!ok && err.contains("the file was changed after it was written"), "{err}");
     std::fs::write(&file, b"PK\x03\x04 a zip file")?;
-    let (ok, _, err) = common::cli_stdin(
-        &[os("restore"), os("--data-dir"), target.as_os_str(), file.as_os_str()],
-        &format!("{PASS}\n"),
-    );
+    let (ok, _, err) = restore(target.as_os_str(), file.as_os_str(), &format!("{PASS}\n"));
     assert!(!ok && err.contains("not a flowwarden backup"), "{err}");
     assert!(!target.exists(), "a refused restore created the data directory");
     // Too short a passphrase for a new backup.
-    let (ok, _, err) = common::cli_stdin(&[os("backup"), os("--data-dir"), a.path().as_os_str(), file.as_os_str()], "short\n");
+    let (ok, _, err) = backup(a.path().as_os_str(), file.as_os_str(), "short\n");
     assert!(!ok && err.contains("a backup needs at least 12"), "{err}");
     Ok(())
 }
